@@ -1,0 +1,36 @@
+"""Command-line glue shared by the scripts: TrainConfig fields become flags, defaults stay in one place."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from .config import PRESETS, TrainConfig, preset
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, defaulting to None so only given flags override the preset."""
+    group = parser.add_argument_group("training configuration (defaults: the paper's, or the preset's)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f"default {default!r}"
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=type(default), default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, preset_name: str) -> TrainConfig:
+    overrides = {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            overrides[f.name] = tuple(v) if isinstance(f.default, tuple) else v
+    return preset(preset_name, **overrides)
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)

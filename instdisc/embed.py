@@ -1,0 +1,36 @@
+"""Batched inference: uint8 images -> unit embeddings, with the evaluation transform."""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from .augment import to_input
+from .model import Encoder
+from .runtime import autocast
+
+
+@torch.no_grad()
+def embed(
+    encoder: Encoder,
+    images: torch.Tensor,
+    device: torch.device | None = None,
+    bf16: bool = False,
+    batch_size: int = 512,
+    progress: bool = False,
+    desc: str = "embed",
+) -> torch.Tensor:
+    """(N, 3, S, S) uint8 -> (N, low_dim) float32 on the CPU; the encoder's mode is restored."""
+    device = device or next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = torch.empty(images.shape[0], encoder.low_dim)
+    try:
+        for i in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=not progress, unit="batch",
+                      leave=False):
+            x = to_input(images[i : i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+            with autocast(device, bf16):
+                out[i : i + batch_size] = encoder(x).float().cpu()
+    finally:
+        encoder.train(was_training)
+    return out

@@ -1,0 +1,93 @@
+"""Decode one image safely into an RGB PIL image, whatever a user's folder throws at us.
+
+Shared by training-data loading, index building and the app, so all three accept and
+reject exactly the same files: EXIF orientation is applied, 16-bit, CMYK, palette, alpha
+and animated images are converted, and decompression bombs are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MAX_PIXELS = 64_000_000  # ~8000 x 8000; beyond this PIL's bomb check refuses the file
+
+
+class ImageError(ValueError):
+    """A file that is not a decodable image; the message says which file and why."""
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return _flatten_alpha(img)
+    return img.convert("RGB")
+
+
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open, verify and normalise an image to RGB; raise :class:`ImageError` otherwise."""
+    name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+    if not isinstance(source, bytes | bytearray):
+        try:
+            if os.path.getsize(source) == 0:
+                raise ImageError(f"{name}: empty file")
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+    elif len(source) == 0:
+        raise ImageError(f"{name}: empty file")
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source).open("rb")
+            with fp, Image.open(fp) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(f"{name}: {img.width}x{img.height} exceeds the {max_pixels:,}-pixel limit")
+                img.seek(0)  # animated: first frame
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: refused as a decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a recognised image format") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def fit_square(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop: (size, size, 3) uint8."""
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)

@@ -1,0 +1,103 @@
+"""The paper's weighted kNN classifier and 1-NN monitor, chunked so memory stays bounded.
+
+Similarities are computed for ``query_chunk`` queries against ``bank_chunk`` bank rows at a
+time and the running top-k is merged chunk by chunk, so the peak extra memory is
+``query_chunk x (bank_chunk + k)`` floats whatever the bank size (1M rows included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+@torch.no_grad()
+def topk_cosine(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    query_chunk: int = 1024,
+    bank_chunk: int = 65536,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k inner products of unit rows: (scores, bank indices), both (Q, k), best first.
+
+    ``exclude`` (Q,) gives a bank index to leave out per query (leave-one-out on the bank).
+    """
+    n = bank.shape[0]
+    k = min(k, n - (1 if exclude is not None else 0))
+    device = bank.device
+    out_s, out_i = [], []
+    for q0 in range(0, queries.shape[0], query_chunk):
+        q = queries[q0 : q0 + query_chunk].to(device, bank.dtype)
+        best_s = torch.full((q.shape[0], 0), float("-inf"), device=device)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)
+        for b0 in range(0, n, bank_chunk):
+            s = q @ bank[b0 : b0 + bank_chunk].t()
+            if exclude is not None:
+                ex = exclude[q0 : q0 + query_chunk].to(device) - b0
+                hit = (ex >= 0) & (ex < s.shape[1])
+                s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")
+            kk = min(k, s.shape[1])
+            s_top, i_top = s.topk(kk, dim=1)
+            cat_s = torch.cat([best_s, s_top.float()], 1)
+            cat_i = torch.cat([best_i, i_top + b0], 1)
+            best_s, pos = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
+            best_i = cat_i.gather(1, pos)
+        out_s.append(best_s.cpu())
+        out_i.append(best_i.cpu())
+    return torch.cat(out_s), torch.cat(out_i)
+
+
+def weighted_vote(
+    scores: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, k: int, temperature: float
+) -> torch.Tensor:
+    """Class scores sum_{i in top-k, y_i = c} exp(s_i / tau): (Q, num_classes)."""
+    w = (scores[:, :k].double() / temperature).exp()
+    votes = torch.zeros(scores.shape[0], num_classes, dtype=torch.float64)
+    return votes.scatter_add_(1, neighbour_labels[:, :k], w)
+
+
+@torch.no_grad()
+def knn_predict(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    ks: Sequence[int] = (200,),
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+    exclude: torch.Tensor | None = None,
+    **chunks: int,
+) -> dict[int, torch.Tensor]:
+    """Weighted-kNN predicted class for every k in ``ks`` from one top-max(k) search.
+
+    Bank rows with a negative label (unlabelled) never vote.
+    """
+    if queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"query dim {queries.shape[1]} != bank dim {bank.shape[1]}")
+    if bank_labels.shape[0] != bank.shape[0]:
+        raise ValueError(f"{bank_labels.shape[0]} labels for {bank.shape[0]} bank rows")
+    labels = bank_labels.cpu().long()
+    num_classes = int(num_classes if num_classes is not None else labels.max().item() + 1)
+    scores, index = topk_cosine(queries, bank, max(ks), exclude=exclude, **chunks)
+    nl = labels[index]
+    w_mask = nl >= 0
+    scores = torch.where(w_mask, scores, torch.tensor(float("-inf")))
+    nl = nl.clamp(min=0)
+    return {k: weighted_vote(scores, nl, num_classes, k, temperature).argmax(1) for k in ks}
+
+
+def knn_accuracy(
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    ks: Sequence[int] = (1, 200),
+    temperature: float = 0.1,
+    **kw,
+) -> dict[int, float]:
+    """Top-1 accuracy of the weighted kNN for each k (k = 1 is the 1-NN monitor)."""
+    preds = knn_predict(queries, bank, bank_labels, ks, temperature, **kw)
+    y = query_labels.cpu().long()
+    return {k: float((p == y).double().mean()) for k, p in preds.items()}

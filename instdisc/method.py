@@ -1,0 +1,36 @@
+"""Instance discrimination in one module: encoder + memory bank + objective.
+
+Like MoCo's builder, all state is explicit: the bank is a buffer of this module (saved in
+its ``state_dict``), ``forward`` computes the loss without touching the bank, and the loop
+calls :meth:`InstDisc.update_bank` with the batch's features after the optimiser step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .memory import MemoryBank
+from .model import Encoder
+from .objectives import build_objective
+
+
+class InstDisc(nn.Module):
+    def __init__(self, cfg: TrainConfig, num_instances: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim)
+        self.bank = MemoryBank(num_instances, cfg.low_dim, cfg.memory_momentum)
+        z_m = cfg.z_momentum if cfg.z_momentum >= 0 else None
+        self.objective = build_objective(cfg.objective, num_instances, cfg.low_dim, cfg.temperature, cfg.nce_k, z_m)
+
+    def forward(
+        self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, features) for an augmented batch and its instance indices."""
+        f = self.encoder(x)
+        return self.objective(f, idx, self.bank, gen), f
+
+    @torch.no_grad()
+    def update_bank(self, idx: torch.Tensor, features: torch.Tensor) -> None:
+        self.bank.update(idx, features)

@@ -1,0 +1,75 @@
+"""Encoders: a torchvision ResNet trunk, an optional CIFAR stem, and the 128-d L2-normalised head.
+
+The paper's encoder is a standard ResNet whose classifier is replaced by a linear map to
+``low_dim`` followed by L2 normalisation (forgetting the normalisation breaks kNN). For
+32x32 images the stem is a 3x3 stride-1 conv without max-pool. ``width`` scales every stage
+so that CPU presets can train a narrower network with the same topology.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+}
+
+
+class ResNetTrunk(tv_resnet.ResNet):
+    """torchvision's ResNet with a configurable base width and stem.
+
+    With ``width=64`` and ``cifar_stem=False`` the parameter names and shapes equal
+    ``torchvision.models.resnet18()``'s, so torchvision weights load into it.
+    """
+
+    def __init__(self, arch: str = "resnet18", width: int = 64, cifar_stem: bool = False) -> None:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        block, layers = ARCHS[arch]
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes = width
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Identity()
+        self.out_dim = width * 8 * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+class Encoder(nn.Module):
+    """Image batch (float, normalised) -> unit-length ``low_dim`` embedding."""
+
+    def __init__(
+        self, arch: str = "resnet18", width: int = 64, cifar_stem: bool = True, low_dim: int = 128
+    ) -> None:
+        super().__init__()
+        self.trunk = ResNetTrunk(arch, width, cifar_stem)
+        self.head = nn.Linear(self.trunk.out_dim, low_dim)
+        self.low_dim = low_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.trunk(x)).float(), dim=1)

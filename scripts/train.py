@@ -1,0 +1,76 @@
+"""Train an instance-discrimination encoder on a folder, an archive or CIFAR-10.
+
+    python scripts/train.py --data PATH --out RUN_DIR [--preset NAME] [--epochs N] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from instdisc.checkpoint import CheckpointError  # noqa: E402
+from instdisc.cli import add_config_flags, config_from_args, preset_names  # noqa: E402
+from instdisc.data import DataError, load_splits  # noqa: E402
+from instdisc.images import ImageError  # noqa: E402
+from instdisc.plots import plot_training  # noqa: E402
+from instdisc.train import Interrupted, Trainer  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="image folder, .tar/.tar.gz archive, or 'cifar10' (downloads)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, curves.png")
+    p.add_argument("--preset", choices=preset_names(), default=None,
+                   help="paper-cifar on a GPU, cpu-cifar otherwise (default chosen by device)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
+    p.add_argument("--labels", choices=["auto", "folders", "none"], default="auto",
+                   help="class-per-folder labels, used only for the kNN monitor")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: the GPU when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-progress", action="store_true")
+    add_config_flags(p)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset_name = args.preset or ("paper-cifar" if torch.cuda.is_available() else "cpu-cifar")
+    out = Path(args.out)
+    try:
+        cfg = config_from_args(args, preset_name)
+        train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
+                                     progress=not args.no_progress)
+        if cfg.subset < 1.0:
+            g = torch.Generator().manual_seed(cfg.seed)
+            keep = torch.randperm(len(train), generator=g)[: max(2, int(len(train) * cfg.subset))].sort().values
+            train = train.subset(keep)
+        print(f"training on {len(train)} images from {train.root}"
+              + (f", evaluating on {len(evalset)}" if evalset is not None else ""), flush=True)
+        if args.resume:
+            trainer = Trainer.resume(out / "checkpoint.pt", train, evalset, out, args.device,
+                                     not args.no_progress, epochs=args.epochs)
+        else:
+            if (out / "checkpoint.pt").exists():
+                raise DataError(f"{out}/checkpoint.pt exists: pass --resume to continue it, or choose another --out")
+            trainer = Trainer(cfg, train, evalset, out, args.device, not args.no_progress)
+        print(f"preset {preset_name} on {trainer.device} (bf16 {trainer.bf16}): {trainer.cfg.to_dict()}", flush=True)
+        history = trainer.fit()
+    except Interrupted as e:
+        print(f"\n{e}. Continue with: python scripts/train.py --data {args.data} --out {out} --resume",
+              file=sys.stderr)
+        return 130
+    except (DataError, CheckpointError, ImageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plot_training(history, out / "curves.png")
+    last = history[-1] if history else {}
+    print(f"done: {out / 'checkpoint.pt'}; final " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
