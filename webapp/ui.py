@@ -1,0 +1,172 @@
+"""The Gradio layout of the search app; all logic is in :mod:`webapp.handlers`.
+
+``build_demo(handlers)`` returns the :class:`gr.Blocks`; ``launch(...)`` starts it with the
+app's safety settings (127.0.0.1 unless told, files served only from the index's image
+root, upload size limit, share link only on request).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+
+from .handlers import ANY, DEFAULT_K, QueryError, SearchHandlers
+
+MAX_FILE_SIZE = "10mb"
+
+BASE_CSS = """
+/* results and examples: a fixed number of columns that always fit, each tile an image with
+   its caption (score, label, file name) underneath, scrolling inside a fixed height */
+#results .grid-container, #examples .grid-container {
+    grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+    grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 8px !important;
+}
+#results .thumbnail-item, #examples .thumbnail-item {
+    aspect-ratio: auto !important; height: auto !important; display: flex; flex-direction: column;
+}
+#results .thumbnail-item > img, #examples .thumbnail-item > img {
+    aspect-ratio: 1 / 1; width: 100% !important; height: auto !important; object-fit: contain;
+}
+#results .caption-label, #examples .caption-label {
+    position: static !important; max-width: 100% !important; white-space: normal; overflow-wrap: anywhere;
+    font-size: 11px; line-height: 1.3; padding: 2px 3px; text-align: center; border: none;
+    border-top: 1px solid var(--border-color-primary); border-radius: 0; opacity: 1 !important;
+}
+#results .grid-wrap, #examples .grid-wrap { padding: 34px 6px 6px 6px !important; }
+#results .grid-container, #examples .grid-container { padding-top: 0 !important; }
+#status { min-height: 1.6em; }
+#info { font-size: 13px; }
+"""
+# Tiny images (CIFAR's 32x32): thumbnails are already upscaled with NEAREST server-side; the
+# browser must not smooth them again when it fits them to the grid (nor the query preview).
+PIXELATED_CSS = """
+#results img, #examples img, #query img { image-rendering: pixelated; }
+#query img { width: 100%; height: 100%; object-fit: contain; }
+"""
+
+INTRO = ("Find the images of the collection that look most like a query. Upload, drag and drop, "
+         "paste (Ctrl+V) or capture an image — or click an example. Click any result to search for more "
+         "like it.")
+
+
+def _api_doc(root_hint: str) -> str:
+    return f"""
+Both buttons below are also **API endpoints** (`/search` for one image, `/search_batch` for several),
+callable with `gradio_client`:
+
+```python
+from gradio_client import Client, handle_file
+client = Client("http://127.0.0.1:7860/")
+res = client.predict(handle_file("cat.png"), 20, api_name="/search")
+for hit in res["hits"]:
+    print(hit["score"], hit["label"], hit["path"])
+batch = client.predict([handle_file("a.png"), handle_file("b.jpg")], 10, api_name="/search_batch")
+```
+Paths in the answers are relative to the index's image root ({root_hint}).
+"""
+
+
+def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
+    small = h.small_images()
+    labels = h.labels()
+    folders = h.folders()
+    columns = 8 if small else 5
+
+    def search_api(image, k=DEFAULT_K, label=ANY, folder=ANY):
+        """Search the index with one image; returns {query, k, took_ms, hits: [{id, score, path, label, ...}]}."""
+        try:
+            return h.api_search(image, k, label, folder)
+        except QueryError as e:
+            raise gr.Error(str(e)) from e
+
+    def search_batch_api(images, k=DEFAULT_K, label=ANY, folder=ANY):
+        """Search with several images in one call; returns {took_ms, results: [{query, hits} | {query, error}]}."""
+        try:
+            return h.api_search_batch(images, k, label, folder)
+        except QueryError as e:
+            raise gr.Error(str(e)) from e
+
+    def on_result_select(evt: gr.SelectData, state, k, label, folder):
+        return h.ui_select_result(evt.index, state, k, label, folder)
+
+    def on_example_select(evt: gr.SelectData, k, label, folder):
+        return h.ui_select_example(evt.index, k, label, folder)
+
+    with gr.Blocks(title=title) as demo:
+        state = gr.State(None)
+        gr.Markdown(f"## {title}\n{INTRO}")
+        with gr.Tab("Search"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    query = gr.Image(label="Query", sources=["upload", "clipboard", "webcam"], type="filepath",
+                                     image_mode=None, format="png", height=240, elem_id="query")
+                    k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="Number of results (k)",
+                                  elem_id="k")
+                    with gr.Row():
+                        label = gr.Dropdown([ANY, *labels], value=ANY, label="Label filter",
+                                            interactive=bool(labels), elem_id="label-filter")
+                        folder = gr.Dropdown([ANY, *folders], value=ANY, label="Folder filter",
+                                             interactive=bool(folders), elem_id="folder-filter")
+                    example_items = h.example_items()
+                    examples = gr.Gallery(example_items, label="Examples from the collection — click to search",
+                                          columns=5, height=50 + 82 * max(1, math.ceil(len(example_items) / 5)), allow_preview=False, interactive=False,
+                                          format="png", object_fit="contain", elem_id="examples")
+                with gr.Column(scale=3):
+                    status = gr.Markdown(h.ui_clear()[1], elem_id="status")
+                    results = gr.Gallery(label="Results — click one for more like it", columns=columns,
+                                         height=640, allow_preview=False, interactive=False, format="png",
+                                         object_fit="contain", elem_id="results", buttons=[])
+            with gr.Accordion("Model and index", open=True):
+                gr.Markdown(h.info_markdown(), elem_id="info")
+
+        with gr.Tab("API / batch"):
+            gr.Markdown(_api_doc(f"`{h.root}`"))
+            with gr.Row():
+                api_image = gr.Image(label="One image (/search)", sources=["upload", "clipboard"], type="filepath",
+                                     image_mode=None, format="png", height=200)
+                api_files = gr.File(label="Several images (/search_batch)", file_count="multiple",
+                                    file_types=["image"], height=200)
+            with gr.Row():
+                api_k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="k")
+                api_label = gr.Dropdown([ANY, *labels], value=ANY, label="label", allow_custom_value=True)
+                api_folder = gr.Dropdown([ANY, *folders], value=ANY, label="folder", allow_custom_value=True)
+            with gr.Row():
+                one_btn = gr.Button("Search one image", variant="primary")
+                batch_btn = gr.Button("Search batch")
+            api_out = gr.JSON(label="Answer")
+
+        ui = dict(api_visibility="private", show_progress="minimal")
+        query.upload(h.ui_search, [query, k, label, folder], [results, status, state], preprocess=False,
+                     trigger_mode="always_last", **ui)
+        query.clear(h.ui_clear, None, [results, status, state], **ui)
+        for comp, event in ((k, "release"), (label, "input"), (folder, "input")):
+            getattr(comp, event)(h.ui_refresh, [state, k, label, folder], [results, status, state],
+                                 trigger_mode="always_last", **ui)
+        results.select(on_result_select, [state, k, label, folder], [query, results, status, state], **ui)
+        examples.select(on_example_select, [k, label, folder], [query, results, status, state], **ui)
+        one_btn.click(search_api, [api_image, api_k, api_label, api_folder], api_out, api_name="search",
+                      preprocess=False)
+        batch_btn.click(search_batch_api, [api_files, api_k, api_label, api_folder], api_out,
+                        api_name="search_batch", preprocess=False)
+    demo.app_css = BASE_CSS + (PIXELATED_CSS if small else "")
+    return demo
+
+
+def launch(h: SearchHandlers, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
+           prevent_thread_lock: bool = False, quiet: bool = False):
+    """Start the app: serves files only from the index's image root; uploads capped at 10 MB."""
+    demo = build_demo(h)
+    demo.queue(default_concurrency_limit=2)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=bool(share),
+        allowed_paths=[str(h.root)],
+        max_file_size=MAX_FILE_SIZE,
+        css=demo.app_css,
+        show_error=True,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        footer_links=["api"],
+    )
