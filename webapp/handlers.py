@@ -259,7 +259,7 @@ class SearchHandlers:
         Accepts Gradio's ``FileData`` dict (``path``/``url``/``orig_name``), a path, bytes,
         a PIL image or an array.
         """
-        if payload is None or payload == "" or payload == {}:
+        if payload is None or (isinstance(payload, str | dict | bytes) and not payload):
             raise QueryError("No image: upload, drop, paste or capture an image first.")
         if isinstance(payload, np.ndarray):
             try:
@@ -410,20 +410,27 @@ class SearchHandlers:
     # ------------------------------------------------------------------ API (JSON)
 
     @staticmethod
-    def hit_dict(hit) -> dict:
-        d = hit.to_dict() if hasattr(hit, "to_dict") else dict(vars(hit))
-        d["score"] = round(float(d.get("score", hit.score)), 6)
-        return d
+    def hits_json(hits) -> dict:
+        """Column lists ``ids, scores, paths, labels, splits`` (paths relative to the image root).
+
+        Columns rather than a list of hit dicts on purpose: gradio_client treats any dict with a
+        ``"path"`` key in an answer as a file to download, and would fail on every hit.
+        """
+        return {"ids": [int(h.id) for h in hits], "scores": [round(float(h.score), 6) for h in hits],
+                "paths": [h.path for h in hits], "labels": [h.label for h in hits],
+                "splits": [h.split for h in hits]}
 
     def api_search(self, image: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> dict:
-        """JSON for one query image: ``{"query", "k", "took_ms", "hits": [{id, score, path, label, ...}]}``."""
+        """JSON for one query image: ``{query, k, label, folder, took_ms, ids, scores, paths, labels, splits}``."""
         res = self.search(image, k, label, folder)
         self._record(res)
         return {"query": res.query, "k": res.k, "label": res.label, "folder": res.folder,
-                "took_ms": round(res.total_ms, 2), "hits": [self.hit_dict(h) for h in res.hits]}
+                "took_ms": round(res.total_ms, 2), **self.hits_json(res.hits)}
 
     def api_search_batch(self, images: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> dict:
-        """JSON for several images in one call; a bad image gets an ``error`` entry, the rest are searched."""
+        """JSON for several images in one call: ``{k, label, folder, took_ms, results: [...]}``, one entry
+        per image in order, ``{query, ids, scores, paths, labels, splits}`` or ``{query, error}`` for an
+        image that could not be decoded (the others are still searched, in one embedding batch)."""
         t0 = time.perf_counter()
         if images is None:
             images = []
@@ -449,7 +456,7 @@ class SearchHandlers:
             vecs = self.index.embed_images([img for _, img in good])
             hits = self.index.search_vectors(np.asarray(vecs, dtype=np.float32), k, label=label, folder=folder)
             for (slot, _), hs in zip(good, hits, strict=True):
-                results[slot]["hits"] = [self.hit_dict(h) for h in hs]
+                results[slot].update(self.hits_json(hs))
         took = (time.perf_counter() - t0) * 1e3
         return {"k": k, "label": label, "folder": folder, "took_ms": round(took, 2), "results": results}
 

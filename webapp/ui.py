@@ -51,7 +51,7 @@ INTRO = ("Find the images of the collection that look most like a query. Upload,
 
 
 def _api_doc(root_hint: str) -> str:
-    return f"""
+    return """
 Both buttons below are also **API endpoints** (`/search` for one image, `/search_batch` for several),
 callable with `gradio_client`:
 
@@ -59,12 +59,13 @@ callable with `gradio_client`:
 from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
 res = client.predict(handle_file("cat.png"), 20, api_name="/search")
-for hit in res["hits"]:
-    print(hit["score"], hit["label"], hit["path"])
+for score, label, path in zip(res["scores"], res["labels"], res["paths"]):
+    print(f"{score:.3f} {label} {path}")
 batch = client.predict([handle_file("a.png"), handle_file("b.jpg")], 10, api_name="/search_batch")
+# batch["results"][i] is like res above, or {"query": ..., "error": ...} for a bad image
 ```
-Paths in the answers are relative to the index's image root ({root_hint}).
-"""
+Paths in the answers are relative to the index's image root (ROOT).
+""".replace("ROOT", root_hint)
 
 
 def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
@@ -74,14 +75,14 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
     columns = 8 if small else 5
 
     def search_api(image, k=DEFAULT_K, label=ANY, folder=ANY):
-        """Search the index with one image; returns {query, k, took_ms, hits: [{id, score, path, label, ...}]}."""
+        """Search the index with one image; returns {query, k, took_ms, ids, scores, paths, labels, splits}."""
         try:
             return h.api_search(image, k, label, folder)
         except QueryError as e:
             raise gr.Error(str(e)) from e
 
     def search_batch_api(images, k=DEFAULT_K, label=ANY, folder=ANY):
-        """Search with several images in one call; returns {took_ms, results: [{query, hits} | {query, error}]}."""
+        """Search with several images in one call; returns {took_ms, results: [{query, ids, scores, ...} | {query, error}]}."""
         try:
             return h.api_search_batch(images, k, label, folder)
         except QueryError as e:
@@ -136,7 +137,7 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
                 batch_btn = gr.Button("Search batch")
             api_out = gr.JSON(label="Answer")
 
-        ui = dict(api_visibility="private", show_progress="minimal")
+        ui = dict(api_visibility="private", show_progress="minimal", show_progress_on=[results])
         query.upload(h.ui_search, [query, k, label, folder], [results, status, state], preprocess=False,
                      trigger_mode="always_last", **ui)
         query.clear(h.ui_clear, None, [results, status, state], **ui)

@@ -1,0 +1,53 @@
+"""Screenshot the search app with real results: start it, upload a query, save a PNG.
+
+    python scripts/screenshot.py --index indexes/cifar10 --out docs/screenshot.png [--query IMAGE]
+
+Without --query, an image of the collection's test split is used (a ship for CIFAR-10).
+Needs /usr/bin/chromium (apt-get install chromium) and the playwright Python package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from webapp.browser import running_app, screenshot  # noqa: E402
+
+PREFERRED = ("ship", "airplane", "automobile", "horse")
+
+
+def default_query(index_dir: Path) -> Path:
+    """A deterministic, preferably held-out (test/ or val/) image under the index's root."""
+    root = Path(json.loads((index_dir / "manifest.json").read_text())["root"])
+    base = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
+    folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")) or [base]
+    folder = next((d for d in folders if d.name in PREFERRED), folders[len(folders) // 2])
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+    if not files:
+        raise SystemExit(f"no images under {folder}; pass --query")
+    return files[min(len(files) - 1, 7)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", default="indexes/cifar10")
+    p.add_argument("--out", default="docs/screenshot.png")
+    p.add_argument("--query", default=None, help="query image (default: one from the test split)")
+    p.add_argument("--width", type=int, default=1400)
+    p.add_argument("--height", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the app")
+    args = p.parse_args(argv)
+    index_dir = Path(args.index)
+    query = Path(args.query) if args.query else default_query(index_dir)
+    with running_app(index_dir, extra=["--threads", str(args.threads)]) as url:
+        info = screenshot(url, query, args.out, args.width, args.height)
+    print(f"query {query}\n{info['status']}\nsaved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Run the app in a subprocess and drive it in headless Chromium (screenshots, end-to-end tests).
+
+Used by ``scripts/screenshot.py`` and ``tests/test_app_browser.py``. Needs the ``playwright``
+Python package and a Chromium binary (``apt-get install chromium`` gives /usr/bin/chromium;
+``playwright install`` is not needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+STATUS = "#status [data-testid=markdown]"  # the status line's text (without the progress overlay)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    """Poll ``url`` until it answers 200; fail early with the server's output if it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"app exited with {proc.returncode} before serving:\n{out}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def running_app(index_dir: str | os.PathLike, port: int | None = None, extra: list[str] | None = None,
+                timeout: float = 180.0) -> Iterator[str]:
+    """``python app.py --index DIR --port P`` in a subprocess; yields its URL, stops it afterwards."""
+    port = port or free_port()
+    cmd = [sys.executable, str(ROOT / "app.py"), "--index", str(index_dir), "--port", str(port), *(extra or [])]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, proc, timeout)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1400, height: int = 1000) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
+
+
+def upload_query(page, image: str | os.PathLike, timeout_ms: int = 60_000) -> None:
+    """Upload ``image`` as the query and wait until the results gallery has re-rendered for it."""
+    before = status_text(page)
+    page.locator("#query input[type=file]").set_input_files(str(image))
+    wait_for_status(page, before, timeout_ms)
+
+
+def status_text(page) -> str:
+    return page.locator(STATUS).inner_text()
+
+
+def wait_for_status(page, before: str, timeout_ms: int = 60_000) -> str:
+    """Wait until the status line shows the outcome of a new search (results or a warning)."""
+    page.wait_for_function(
+        "([sel, prev]) => { const s = document.querySelector(sel); if (!s) return false; const t = s.innerText; "
+        "return t !== prev && /results for|Could not search|No images match|No results/.test(t); }",
+        arg=[STATUS, before], timeout=timeout_ms)
+    return status_text(page)
+
+
+def wait_for_images(page, selector: str = "#results img", timeout_ms: int = 30_000) -> None:
+    """Wait until every image matching ``selector`` has loaded (galleries load lazily)."""
+    page.wait_for_function(
+        "sel => { const im = [...document.querySelectorAll(sel)]; "
+        "return im.length > 0 && im.every(i => i.complete && i.naturalWidth > 0); }",
+        arg=selector, timeout=timeout_ms)
+
+
+def screenshot(url: str, query: str | os.PathLike, out: str | os.PathLike, width: int = 1400,
+               height: int = 1000) -> dict:
+    """Open the app, upload ``query``, wait for the results and save a full-page PNG at ``out``."""
+    with chromium_page(width, height) as page:
+        page.goto(url)
+        page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+        upload_query(page, query)
+        wait_for_images(page, "#results img")
+        wait_for_images(page, "#query img")
+        time.sleep(0.5)  # let the gallery finish its layout
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
+        return {"status": status_text(page),
+                "captions": page.locator("#results .caption-label").all_inner_texts()}
