@@ -21,11 +21,14 @@ PREFERRED = ("ship", "airplane", "automobile", "horse")
 
 
 def default_query(index_dir: Path) -> Path:
-    """A deterministic, preferably held-out (test/ or val/) image under the index's root."""
+    """A deterministic image, preferably a held-out one (test/ or val/, under or beside the root)."""
     root = Path(json.loads((index_dir / "manifest.json").read_text())["root"])
-    base = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
+    # a held-out image when there is one: INDEX_ROOT/test, or the test/ beside an index of train/
+    held_out = [d / s for d in (root, root.parent) for s in ("test", "val")]
+    base = next((d for d in held_out if d.is_dir()), root)
     folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")) or [base]
-    folder = next((d for d in folders if d.name in PREFERRED), folders[len(folders) // 2])
+    by_name = {d.name: d for d in folders}
+    folder = next((by_name[n] for n in PREFERRED if n in by_name), folders[len(folders) // 2])
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
     if not files:
         raise SystemExit(f"no images under {folder}; pass --query")

@@ -33,6 +33,7 @@ BASE_CSS = """
     font-size: 11px; line-height: 1.3; padding: 2px 3px; text-align: center; border: none;
     border-top: 1px solid var(--border-color-primary); border-radius: 0; opacity: 1 !important;
 }
+#examples .caption-label { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; font-size: 10px; }
 #results .grid-wrap, #examples .grid-wrap { padding: 34px 6px 6px 6px !important; }
 #results .grid-container, #examples .grid-container { padding-top: 0 !important; }
 #status { min-height: 1.6em; }
@@ -82,7 +83,9 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
             raise gr.Error(str(e)) from e
 
     def search_batch_api(images, k=DEFAULT_K, label=ANY, folder=ANY):
-        """Search with several images in one call; returns {took_ms, results: [{query, ids, scores, ...} | {query, error}]}."""
+        """Search with several images in one call.
+
+        Returns {took_ms, results: [{query, ids, scores, paths, labels, splits} | {query, error}]}."""
         try:
             return h.api_search_batch(images, k, label, folder)
         except QueryError as e:
@@ -108,11 +111,14 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
                         label = gr.Dropdown([ANY, *labels], value=ANY, label="Label filter",
                                             interactive=bool(labels), elem_id="label-filter")
                         folder = gr.Dropdown([ANY, *folders], value=ANY, label="Folder filter",
-                                             interactive=bool(folders), elem_id="folder-filter")
+                                             allow_custom_value=True, elem_id="folder-filter",
+                                             info=None if folders else "type a folder, e.g. train/cat")
                     example_items = h.example_items()
+                    example_rows = max(1, math.ceil(len(example_items) / 5))
                     examples = gr.Gallery(example_items, label="Examples from the collection — click to search",
-                                          columns=5, height=50 + 82 * max(1, math.ceil(len(example_items) / 5)), allow_preview=False, interactive=False,
-                                          format="png", object_fit="contain", elem_id="examples")
+                                          columns=5, height=50 + 82 * example_rows, allow_preview=False,
+                                          interactive=False, format="png", object_fit="contain",
+                                          elem_id="examples")
                 with gr.Column(scale=3):
                     status = gr.Markdown(h.ui_clear()[1], elem_id="status")
                     results = gr.Gallery(label="Results — click one for more like it", columns=columns,
