@@ -80,11 +80,16 @@ def knn_predict(
         raise ValueError(f"{bank_labels.shape[0]} labels for {bank.shape[0]} bank rows")
     labels = bank_labels.cpu().long()
     num_classes = int(num_classes if num_classes is not None else labels.max().item() + 1)
+    labelled = labels >= 0
+    if not bool(labelled.all()):
+        keep = labelled.nonzero().squeeze(1)
+        if exclude is not None:  # re-number the excluded rows into the labelled-only bank
+            new_pos = torch.full((labels.shape[0],), -1, dtype=torch.long)
+            new_pos[keep] = torch.arange(keep.shape[0])
+            exclude = new_pos[exclude.cpu().long()]
+        bank, labels = bank[keep.to(bank.device)], labels[keep]
     scores, index = topk_cosine(queries, bank, max(ks), exclude=exclude, **chunks)
     nl = labels[index]
-    w_mask = nl >= 0
-    scores = torch.where(w_mask, scores, torch.tensor(float("-inf")))
-    nl = nl.clamp(min=0)
     return {k: weighted_vote(scores, nl, num_classes, k, temperature).argmax(1) for k in ks}
 
 

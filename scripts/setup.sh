@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv and install what the project needs; safe to re-run (idempotent).
+#   DEV=1 also installs the test tools and Debian's chromium for the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+req=requirements.txt
+[ "${DEV:-0}" = 1 ] && req=requirements-dev.txt
+stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)-${DEV:-0}"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -r "$req"
+  touch "$stamp"
+fi
+if [ "${DEV:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: could not install chromium; browser tests will be skipped" >&2
+  else
+    echo "note: install Debian's chromium (/usr/bin/chromium) to run the browser tests" >&2
+  fi
+fi

@@ -1,0 +1,131 @@
+"""End-to-end training on tiny data: it learns, it resumes exactly, the CLI keeps its contract."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from instdisc import checkpoint
+from instdisc.config import preset
+from instdisc.data import DataError, load_splits
+from instdisc.embed import embed
+from instdisc.knn import knn_accuracy
+from instdisc.model import Encoder
+from instdisc.train import Interrupted, Trainer, lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _knn(encoder, train, ev) -> float:
+    bank = embed(encoder, train.images)
+    q = embed(encoder, ev.images)
+    return knn_accuracy(q, ev.labels, bank, train.labels, ks=(20,), temperature=0.1)[20]
+
+
+def test_training_learns_features_better_than_a_random_encoder(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=8, batch_size=32, precision="fp32", lr=0.06)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    torch.manual_seed(cfg.seed)
+    random_acc = _knn(Encoder(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim), train, ev)
+    trainer = Trainer(cfg, train, ev, tmp_path, device="cpu", progress=False)
+    history = trainer.fit()
+    trained_acc = _knn(trainer.model.encoder, train, ev)
+    assert history[-1]["epoch"] == 8 and history[-1]["knn_top1"] > 0
+    assert trained_acc > random_acc + 0.05, (trained_acc, random_acc)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"epoch", "loss", "lr", "knn_top1", "images_per_s", "seconds"} <= set(lines[-1])
+    assert lines[-1]["loss"] < lines[1]["loss"]
+
+
+@pytest.mark.parametrize("objective", ["softmax", "nce", "parametric"])
+def test_resume_after_interruption_equals_uninterrupted_run(shapes_root, tmp_path, objective):
+    cfg = preset("tiny", epochs=2, batch_size=32, precision="fp32", objective=objective, nce_k=16)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    full = Trainer(cfg, train, ev, tmp_path / "full", device="cpu", progress=False)
+    full.fit()
+    part = Trainer(cfg, train, ev, tmp_path / "part", device="cpu", progress=False)
+    with pytest.raises(Interrupted):
+        part.fit(stop_after_steps=9)  # mid-way through epoch 2 (7 steps per epoch)
+    resumed = Trainer.resume(tmp_path / "part" / "checkpoint.pt", train, ev, device="cpu", progress=False)
+    assert (resumed.epoch, resumed.step_in_epoch) == (1, 2)
+    resumed.fit()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+
+
+def test_resume_refuses_different_data(shapes_root, tiny_run):
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    with pytest.raises(DataError, match="not the data this checkpoint was trained on"):
+        Trainer.resume(tiny_run / "checkpoint.pt", train.subset(range(10)), ev, device="cpu", progress=False)
+
+
+def test_checkpoint_is_self_describing_and_safe_to_load(tiny_run, tmp_path):
+    ckpt = checkpoint.load(tiny_run / "checkpoint.pt")  # weights_only=True inside
+    assert ckpt["dataset"]["paths"][0] == "circle/0000.png"
+    assert ckpt["model"]["bank.features"].shape == (len(ckpt["dataset"]["paths"]), 128)
+    assert torch.allclose(ckpt["model"]["bank.features"].norm(dim=1), torch.ones(240), atol=1e-5)
+    enc = checkpoint.encoder_from(ckpt)
+    assert not enc.training
+    data = (tiny_run / "checkpoint.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+        checkpoint.load(tmp_path / "trunc.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not an instdisc checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+
+
+def test_learning_rate_schedules():
+    step = preset("paper-cifar")
+    assert lr_at(step, 0) == 0.03 and lr_at(step, 119.9) == 0.03
+    assert lr_at(step, 120) == pytest.approx(0.003) and lr_at(step, 170) == pytest.approx(0.0003)
+    cos = preset("cpu-cifar")
+    assert lr_at(cos, 0) == cos.lr and lr_at(cos, cos.epochs) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(cos, cos.epochs / 2) == pytest.approx(cos.lr / 2)
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(data), "--out", str(out),
+            "--preset", "tiny", "--batch-size", "32", "--no-progress", *extra]
+
+
+def test_train_script_contract_resume_and_clear_errors(shapes_root, tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(_train_cmd(shapes_root, out, "--epochs", "1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (out / "checkpoint.pt").is_file() and (out / "curves.png").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 1 and "knn_top1" in rows[-1] and "images_per_s" in rows[-1]
+    again = subprocess.run(_train_cmd(shapes_root, out, "--epochs", "1"), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    more = subprocess.run(_train_cmd(shapes_root, out, "--epochs", "2", "--resume"), capture_output=True, text=True)
+    assert more.returncode == 0, more.stderr
+    assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 2
+    bad = subprocess.run(_train_cmd(tmp_path / "nowhere", tmp_path / "r2"), capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_ctrl_c_writes_a_checkpoint_that_resumes(shapes_root, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(shapes_root, out, "--epochs", "200"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    ckpt = checkpoint.load(out / "checkpoint.pt")
+    assert 1 <= ckpt["epoch"] < 200
