@@ -1,0 +1,392 @@
+"""Building and updating an index folder from a checkpoint: memory bank or embedded images.
+
+``build`` exports the checkpoint's memory bank (row i = the training image ``paths[i]``,
+no image is decoded) or embeds any folder / archive with the checkpoint's encoder. ``add``
+embeds more images into an existing folder; ``remove`` deletes entries by relative path
+(or folder). Every path of an entry is relative to the manifest's ``root``; when added
+images live outside it, the root moves up to the common parent folder and existing paths
+get the corresponding prefix, so one root still serves every entry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from instdisc.checkpoint import bank_from, encoder_from
+from instdisc.data import DataError, decode_all, resolve_source, scan
+from instdisc.embed import embed
+from instdisc.fsutil import sha256_file
+from instdisc.images import is_image_name
+from instdisc.model import Encoder
+from instdisc.runtime import pick_device, use_bf16
+
+from .auto import (
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_TARGET_RECALL,
+    FLAT_MAX_VECTORS,
+    apply_knobs,
+    build_vector_index,
+    create_index,
+    index_ids,
+)
+from .errors import IndexDirError
+from .layout import (
+    commit,
+    file_names,
+    load_checkpoint,
+    locked,
+    new_generation,
+    open_dir,
+    verified_checkpoint,
+    write_index_file,
+)
+from .manifest import MANIFEST, architecture, new_manifest
+from .store import Row, update_db, write_db
+
+SPLIT_NAMES = ("train", "test", "val", "validation")
+DECODE_CHUNK = 1024
+
+
+@dataclass
+class BuildOptions:
+    """Knobs of a build (the script's flags map one to one)."""
+
+    index_type: str = "auto"
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    target_recall: float = DEFAULT_TARGET_RECALL
+    flat_max: int = FLAT_MAX_VECTORS
+    prefer_hnsw: bool = False
+    recall_queries: int = 1000
+    device: str | None = None  # torch device for embedding (default: the GPU when present)
+    precision: str = "auto"
+    batch_size: int = 256
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Collected:
+    """Vectors and their metadata, relative to ``root``, before ids are assigned."""
+
+    root: Path
+    vectors: np.ndarray
+    paths: list[str]
+    labels: list[str | None]
+    splits: list[str | None]
+    skipped: list[tuple[str, str]]
+
+
+# ---------------------------------------------------------------- checkpoint and files
+
+
+def file_info(path: Path) -> tuple[int | None, int | None, str | None]:
+    """(width, height, sha256) of an original file; Nones where it cannot be read."""
+    try:
+        digest = sha256_file(path)
+    except OSError:
+        return None, None, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
+                    w, h = h, w
+    except Exception:  # header unreadable: the decoder reports it when it matters
+        return None, None, digest
+    return int(w), int(h), digest
+
+
+def file_infos(root: Path, paths: list[str], progress: bool) -> list[tuple[int | None, int | None, str | None]]:
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        it = pool.map(lambda p: file_info(root / p), paths, chunksize=64)
+        return list(tqdm(it, total=len(paths), desc="hash files", unit="file", disable=not progress, leave=False))
+
+
+def labels_and_splits(paths: list[str]) -> tuple[list[str | None], list[str | None]]:
+    """Split from a leading train/test/val folder, label from the class folder below it.
+
+    Like training's ``labels=auto``: labels only when every image sits in a class folder and
+    there are at least two classes.
+    """
+    parts = [p.split("/") for p in paths]
+    if parts and all(len(x) >= 2 and x[0].lower() in SPLIT_NAMES for x in parts):
+        splits: list[str | None] = [x[0] for x in parts]
+        inner = [x[1:] for x in parts]
+    else:
+        splits, inner = [None] * len(parts), parts
+    if inner and all(len(x) >= 2 for x in inner) and len({x[0] for x in inner}) >= 2:
+        return [x[0] for x in inner], splits
+    return [None] * len(parts), splits
+
+
+def open_source(path: str | os.PathLike) -> tuple[Path, list[str]]:
+    """(folder, sorted relative image paths) of an image file, a folder or an archive."""
+    p = Path(path).expanduser()
+    if p.is_file() and is_image_name(p.name):
+        return p.parent.resolve(), [p.name]
+    root = resolve_source(p)
+    if p.is_file():  # an archive usually wraps everything in one top folder
+        entries = [e for e in root.iterdir() if not e.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+    rels = scan(root)
+    if not rels:
+        raise DataError(f"{root}: no image files found")
+    return root.resolve(), rels
+
+
+# ---------------------------------------------------------------- vectors
+
+
+def embed_files(
+    encoder: Encoder, root: Path, paths: list[str], image_size: int, device: torch.device, bf16: bool,
+    batch_size: int, progress: bool,
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Decode (in parallel, chunk by chunk so memory stays bounded) and embed; unreadable files are skipped."""
+    vecs, kept, skipped = [], [], []
+    bar = tqdm(total=len(paths), desc="embed", unit="img", disable=not progress)
+    for i in range(0, len(paths), DECODE_CHUNK):
+        chunk = paths[i : i + DECODE_CHUNK]
+        imgs, ok, bad = decode_all(root, chunk, image_size, progress=False)
+        skipped.extend(bad)
+        if len(ok):
+            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+            vecs.append(embed(encoder, x, device, bf16, batch_size).numpy())
+            kept.extend(ok)
+        bar.update(len(chunk))
+    bar.close()
+    if skipped:
+        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:20])
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root}:\n{listing}", stacklevel=2)
+    d = encoder.low_dim
+    out = np.concatenate(vecs) if vecs else np.zeros((0, d), np.float32)
+    return normalise(out), kept, skipped
+
+
+def normalise(v: np.ndarray) -> np.ndarray:
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.maximum(n, 1e-12)
+
+
+def _encoder(ckpt: dict, options: BuildOptions) -> tuple[Encoder, torch.device, bool]:
+    device = pick_device(options.device)
+    return encoder_from(ckpt).to(device), device, use_bf16(device, options.precision)
+
+
+def from_memory_bank(ckpt: dict) -> Collected:
+    """The bank rows with the training paths and labels they belong to (nothing is decoded)."""
+    ds = ckpt["dataset"]
+    bank = bank_from(ckpt).float().numpy()
+    paths = list(ds["paths"])
+    if bank.shape[0] != len(paths):
+        raise IndexDirError(f"checkpoint bank has {bank.shape[0]} rows but lists {len(paths)} training paths")
+    classes = list(ds.get("classes") or [])
+    labels = [classes[y] if 0 <= y < len(classes) else None for y in ds.get("labels", [-1] * len(paths))]
+    return Collected(Path(ds["root"]), normalise(bank), paths, labels, ["train"] * len(paths), [])
+
+
+def from_images(ckpt: dict, images: str | os.PathLike, options: BuildOptions) -> Collected:
+    root, rels = open_source(images)
+    encoder, device, bf16 = _encoder(ckpt, options)
+    vecs, kept, skipped = embed_files(encoder, root, rels, architecture(ckpt)["image_size"], device, bf16,
+                                      options.batch_size, options.progress)
+    if not kept:
+        raise DataError(f"{root}: none of the {len(rels)} image files could be decoded")
+    labels, splits = labels_and_splits(kept)
+    return Collected(root, vecs, kept, labels, splits, skipped)
+
+
+def _rows(ids: np.ndarray, root: Path, paths: list[str], labels: list, splits: list, progress: bool) -> list[Row]:
+    if not root.is_dir():
+        warnings.warn(f"image root {root} is not here: widths, heights and hashes are left empty", stacklevel=3)
+        infos = [(None, None, None)] * len(paths)
+    else:
+        infos = file_infos(root, paths, progress)
+    return [Row(int(i), p, lab, sp, w, h, sha) for i, p, lab, sp, (w, h, sha)
+            in zip(ids, paths, labels, splits, infos, strict=True)]
+
+
+# ---------------------------------------------------------------- build
+
+
+def build(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, images: str | os.PathLike | None = None,
+    options: BuildOptions | None = None, overwrite: bool = False,
+) -> dict:
+    """Build INDEX_DIR from the memory bank (``images=None``) or from embedded images; return the manifest."""
+    options = options or BuildOptions()
+    out = Path(out_dir)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise IndexDirError(f"{out} already holds an index: pass --overwrite to rebuild it, "
+                            "or --add / --remove to update it")
+    ckpt_path, ckpt, sha = load_checkpoint(checkpoint)
+    col = from_memory_bank(ckpt) if images is None else from_images(ckpt, images, options)
+    n = len(col.paths)
+    ids = np.arange(n, dtype=np.int64)
+    index, info = build_vector_index(
+        col.vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
+        options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
+    rows = _rows(ids, col.root, col.paths, col.labels, col.splits, options.progress)
+    manifest = new_manifest(ckpt=ckpt, ckpt_path=ckpt_path, ckpt_sha256=sha,
+                            source="memory_bank" if images is None else "embedded", root=col.root,
+                            dim=col.vectors.shape[1], index_info=info, count=n, next_id=n)
+    manifest["skipped"] = [list(s) for s in col.skipped[:100]]
+    with locked(out):
+        gen = new_generation()
+        names = file_names(gen)
+        write_index_file(out / names["index"], index)
+        write_db(out / names["db"], rows, {"generation": gen})
+        commit(out, manifest, gen)
+    return manifest
+
+
+# ---------------------------------------------------------------- updates
+
+
+def remove_from_index(index: faiss.Index, ids: np.ndarray, manifest: dict) -> faiss.Index:
+    """Remove ids in place, or rebuild from the stored vectors where the type cannot (HNSW)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return index
+    sel = faiss.IDSelectorBatch(ids)
+    try:
+        removed = index.remove_ids(sel)
+    except RuntimeError:
+        held = index_ids(index)
+        if held is None:
+            raise IndexDirError("this index type supports neither removal nor listing its ids: rebuild it") from None
+        keep = np.setdiff1d(held, ids)
+        try:
+            vecs = index.reconstruct_batch(keep) if len(keep) else np.zeros((0, index.d), np.float32)
+        except RuntimeError as e:
+            raise IndexDirError(f"cannot remove from this index type ({e}); rebuild it instead") from e
+        new = create_index(manifest["index"]["factory"], index.d)
+        if not new.is_trained:
+            raise IndexDirError("cannot remove from this index type; rebuild it instead")
+        if len(keep):
+            new.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), keep)
+        apply_knobs(new, manifest["index"].get("params", {}))
+        return new
+    if removed != len(ids):
+        raise IndexDirError(f"index and metadata disagree: removed {removed} of {len(ids)} ids")
+    return index
+
+
+def _write_update(d: Path, loaded_db: Path, index: faiss.Index, manifest: dict, *, remove_ids=(), add=(),
+                  path_prefix: str = "") -> None:
+    gen = new_generation()
+    names = file_names(gen)
+    write_index_file(d / names["index"], index)
+    update_db(loaded_db, d / names["db"], remove_ids=remove_ids, add=add, path_prefix=path_prefix,
+              info={"generation": gen})
+    manifest["count"] = int(index.ntotal)
+    commit(d, manifest, gen)
+
+
+def relative_entry_path(path: str, root: Path) -> str:
+    """A user-given path (relative to the root, or absolute inside it) as a stored relative path."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            p = Path(os.path.normpath(p)).relative_to(root)
+        except ValueError:
+            raise ValueError(f"{path} is outside the index root {root}") from None
+    rel = PurePosixPath(p.as_posix())
+    if ".." in rel.parts:
+        raise ValueError(f"{path}: '..' is not allowed in an entry path")
+    return rel.as_posix().lstrip("/") if str(rel) != "." else ""
+
+
+def remove(index_dir: str | os.PathLike, paths: list[str]) -> dict:
+    """Delete the entries with these relative paths (a folder removes everything under it)."""
+    d = Path(index_dir)
+    with locked(d):
+        loaded = open_dir(d)
+        try:
+            m = loaded.manifest
+            root = Path(m["root"])
+            ids, missing = [], []
+            for p in paths:
+                rel = relative_entry_path(p, root)
+                found = loaded.store.ids_for_path(rel) if rel else []
+                (ids.extend(found) if found else missing.append(p))
+            if missing:
+                raise ValueError(f"not in the index (paths are relative to {root}): {', '.join(missing)}")
+            ids_arr = np.unique(np.array(ids, dtype=np.int64))
+            index = remove_from_index(loaded.index, ids_arr, m)
+            m.setdefault("updates", []).append({"op": "remove", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                "count": len(ids_arr), "paths": list(paths)[:20]})
+            _write_update(d, loaded.store.path, index, m, remove_ids=ids_arr.tolist())
+        finally:
+            loaded.store.close()
+    return m
+
+
+def add(
+    index_dir: str | os.PathLike, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+    options: BuildOptions | None = None, label: str | None = None, split: str | None = None,
+) -> dict:
+    """Embed the images at ``path`` and append them; files already indexed are skipped if unchanged
+    and replaced if their content changed."""
+    options = options or BuildOptions()
+    d = Path(index_dir)
+    with locked(d):
+        loaded = open_dir(d)
+        try:
+            m = loaded.manifest
+            _, ckpt = verified_checkpoint(m, checkpoint)
+            src_root, rels = open_source(path)
+            old_root = Path(m["root"])
+            new_root = Path(os.path.commonpath([old_root, src_root]))
+            if new_root == Path(new_root.anchor):
+                raise IndexDirError(f"{src_root} and the index root {old_root} share no folder but {new_root}: "
+                                    f"move the images under {old_root} (or a sibling folder) first")
+            prefix = "" if new_root == old_root else old_root.relative_to(new_root).as_posix() + "/"
+            full = [(src_root / r).relative_to(new_root).as_posix() for r in rels]
+            labels, splits = labels_and_splits(rels)
+            if label is not None:
+                labels = [label] * len(rels)
+            if split is not None:
+                splits = [split] * len(rels)
+            existing = {prefix + p: v for p, v in loaded.store.path_hashes().items()}
+            infos = file_infos(src_root, rels, options.progress)
+            todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i][2]]
+            unchanged = len(rels) - len(todo)
+            if not todo:  # all already indexed and unchanged
+                return m
+            encoder, device, bf16 = _encoder(ckpt, options)
+            vecs, kept, _ = embed_files(encoder, src_root, [rels[i] for i in todo], m["architecture"]["image_size"],
+                                        device, bf16, options.batch_size, options.progress)
+            if vecs.shape[1] != int(m["dim"]):
+                raise IndexDirError(f"encoder gives {vecs.shape[1]}-d vectors, the index holds {m['dim']}-d")
+            pos = {r: i for i, r in enumerate(rels)}
+            kept_i = [pos[r] for r in kept]
+            replaced = [existing[full[i]][0] for i in kept_i if full[i] in existing]
+            ids = np.arange(int(m["next_id"]), int(m["next_id"]) + len(kept_i), dtype=np.int64)
+            index = remove_from_index(loaded.index, np.array(replaced, dtype=np.int64), m)
+            if len(kept_i):
+                index.add_with_ids(vecs, ids)
+            rows = [Row(int(ids[j]), full[i], labels[i], splits[i], *infos[i]) for j, i in enumerate(kept_i)]
+            m["next_id"] = int(m["next_id"]) + len(kept_i)
+            m["root"] = str(new_root)
+            m.setdefault("updates", []).append({
+                "op": "add", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": str(src_root),
+                "added": len(kept_i) - len(replaced), "replaced": len(replaced), "unchanged": unchanged,
+                "skipped": len(todo) - len(kept_i), "root_prefix": prefix})
+            _write_update(d, loaded.store.path, index, m, remove_ids=replaced, add=rows, path_prefix=prefix)
+        finally:
+            loaded.store.close()
+    return m

@@ -1,0 +1,237 @@
+"""The search API the app and the evaluation use: open an index folder, embed, search, look up.
+
+``SearchIndex.open(dir)`` needs nothing else: the manifest records the checkpoint (path and
+hash), so the encoder that made the vectors is the one that embeds the queries -- and a
+different checkpoint is refused rather than silently giving meaningless neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from instdisc.checkpoint import encoder_from
+from instdisc.embed import embed
+from instdisc.images import _to_rgb, fit_square, load_image
+from instdisc.runtime import use_bf16
+
+from .auto import gpu_available, index_kind
+from .backends import FaissBackend, TorchFlatBackend
+from .build import normalise
+from .errors import IndexDirError, UnsafePathError
+from .layout import open_dir, verified_checkpoint
+from .store import Row
+
+DEVICES = ("auto", "cpu", "cuda", "gpu", "faiss-gpu", "torch-cuda")
+
+
+@dataclass
+class Hit:
+    """One search result (or metadata row, with score nan); ``path`` is relative to the index root."""
+
+    id: int
+    score: float
+    path: str
+    label: str | None
+    split: str | None
+    width: int | None
+    height: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: Row, score: float = math.nan) -> Hit:
+        return cls(int(row.id), float(score), row.path, row.label, row.split, row.width, row.height)
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing anything that would leave ``root`` (absolute paths, '..')."""
+    p = PurePosixPath(rel)
+    if not rel or "\x00" in rel or p.is_absolute() or ".." in p.parts:
+        raise UnsafePathError(f"refusing stored path {rel!r}: it would escape the image root {root}")
+    root = Path(os.path.normpath(root))
+    full = Path(os.path.normpath(root / rel))
+    if root not in full.parents:
+        raise UnsafePathError(f"refusing stored path {rel!r}: it would escape the image root {root}")
+    return full
+
+
+def _choose_backend(index, knobs: dict, device: str) -> FaissBackend | TorchFlatBackend:
+    """faiss-gpu if FAISS has a GPU, else torch-cuda for exact indexes if torch has one, else cpu."""
+    import warnings
+
+    kind = index_kind(index)
+    if device == "cpu":
+        return FaissBackend(index, knobs)
+    if device in ("auto", "cuda", "gpu", "faiss-gpu") and gpu_available():
+        try:
+            return FaissBackend(index, knobs, gpu=True)
+        except (RuntimeError, AttributeError) as e:
+            if device == "faiss-gpu":
+                raise IndexDirError(f"cannot put this index on the FAISS GPU: {e}") from e
+            warnings.warn(f"FAISS GPU unavailable for this index ({e}); trying the next option", stacklevel=3)
+    if device in ("auto", "cuda", "gpu", "torch-cuda") and torch.cuda.is_available() and kind == "flat":
+        return TorchFlatBackend(index, "cuda")
+    if device in ("faiss-gpu", "torch-cuda"):
+        raise IndexDirError(f"device {device!r} is not available here (FAISS GPUs: {gpu_available()}, "
+                            f"torch CUDA: {torch.cuda.is_available()}, index kind: {kind})")
+    if device in ("cuda", "gpu"):
+        warnings.warn(f"no GPU search for a {kind} index on this machine; searching on the CPU", stacklevel=3)
+    return FaissBackend(index, knobs)
+
+
+class SearchIndex:
+    """An opened index folder: FAISS index + SQLite metadata + the encoder. Thread-safe for searching."""
+
+    manifest: dict
+    root: Path
+    device: str
+
+    def __init__(self) -> None:  # use SearchIndex.open
+        raise TypeError("use SearchIndex.open(index_dir)")
+
+    @classmethod
+    def open(
+        cls, index_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str | None = None,
+        mmap: bool = False,
+    ) -> SearchIndex:
+        """Load and cross-check manifest, metadata and FAISS index; load the (hash-verified) encoder.
+
+        ``device``: None/'auto' (GPU when possible), 'cpu', 'cuda', 'faiss-gpu' or 'torch-cuda'.
+        ``mmap``: memory-map the index file instead of reading it (large IVF indexes).
+        """
+        req = (device or "auto").lower()
+        if req not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        loaded = open_dir(index_dir, mmap)
+        try:
+            ckpt_path, ckpt = verified_checkpoint(loaded.manifest, checkpoint)
+            backend = _choose_backend(loaded.index, loaded.manifest["index"].get("params", {}), req)
+            self = object.__new__(cls)
+            self.dir = loaded.dir
+            self.manifest = loaded.manifest
+            self.root = Path(loaded.manifest["root"])
+            self.dim = int(loaded.manifest["dim"])
+            self.image_size = int(loaded.manifest["architecture"]["image_size"])
+            self.checkpoint_path = ckpt_path
+            self._index = loaded.index
+            self._store = loaded.store
+            self._backend = backend
+            self.device = backend.name
+            enc_device = torch.device("cuda" if torch.cuda.is_available() and req != "cpu" else "cpu")
+            self._encoder = encoder_from(ckpt).to(enc_device)
+            self._enc_device = enc_device
+            self._bf16 = use_bf16(enc_device, "auto")
+            self._embed_lock = threading.Lock()
+        except BaseException:
+            loaded.store.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def __repr__(self) -> str:
+        return (f"SearchIndex({str(self.dir)!r}, {len(self)} entries, {self.manifest['index'].get('type')}, "
+                f"device={self.device})")
+
+    def labels(self) -> list[str]:
+        """Distinct labels, sorted (for the label filter)."""
+        return self._store.labels()
+
+    # ------------------------------------------------------------ embedding
+
+    @staticmethod
+    def _to_pil(x) -> Image.Image:
+        if isinstance(x, Image.Image):
+            return _to_rgb(x)
+        if isinstance(x, str | os.PathLike | bytes | bytearray):
+            return load_image(x)
+        if isinstance(x, np.ndarray):
+            a = x
+            if a.dtype != np.uint8:
+                a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+            return _to_rgb(Image.fromarray(a))
+        raise TypeError(f"cannot embed a {type(x).__name__}: pass PIL images, paths, bytes or uint8 arrays")
+
+    def embed_images(self, images: list) -> np.ndarray:
+        """PIL images / paths / bytes / HxWx3 arrays -> (B, d) float32 unit rows (evaluation transform)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        arr = np.stack([fit_square(self._to_pil(x), self.image_size) for x in images])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        with self._embed_lock:
+            v = embed(self._encoder, x, self._enc_device, self._bf16, batch_size=256)
+        return normalise(v.numpy())
+
+    # ------------------------------------------------------------ searching
+
+    def search_vectors(
+        self, q: np.ndarray, k: int, label: str | None = None, folder: str | None = None
+    ) -> list[list[Hit]]:
+        """Top-k by cosine similarity for each query row, optionally only among entries with
+        ``label`` and/or under ``folder`` (relative to the root); k results wherever that many match."""
+        q = np.asarray(q, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be (B, {self.dim}), got {q.shape}")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = normalise(q)
+        allowed = self._store.ids_matching(label, folder)
+        pool = len(self) if allowed is None else len(allowed)
+        if pool == 0 or len(q) == 0:
+            return [[] for _ in range(len(q))]
+        scores, ids = self._backend.search(q, min(k, pool), allowed)
+        rows = self._store.get(np.unique(ids[ids >= 0]).tolist())
+        out = []
+        for s_row, i_row in zip(scores, ids, strict=True):
+            hits = []
+            for s, i in zip(s_row, i_row, strict=True):
+                if i < 0:
+                    continue
+                if int(i) not in rows:
+                    raise IndexDirError(f"{self.dir}: index returned id {int(i)} that the metadata lacks")
+                hits.append(Hit.from_row(rows[int(i)], float(s)))
+            out.append(hits)
+        return out
+
+    def search_images(self, images: list, k: int, label: str | None = None, folder: str | None = None
+                      ) -> list[list[Hit]]:
+        return self.search_vectors(self.embed_images(images), k, label, folder)
+
+    # ------------------------------------------------------------ metadata
+
+    def get(self, ids: list[int]) -> list[Hit]:
+        """Metadata rows in the order asked (score nan); KeyError for unknown ids."""
+        rows = self._store.get(ids)
+        missing = [int(i) for i in ids if int(i) not in rows]
+        if missing:
+            raise KeyError(f"no entries with ids {missing[:10]}")
+        return [Hit.from_row(rows[int(i)]) for i in ids]
+
+    def image_path(self, id: int) -> Path:
+        """Absolute path of an entry's image; UnsafePathError if the stored path would escape the root."""
+        rows = self._store.get([int(id)])
+        if int(id) not in rows:
+            raise KeyError(f"no entry with id {int(id)}")
+        return safe_join(self.root, rows[int(id)].path)
