@@ -187,7 +187,9 @@ def index_kind(index: faiss.Index) -> str:
 KNOBS = {"ivf": "nprobe", "hnsw": "efSearch"}
 
 
-def search_params(index: faiss.Index, knobs: dict, sel: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
+def search_params(
+    index: faiss.Index, knobs: dict, sel: faiss.IDSelector | None = None
+) -> faiss.SearchParameters | None:
     """Per-call parameters (thread-safe; the caller must keep ``sel`` alive during the search)."""
     kind = index_kind(index)
     if kind == "ivf":

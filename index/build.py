@@ -275,7 +275,7 @@ def remove_from_index(index: faiss.Index, ids: np.ndarray, manifest: dict) -> fa
             raise IndexDirError(f"cannot remove from this index type ({e}); rebuild it instead") from e
         new = create_index(manifest["index"]["factory"], index.d)
         if not new.is_trained:
-            raise IndexDirError("cannot remove from this index type; rebuild it instead")
+            raise IndexDirError("cannot remove from this index type; rebuild it instead") from None
         if len(keep):
             new.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), keep)
         apply_knobs(new, manifest["index"].get("params", {}))

@@ -319,27 +319,49 @@ def test_image_path_refuses_traversal(bank_index: Path, tmp_path: Path) -> None:
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "build_index.py"), *args, "--no-progress"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def script_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_index_script", ROOT / "scripts" / "build_index.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
 
 
 def test_script_builds_from_checkpoint_and_searches(tiny_run: Path, shapes_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "bank"
-    r = run_script("--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(out))
+    r = run_script("--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(out))  # a real subprocess
     assert r.returncode == 0, r.stderr
     assert "240 entries" in r.stdout and "flat" in r.stdout
     with SearchIndex.open(out) as si:
         hits = si.search_images([shapes_root / "test" / "square" / "0001.png"], k=5)[0]
     assert len(hits) == 5 and all(h.path.endswith(".png") and h.label in SHAPES for h in hits)
     assert hits[0].score >= hits[-1].score and -1.0 <= hits[-1].score <= 1.0
-    # embedding a split folder: labels from class folders, splits from train/test
-    out2 = tmp_path / "embedded"
-    r = run_script("--checkpoint", str(tiny_run), "--out", str(out2), "--images", str(shapes_root),
-                   "--index-type", "IVF4,Flat")
-    assert r.returncode == 0, r.stderr
-    with SearchIndex.open(out2) as si:
+
+
+def test_script_embeds_a_folder_and_updates(tiny_run: Path, shapes_root: Path, tmp_path: Path, capsys) -> None:
+    main = script_main()  # in-process: same code path as the command line, without another interpreter start
+    out = tmp_path / "embedded"
+    assert main(["--checkpoint", str(tiny_run), "--out", str(out), "--images", str(shapes_root),
+                 "--index-type", "IVF4,Flat", "--no-progress", "--device", "cpu"]) == 0
+    assert "340 entries" in capsys.readouterr().out
+    with SearchIndex.open(out, device="cpu") as si:
         assert len(si) == 340 and si.manifest["source"] == "embedded" and si.manifest["index"]["type"] == "ivf"
+        assert si.labels() == SHAPES
         img = shapes_root / "test" / "triangle" / "0002.png"
         top = si.search_images([img.read_bytes()], k=3, label="triangle")[0]
         assert top[0].path == "test/triangle/0002.png" and top[0].split == "test" and len(top) == 3
-    r = run_script("--checkpoint", str(tiny_run), "--out", str(out2))
-    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert main(["--out", str(out), "--remove", "test/triangle", "--no-progress"]) == 0
+    assert "removed 25 entries" in capsys.readouterr().out
+    assert main(["--out", str(out), "--add", str(shapes_root / "test" / "triangle"), "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert "added 25" in capsys.readouterr().out
+    assert main(["--out", str(out), "--add", str(shapes_root / "test" / "triangle"), "--no-progress"]) == 0
+    assert "nothing to add" in capsys.readouterr().out
+    assert main(["--checkpoint", str(tiny_run), "--out", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tiny_run), "--out", str(tmp_path / "x"), "--index-type", "Bogus"]) == 2
+    assert "neither one of" in capsys.readouterr().err
