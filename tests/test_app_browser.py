@@ -117,6 +117,7 @@ def test_uploads_over_10mb_are_refused(app_url: str):
 # ---------------------------------------------------------------- browser
 
 
+@pytest.mark.browser
 @needs_chromium
 @needs_playwright
 def test_browser_upload_results_more_like_this_and_bad_file(app_url: str, shapes_root: Path, tmp_path: Path):
@@ -165,6 +166,7 @@ def test_browser_upload_results_more_like_this_and_bad_file(app_url: str, shapes
         assert re.search(r"results for \w+/cross/", wait_for_status(page, before))
 
 
+@pytest.mark.browser
 @needs_chromium
 @needs_playwright
 def test_screenshot_helper(app_url: str, shapes_root: Path, tmp_path: Path):
@@ -175,3 +177,38 @@ def test_screenshot_helper(app_url: str, shapes_root: Path, tmp_path: Path):
     with Image.open(out) as im:
         assert im.width == 1200 and im.height >= 900
     assert "results for 0001.png" in info["status"] and len(info["captions"]) == 20
+
+
+@pytest.mark.browser
+@needs_chromium
+@needs_playwright
+def test_browser_paste_and_drag_and_drop(app_url: str, shapes_root: Path):
+    import base64
+
+    with chromium_page() as page:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_url.rstrip("/"))
+        page.goto(app_url)
+        page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+        b64 = base64.b64encode((shapes_root / "test" / "cross" / "0002.png").read_bytes()).decode()
+
+        # paste: put a PNG on the clipboard, press the query's "Paste from clipboard" button
+        page.evaluate("""async (b64) => { const bin = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            await navigator.clipboard.write([new ClipboardItem({'image/png': new Blob([bin], {type: 'image/png'})})]);
+        }""", b64)
+        before = status_text(page)
+        page.locator("#query button[aria-label='Paste from clipboard']").click()
+        assert re.search(r"20 results for \S+\.png", wait_for_status(page, before))
+        wait_for_images(page, "#results img")
+        assert page.locator("#results .caption-label").first.inner_text().startswith("1.000 · cross · 0002.png")
+
+        # drag and drop a file onto the query box (clear it first so the drop zone is back)
+        page.locator("#query button[aria-label='Remove Image']").click()
+        page.wait_for_function("() => document.querySelectorAll('#results img').length === 0", timeout=30_000)
+        dt = page.evaluate_handle("""(b64) => { const bin = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bin], 'dropped.png', {type: 'image/png'})); return dt; }""", b64)
+        target = page.locator("#query [aria-label='Drop an image file here to upload']")
+        before = status_text(page)
+        for event in ("dragenter", "dragover", "drop"):
+            target.dispatch_event(event, {"dataTransfer": dt})
+        assert "20 results for dropped.png" in wait_for_status(page, before)
