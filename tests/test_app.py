@@ -362,3 +362,39 @@ def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
     names = {fn.api_name for fn in demo.fns.values() if getattr(fn, "api_name", None)}
     assert {"search", "search_batch"} <= names
     assert "image-rendering: pixelated" in demo.app_css
+
+
+# ---------------------------------------------------------------- app.py and launch settings
+
+
+def test_app_main_defaults_and_missing_index(app_index: Path, tmp_path: Path, monkeypatch, capsys):
+    import app
+    import webapp.ui
+
+    seen = {}
+    monkeypatch.setattr(webapp.ui, "launch", lambda h, **kw: seen.update(kw, root=h.root))
+    assert app.main(["--index", str(app_index)]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 7860 and seen["share"] is False
+    assert app.main(["--index", str(app_index), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
+    assert seen["host"] == "0.0.0.0" and seen["port"] == 8123 and seen["share"] is True
+
+    assert app.main(["--index", str(tmp_path / "nope")]) == 2
+    assert "no index at" in capsys.readouterr().err
+    (tmp_path / "broken").mkdir()
+    assert app.main(["--index", str(tmp_path / "broken")]) == 2
+    assert "cannot open index" in capsys.readouterr().err
+    assert app.DEFAULT_INDEX == "indexes/cifar10"
+
+
+def test_launch_serves_only_the_image_root_and_caps_uploads(h: SearchHandlers, monkeypatch):
+    import gradio as gr
+
+    from webapp.ui import launch
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    launch(h)
+    assert seen["allowed_paths"] == [str(h.root)]
+    assert seen["max_file_size"] == "10mb"
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
+    assert "pixelated" in seen["css"]
