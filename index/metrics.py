@@ -9,10 +9,12 @@ embeddings of an index and a query collection. Conventions:
 - a ranking is best first; equal scores keep gallery order (stable sort).
 
 The class-level pass (:func:`rank_and_score`) takes ``query_chunk`` queries at a time, scores
-them against the whole gallery, sorts each row once, and derives from that single sort the
-weighted kNN votes, full-ranking AP, mAP@R, precision@k / recall@k and the interpolated
-precision-recall curve; only per-query numbers are kept, so memory stays
-``query_chunk x gallery`` whatever the number of queries.
+them against the whole gallery, takes the top-k for the weighted kNN, sorts each row's
+scores once and locates the relevant items' scores in it: their ranks give the full-ranking
+AP, mAP@R, precision@k / recall@k and the interpolated precision-recall curve exactly. Only
+per-query numbers are kept, so memory stays ``query_chunk x gallery`` whatever the number of
+queries (10k CIFAR-10 test queries against the 50k training images: well under a minute per
+method on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from instdisc.knn import weighted_vote
 
 PR_LEVELS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())  # recall levels of the PR curve
-CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500)  # kNN-vs-k curve (clipped to the gallery)
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)  # kNN-vs-k curve (clipped to the gallery)
 
 
 # ---------------------------------------------------------------- single-ranking building blocks
@@ -124,12 +126,20 @@ def weighted_knn_predict(
 
     Class c scores sum_{i <= k, y_i = c} exp(s_i / tau); the prediction is the arg-max (ties go to
     the lower class id). Neighbours with label -1 get weight 0. k is clipped to the neighbours given.
+    One k: ``instdisc.knn.weighted_vote``; several: one cumulative sum over the neighbours.
     """
     labelled = neighbour_labels >= 0
     s = scores.masked_fill(~labelled, float("-inf")) if not bool(labelled.all()) else scores
     nl = neighbour_labels.clamp(min=0).long()
     k_max = scores.shape[1]
-    return {int(k): weighted_vote(s, nl, num_classes, min(int(k), k_max), temperature).argmax(1) for k in ks}
+    ks = sorted({min(int(k), k_max) for k in ks})
+    if len(ks) == 1:
+        return {ks[0]: weighted_vote(s, nl, num_classes, ks[0], temperature).argmax(1)}
+    w = (s[:, : ks[-1]].double() / temperature).exp()
+    one_hot = torch.zeros(s.shape[0], ks[-1], num_classes, dtype=torch.float64)
+    one_hot.scatter_(2, nl[:, : ks[-1], None], w[:, :, None])
+    votes = one_hot.cumsum(1)
+    return {k: votes[:, k - 1].argmax(1) for k in ks}
 
 
 def ann_recall(found: np.ndarray, exact: np.ndarray) -> float:
@@ -214,7 +224,7 @@ class RankingResult:
         }
 
 
-def chunk_size_for(n_gallery: int, budget_bytes: int = 384 << 20, bytes_per_cell: int = 64) -> int:
+def chunk_size_for(n_gallery: int, budget_bytes: int = 256 << 20, bytes_per_cell: int = 16) -> int:
     """Queries per chunk so the (chunk x gallery) working tensors stay within ``budget_bytes``."""
     return int(max(1, min(1024, budget_bytes // max(1, n_gallery * bytes_per_cell))))
 
@@ -228,57 +238,64 @@ def rank_and_score(
 ) -> RankingResult:
     """Exact cosine ranking of every query against the whole gallery, and every class metric.
 
-    kNN neighbours are taken among labelled gallery entries only (as ``instdisc.knn``); the
-    ranking metrics rank the whole gallery. Queries with label -1 contribute only ``top_ids``.
+    Per chunk of queries: one (chunk x gallery) similarity matrix; a top-k for the weighted
+    kNN (neighbours among labelled gallery entries only, as ``instdisc.knn``) and the returned
+    ``top_ids``; one sort of each row's scores, in which the scores of the query's relevant
+    items (same class) are located to get their full-ranking ranks (:func:`hit_rank_stats`).
+    Queries with label -1 contribute only ``top_ids``.
     """
     device = gallery.device
     n = gallery.shape[0]
-    g_lab = gallery_labels.to(device).long()
+    g_lab = gallery_labels.cpu().long()
     labelled_gallery = g_lab >= 0
     all_labelled = bool(labelled_gallery.all())
     n_lab = int(labelled_gallery.sum())
-    class_count = torch.bincount(g_lab[labelled_gallery], minlength=num_classes).cpu()
+    members = {c: (g_lab == c).nonzero().squeeze(1) for c in range(num_classes)}
     curve_ks = sorted({int(k) for k in curve_ks if k <= max(1, n_lab)} | {min(int(k), max(1, n_lab)) for k in knn_ks})
     k_vote = max(1, min(max(curve_ks), n_lab))
     chunk = query_chunk or chunk_size_for(n)
     q_lab_all = query_labels.cpu().long()
+    mask = None if all_labelled else (~labelled_gallery).to(device)
+    g_lab_dev = g_lab.to(device)
 
     correct = {k: 0 for k in curve_ks}
     n_scored = 0
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, np.ndarray] = {}
     n_valid = 0
     top_ids, top_scores = [], []
     g = gallery.float()
     for q0 in tqdm(range(0, queries.shape[0], chunk), desc=desc, disable=not progress, unit="chunk", leave=False):
-        q = queries[q0 : q0 + chunk].to(device).float()
+        s = queries[q0 : q0 + chunk].to(device).float() @ g.t()
         y = q_lab_all[q0 : q0 + chunk]
-        s = q @ g.t()
-        order = torch.sort(s, dim=1, descending=True, stable=True)
         kt = min(top_k, n)
-        top_ids.append(order.indices[:, :kt].cpu())
-        top_scores.append(order.values[:, :kt].cpu())
-        has = y >= 0
-        if not bool(has.any()) or n_lab == 0:
+        ts, ti = s.topk(kt, dim=1)
+        top_ids.append(ti.cpu())
+        top_scores.append(ts.cpu())
+        sel = (y >= 0).nonzero().squeeze(1)
+        if len(sel) == 0 or n_lab == 0:
             continue
-        sel = has.nonzero().squeeze(1)
         yl = y[sel]
-        # kNN among labelled gallery entries
-        if all_labelled:
-            ks_, ki = order.values[sel.to(device), :k_vote], order.indices[sel.to(device), :k_vote]
-        else:
-            ks_, ki = s[sel.to(device)].masked_fill(~labelled_gallery, float("-inf")).topk(k_vote, dim=1)
-        preds = weighted_knn_predict(ks_.cpu(), g_lab[ki].cpu(), num_classes, curve_ks, temperature)
-        for k, p in preds.items():
-            correct[k] += int((p == yl).sum())
+        s_lab = s if len(sel) == s.shape[0] else s[sel.to(device)]
+        # weighted kNN among labelled gallery entries
+        vs, vi = (s_lab if mask is None else s_lab.masked_fill(mask, float("-inf"))).topk(k_vote, dim=1)
+        preds = weighted_knn_predict(vs.cpu(), g_lab_dev[vi].cpu(), num_classes, curve_ks, temperature)
+        for k in curve_ks:
+            correct[k] += int((preds[min(k, k_vote)] == yl).sum())
         n_scored += len(sel)
-        # full-ranking metrics
-        rel = g_lab[order.indices[sel.to(device)]] == yl.to(device).view(-1, 1)
-        stats = ranking_stats(rel.cpu(), class_count[yl], pr_ks, levels)
-        ok = ~torch.isnan(stats["ap"])
-        n_valid += int(ok.sum())
-        for key, v in stats.items():
-            v = v[ok].sum(0)
-            sums[key] = sums[key] + v if key in sums else v
+        # full-ranking metrics from the ranks of each query's relevant items
+        s_np = s_lab.cpu().numpy()
+        sorted_rows = np.sort(s_np, axis=1)
+        for c in yl.unique().tolist():
+            rows = (yl == c).nonzero().squeeze(1).numpy()
+            cols = members[c].numpy()
+            if len(cols) == 0:
+                continue  # no relevant item in the gallery: AP undefined, left out of the means
+            rel_scores = np.sort(s_np[np.ix_(rows, cols)], axis=1)[:, ::-1]  # best first
+            stats = hit_rank_stats(ranks_in(sorted_rows[rows], rel_scores), len(cols), pr_ks, levels)
+            n_valid += len(rows)
+            for key, v in stats.items():
+                v = v.sum(0)
+                sums[key] = sums[key] + v if key in sums else v
 
     def mean(key: str) -> float:
         return float(sums[key] / n_valid) if n_valid and key in sums else float("nan")
