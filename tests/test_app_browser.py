@@ -212,3 +212,17 @@ def test_browser_paste_and_drag_and_drop(app_url: str, shapes_root: Path):
         for event in ("dragenter", "dragover", "drop"):
             target.dispatch_event(event, {"dataTransfer": dt})
         assert "20 results for dropped.png" in wait_for_status(page, before)
+
+        # typing k and picking a label re-search the same query without re-uploading it
+        before = status_text(page)
+        box = page.locator("#k input[type=number]")
+        box.fill("33")
+        box.press("Enter")
+        assert "33 results for dropped.png" in wait_for_status(page, before)
+        before = status_text(page)
+        page.locator("#label-filter input").click()
+        page.locator("li[role=option]:has-text('square')").click()
+        status = wait_for_status(page, before)
+        assert "33 results for dropped.png" in status and "label = square" in status
+        wait_for_images(page, "#results img")
+        assert all(" · square · " in c for c in page.locator("#results .caption-label").all_inner_texts())

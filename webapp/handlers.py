@@ -393,8 +393,9 @@ class SearchHandlers:
         else:
             head = f"**{len(res.hits)}** results"
         q = f" for `{res.query}`" if res.query else ""
-        return (f"{head}{q} in **{format_ms(res.total_ms)}** (embed {format_ms(res.embed_ms)}, "
-                f"search {format_ms(res.search_ms)}){ftxt}")
+        parts = (f"embed {format_ms(res.embed_ms)}, search {format_ms(res.search_ms)}" if res.embed_ms
+                 else f"search {format_ms(res.search_ms)}, query already embedded")
+        return f"{head}{q} in **{format_ms(res.total_ms)}** ({parts}){ftxt}"
 
     @staticmethod
     def state_of(res: SearchResult) -> dict:

@@ -147,7 +147,8 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
         query.upload(h.ui_search, [query, k, label, folder], [results, status, state], preprocess=False,
                      trigger_mode="always_last", **ui)
         query.clear(h.ui_clear, None, [results, status, state], **ui)
-        for comp, event in ((k, "release"), (label, "input"), (folder, "input")):
+        # k: "change" also covers a number typed into the slider's box ("release" does not)
+        for comp, event in ((k, "change"), (label, "input"), (folder, "input")):
             getattr(comp, event)(h.ui_refresh, [state, k, label, folder], [results, status, state],
                                  trigger_mode="always_last", **ui)
         results.select(on_result_select, [state, k, label, folder], [query, results, status, state], **ui)
