@@ -354,6 +354,10 @@ def test_script_embeds_a_folder_and_updates(tiny_run: Path, shapes_root: Path, t
         img = shapes_root / "test" / "triangle" / "0002.png"
         top = si.search_images([img.read_bytes()], k=3, label="triangle")[0]
         assert top[0].path == "test/triangle/0002.png" and top[0].split == "test" and len(top) == 3
+        q = si.embed_images([img])
+        expect = [h.id for h in si.search_vectors(q, k=20)[0]]
+    with SearchIndex.open(out, device="cpu", mmap=True) as si:  # IVF lists memory-mapped
+        assert [h.id for h in si.search_vectors(q, k=20)[0]] == expect
     assert main(["--out", str(out), "--remove", "test/triangle", "--no-progress"]) == 0
     assert "removed 25 entries" in capsys.readouterr().out
     assert main(["--out", str(out), "--add", str(shapes_root / "test" / "triangle"), "--no-progress",
