@@ -14,6 +14,7 @@ import pytest
 
 from webapp.browser import (
     CHROMIUM,
+    FAKE_CAMERA,
     chromium_page,
     running_app,
     screenshot,
@@ -226,3 +227,21 @@ def test_browser_paste_and_drag_and_drop(app_url: str, shapes_root: Path):
         assert "33 results for dropped.png" in status and "label = square" in status
         wait_for_images(page, "#results img")
         assert all(" · square · " in c for c in page.locator("#results .caption-label").all_inner_texts())
+
+
+@pytest.mark.browser
+@needs_chromium
+@needs_playwright
+def test_browser_webcam_capture(app_url: str):
+    with chromium_page(extra_args=FAKE_CAMERA) as page:  # Chromium's fake camera: a test pattern
+        page.context.grant_permissions(["camera"], origin=app_url.rstrip("/"))
+        page.goto(app_url)
+        page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+        page.locator("#query button[aria-label='Capture from camera']").click()
+        page.locator("#query button:has-text('Click to Access Webcam')").click()
+        shutter = page.locator("#query button[aria-label='capture photo']")
+        shutter.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # let the stream deliver frames
+        before = status_text(page)
+        shutter.click()
+        assert re.search(r"20 results for \S+ in", wait_for_status(page, before))
