@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # imported late: torch/faiss take a while
 
     from index.search import SearchIndex
-
     from webapp.handlers import SearchHandlers
     from webapp.ui import launch
 
