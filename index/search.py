@@ -19,7 +19,7 @@ from PIL import Image
 
 from instdisc.checkpoint import encoder_from
 from instdisc.embed import embed
-from instdisc.images import _to_rgb, fit_square, load_image
+from instdisc.images import to_rgb, fit_square, load_image
 from instdisc.runtime import use_bf16
 
 from .auto import gpu_available, index_kind
@@ -161,14 +161,14 @@ class SearchIndex:
     @staticmethod
     def _to_pil(x) -> Image.Image:
         if isinstance(x, Image.Image):
-            return _to_rgb(x)
+            return to_rgb(x)
         if isinstance(x, str | os.PathLike | bytes | bytearray):
             return load_image(x)
         if isinstance(x, np.ndarray):
             a = x
             if a.dtype != np.uint8:
                 a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
-            return _to_rgb(Image.fromarray(a))
+            return to_rgb(Image.fromarray(a))
         raise TypeError(f"cannot embed a {type(x).__name__}: pass PIL images, paths, bytes or uint8 arrays")
 
     def embed_images(self, images: list) -> np.ndarray:

@@ -33,7 +33,8 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (16-bit, CMYK, palette, alpha) -> 8-bit RGB; alpha flattened on white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -68,7 +69,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                 img.seek(0)  # animated: first frame
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+                return to_rgb(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from instdisc.images import MAX_PIXELS, ImageError, _to_rgb, load_image
+from instdisc.images import MAX_PIXELS, ImageError, to_rgb, load_image
 
 ANY = "(any)"  # dropdown entry meaning "no filter"
 MAX_K = 100
@@ -269,7 +269,7 @@ class SearchHandlers:
         if isinstance(payload, Image.Image):
             if payload.width * payload.height > self.max_pixels:
                 raise QueryError(f"image: {payload.width}x{payload.height} exceeds the {self.max_pixels:,}-pixel limit")
-            return _to_rgb(ImageOps.exif_transpose(payload) or payload), "image"
+            return to_rgb(ImageOps.exif_transpose(payload) or payload), "image"
         source: str | bytes
         name: str
         if isinstance(payload, dict):
