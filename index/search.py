@@ -19,7 +19,7 @@ from PIL import Image
 
 from instdisc.checkpoint import encoder_from
 from instdisc.embed import embed
-from instdisc.images import to_rgb, fit_square, load_image
+from instdisc.images import fit_square, load_image, to_rgb
 from instdisc.runtime import use_bf16
 
 from .auto import gpu_available, index_kind

@@ -23,7 +23,9 @@ class NonParametricSoftmax(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
         logits = f @ bank.features.t() / self.temperature
         return F.cross_entropy(logits, idx.to(f.device))
 
@@ -55,7 +57,9 @@ class NCE(nn.Module):
         noise = torch.randint(0, self.num_instances - 1, (idx.shape[0], self.num_noise), generator=gen)
         return noise + (noise >= idx.cpu().view(-1, 1)).long()
 
-    def forward(self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
         noise = self.sample_noise(idx, gen).to(f.device)
         rows = torch.cat([idx.to(f.device).view(-1, 1), noise], 1)  # B x (m+1), positive first
         weights = bank.features[rows]  # B x (m+1) x d
@@ -83,7 +87,9 @@ class ParametricSoftmax(nn.Module):
         super().__init__()
         self.classifier = nn.Linear(dim, num_instances, bias=False)
 
-    def forward(self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
         return F.cross_entropy(self.classifier(f), idx.to(f.device))
 
 

@@ -77,3 +77,14 @@ def tiny_run(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("tiny-run")
     Trainer(cfg, train, ev, out, device="cpu", progress=False).fit()
     return out
+
+
+@pytest.fixture(scope="session")
+def shapes_index(tiny_run: Path, shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index of every shapes image (train and test), embedded with the tiny checkpoint."""
+    from index.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("shapes-index")
+    build(tiny_run / "checkpoint.pt", out, images=shapes_root, options=BuildOptions(progress=False),
+          overwrite=True)
+    return out

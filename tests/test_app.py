@@ -21,21 +21,10 @@ CAPTION = re.compile(r"^\d\.\d{3} · (circle|cross|square|triangle) · \d{4}\.pn
 
 
 @pytest.fixture(scope="module")
-def app_index(tiny_run: Path, shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny index of every shapes image (train and test), embedded with the tiny checkpoint."""
-    from index.build import BuildOptions, build
-
-    out = tmp_path_factory.mktemp("app-index")
-    build(tiny_run / "checkpoint.pt", out, images=shapes_root, options=BuildOptions(progress=False),
-          overwrite=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def h(app_index: Path) -> SearchHandlers:
+def h(shapes_index: Path) -> SearchHandlers:
     from index.search import SearchIndex
 
-    return SearchHandlers(SearchIndex.open(app_index, device="cpu"))
+    return SearchHandlers(SearchIndex.open(shapes_index, device="cpu"))
 
 
 @pytest.fixture(autouse=True)
@@ -367,15 +356,15 @@ def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
 # ---------------------------------------------------------------- app.py and launch settings
 
 
-def test_app_main_defaults_and_missing_index(app_index: Path, tmp_path: Path, monkeypatch, capsys):
+def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path, monkeypatch, capsys):
     import app
     import webapp.ui
 
     seen = {}
     monkeypatch.setattr(webapp.ui, "launch", lambda h, **kw: seen.update(kw, root=h.root))
-    assert app.main(["--index", str(app_index)]) == 0
+    assert app.main(["--index", str(shapes_index)]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860 and seen["share"] is False
-    assert app.main(["--index", str(app_index), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
+    assert app.main(["--index", str(shapes_index), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
     assert seen["host"] == "0.0.0.0" and seen["port"] == 8123 and seen["share"] is True
 
     assert app.main(["--index", str(tmp_path / "nope")]) == 2

@@ -43,18 +43,8 @@ needs_playwright = pytest.mark.skipif(_playwright_missing(), reason="browser tes
 
 
 @pytest.fixture(scope="module")
-def app_index(tiny_run: Path, shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from index.build import BuildOptions, build
-
-    out = tmp_path_factory.mktemp("app-index-e2e")
-    build(tiny_run / "checkpoint.pt", out, images=shapes_root, options=BuildOptions(progress=False),
-          overwrite=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def app_url(app_index: Path):
-    with running_app(app_index, extra=["--threads", "1"]) as url:
+def app_url(shapes_index: Path):
+    with running_app(shapes_index, extra=["--threads", "1"]) as url:
         yield url
 
 
@@ -96,10 +86,10 @@ def test_api_search_and_batch_with_gradio_client(app_url: str, shapes_root: Path
     assert client.predict(handle_file(str(q)), 1, api_name="/search")["ids"] == res["ids"][:1]
 
 
-def test_only_the_image_root_is_served(app_url: str, app_index: Path, shapes_root: Path):
+def test_only_the_image_root_is_served(app_url: str, shapes_index: Path, shapes_root: Path):
     assert _status(app_url, f"gradio_api/file={shapes_root / 'train' / 'circle' / '0001.png'}") == 200
-    for path in ("/etc/passwd", str(app_index / "manifest.json"), str(Path(__file__).resolve()),
-                 f"{shapes_root}/../{app_index.name}/manifest.json"):
+    for path in ("/etc/passwd", str(shapes_index / "manifest.json"), str(Path(__file__).resolve()),
+                 f"{shapes_root}/../{shapes_index.name}/manifest.json"):
         assert _status(app_url, f"gradio_api/file={path}") in (403, 404), path
 
 

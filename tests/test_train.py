@@ -28,14 +28,16 @@ def _knn(encoder, train, ev) -> float:
 
 
 def test_training_learns_features_better_than_a_random_encoder(shapes_root, tmp_path):
-    cfg = preset("tiny", epochs=8, batch_size=32, precision="fp32", lr=0.06)
-    train, ev = load_splits(shapes_root, 32, progress=False)
+    # 16-px images keep this to seconds; 30 epochs of 7 steps is enough to learn the shapes
+    # past the colours that dominate a random network's features (0.37 vs 0.29 measured).
+    cfg = preset("tiny", epochs=30, batch_size=32, precision="fp32", lr=0.1, image_size=16)
+    train, ev = load_splits(shapes_root, 16, progress=False)
     torch.manual_seed(cfg.seed)
     random_acc = _knn(Encoder(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim), train, ev)
     trainer = Trainer(cfg, train, ev, tmp_path, device="cpu", progress=False)
     history = trainer.fit()
     trained_acc = _knn(trainer.model.encoder, train, ev)
-    assert history[-1]["epoch"] == 8 and history[-1]["knn_top1"] > 0
+    assert history[-1]["epoch"] == 30 and history[-1]["knn_top1"] > 0
     assert trained_acc > random_acc + 0.05, (trained_acc, random_acc)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"epoch", "loss", "lr", "knn_top1", "images_per_s", "seconds"} <= set(lines[-1])

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from instdisc.images import MAX_PIXELS, ImageError, to_rgb, load_image
+from instdisc.images import MAX_PIXELS, ImageError, load_image, to_rgb
 
 ANY = "(any)"  # dropdown entry meaning "no filter"
 MAX_K = 100
