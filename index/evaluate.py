@@ -88,6 +88,7 @@ class EvalOptions:
     grid_k: int = 10
     pixel_size: int = 32  # raw-pixel baseline resolution (images larger than this are area-resized)
     imagenet_size: int | None = None  # ImageNet baseline input size (default: 224 on a GPU, 64+ on the CPU)
+    faiss_threads: int | None = None  # OpenMP threads of FAISS searches (default: FAISS's own, all cores)
     device: str | None = None
     precision: str = "auto"
     batch_size: int = 256
@@ -387,6 +388,17 @@ def evaluate(
 ) -> dict:
     """Run every measurement, write report.json / report.md / figures into ``out_dir``; return the report."""
     o = options or EvalOptions()
+    threads = faiss.omp_get_max_threads()
+    try:
+        if o.faiss_threads:
+            faiss.omp_set_num_threads(int(o.faiss_threads))
+        return _evaluate(index_dir, queries, out_dir, o)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir: str | os.PathLike,
+              o: EvalOptions) -> dict:
     unknown = [b for b in o.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
@@ -581,6 +593,7 @@ def evaluate(
             "baselines": list(o.baselines), "near_dup_samples": o.near_dup_samples, "seed": o.seed,
             "temperature": tau, "device": str(device), "bf16": bf16, "search_device": idx.device,
             "options": asdict(o), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "faiss_threads": faiss.omp_get_max_threads(),
             "machine": platform.machine(), "torch": torch.__version__, "faiss": faiss.__version__,
         },
         "index": {"count": n_gallery, "dim": int(m["dim"]), "source": m.get("source"), "root": m["root"],
@@ -760,7 +773,7 @@ def render_markdown(r: dict) -> str:
                          + " | ".join(_pct(m["knn_top1"].get(str(k))) for k in ks)
                          + f" | {_pct(m['map'])} | {_pct(m['map_at_r'])} | "
                          + " | ".join(_pct(m["precision_at"].get(str(k))) for k in pks) + " | "
-                         + " | ".join(_pct(m["recall_at"].get(str(k))) for k in pks) + " |")
+                         + " | ".join(_pct(m["recall_at"].get(str(k)), 2) for k in pks) + " |")
         lines += ["", "All numbers in %. kNN: the paper's weighted vote, exp(s/tau) over the top-k labelled gallery "
                   "neighbours. mAP: average precision over the full ranking of the gallery (relevant = same "
                   "class), mean over queries; mAP@R: MAP@R with R = the number of relevant gallery items. "
@@ -799,8 +812,10 @@ def render_markdown(r: dict) -> str:
                      f"{_num(s['batched_images']['qps'], '{:.0f}')} | – | – |")
     lines += [f"| image file -> result, one query | – | {_num(s['single_image']['p50_ms'], '{:.2f}')} | "
               f"{_num(s['single_image']['p99_ms'], '{:.2f}')} |", "",
-              f"k = {s['single_vector']['k']}; {c['torch_threads']} torch threads, {c['cpu_count']} CPUs, "
-              f"embedding on {c['device']}. Timings include the metadata lookup of every hit.", ""]
+              f"k = {s['single_vector']['k']}; {c['torch_threads']} torch threads, {c.get('faiss_threads')} FAISS "
+              f"threads, {c['cpu_count']} CPUs, embedding on {c['device']}. Timings include the metadata lookup of "
+              "every hit. On a machine busy with other work, FAISS's OpenMP threads can inflate single-query "
+              "latency many times over (measure with --faiss-threads 1 to see).", ""]
     baseline_notes = [(n, m["note"]) for n, m in methods.items() if m.get("note")]
     if baseline_notes:
         lines += ["## Baselines", ""] + [f"- {METHOD_NAMES.get(n, n)}: {t}" for n, t in baseline_notes] + [""]

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--faiss-threads", type=int, default=None,
+                   help="OpenMP threads for FAISS searches (default: FAISS's own, all cores)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         ks=tuple(args.ks), pr_ks=tuple(args.pr_ks), limit=args.limit, baselines=tuple(args.baselines),
         near_dup_samples=args.near_dup_samples, latency_queries=args.latency_queries, e2e_queries=args.e2e_queries,
         grid_queries=args.grid_queries, imagenet_size=args.imagenet_size, device=args.device,
-        precision=args.precision, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+        faiss_threads=args.faiss_threads, precision=args.precision, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.no_progress)
     try:
         r = evaluate(args.index, args.queries, args.out, opts)
     except (IndexDirError, CheckpointError, DataError, ImageError, ValueError) as e:
