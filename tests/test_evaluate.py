@@ -197,8 +197,8 @@ def _in_unit(x) -> bool:
 def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--index", str(tiny_index), "--queries",
-           str(shapes_root), "--out", str(out), "--ks", "1", "20", "--limit", "40", "--baselines", "pixels",
-           "random", "imagenet", *FAST]
+           str(shapes_root), "--out", str(out), "--ks", "1", "20", "--limit", "40", "--baselines", "reembed",
+           "pixels", "random", "imagenet", *FAST]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "weighted kNN top-1 (k=200)" in p.stdout
@@ -206,7 +206,8 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     assert _in_unit(r["knn_top1"]) and r["knn_k"] == 200 and _in_unit(r["map"])
     assert r["class_level"] is True and r["queries"]["count"] == 40 and r["gallery"]["count"] == 240
     assert r["config"]["temperature"] == pytest.approx(0.1) and r["config"]["query_folder"].endswith("test")
-    assert set(r["methods"]) == {"ours", "pixels", "random"}  # no ImageNet weights on disk -> skipped with a note
+    # no ImageNet weights on disk -> skipped with a note
+    assert set(r["methods"]) == {"ours", "reembed", "pixels", "random"}
     assert any("ImageNet baseline skipped" in n for n in r["notes"])
     for name, m in r["methods"].items():
         assert set(m["knn_top1"]) == {"1", "20", "200"}, name
@@ -220,7 +221,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     # 4 balanced classes, 60 gallery images each: precision@100 of any method is near the 25 % base rate
     assert 0.1 < r["methods"]["pixels"]["precision_at"]["100"] < 0.6
     nd = r["near_duplicate"]
-    assert nd["samples"] == 12 and set(nd["methods"]) == {"ours", "pixels", "random"}
+    assert nd["samples"] == 12 and set(nd["methods"]) == {"ours", "reembed", "pixels", "random"}
     for m in nd["methods"].values():
         assert _in_unit(m["top1"]) and _in_unit(m["top10"]) and m["top10"] >= m["top1"]
     assert r["ann"]["recall"] == pytest.approx(1.0) and r["ann"]["index_type"] == "flat"  # Flat: exact
@@ -228,7 +229,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     assert s["batched_vectors"]["qps"] > 0 and s["single_vector"]["p99_ms"] >= s["single_vector"]["p50_ms"] > 0
     assert s["single_image"]["p50_ms"] > 0 and s["batched_images"]["qps"] > 0
     md = (out / "report.md").read_text()
-    assert "| ours (index encoder) |" in md and "raw pixels" in md and "80.8" in md
+    assert "| ours (index vectors) |" in md and "raw pixels" in md and "80.8" in md
     for png in ("knn_vs_k.png", "pr_curve.png", "retrieval_grid.png"):
         with Image.open(out / png) as im:
             assert im.format == "PNG" and im.width > 100
@@ -269,3 +270,15 @@ def test_imagenet_baseline_uses_weights_already_on_disk(tiny_index: Path, shapes
     assert _in_unit(r["methods"]["imagenet"]["knn_top1"]["200"])
     assert "resnet18-test.pth" in r["methods"]["imagenet"]["note"]
     assert "imagenet" in r["near_duplicate"]["methods"]
+
+
+def test_embedded_index_containing_the_queries(shapes_index: Path, shapes_root: Path, tmp_path: Path) -> None:
+    # an index of train + test (embedded, not the memory bank): the overlap is flagged, 'reembed' is pointless
+    r = evaluate(shapes_index, shapes_root, tmp_path / "rep",
+                 EvalOptions(baselines=("reembed",), limit=10, near_dup_samples=0, latency_queries=2, e2e_queries=1,
+                             e2e_batch=2, grid_queries=1, progress=False))
+    assert set(r["methods"]) == {"ours"} and r["index"]["source"] == "embedded"
+    assert any("10 of the 10 query images are themselves in the index" in n for n in r["notes"])
+    assert any("'reembed' skipped" in n for n in r["notes"])
+    assert r["near_duplicate"]["note"].startswith("skipped")
+    assert r["methods"]["ours"]["knn_top1"]["1"] >= 0.9  # each query's nearest neighbour is itself
