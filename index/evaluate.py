@@ -553,8 +553,9 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
             results[name] = {"note": meth.note}
             continue
         with timer(f"rank {name}"):
-            rr = M.rank_and_score(meth.queries, q_labels, meth.gallery, g_labels, max(1, len(classes)), tau,
-                                  knn_ks=knn_ks, pr_ks=o.pr_ks, top_k=max(o.ann_k, o.grid_k),
+            # on a GPU the similarity matmuls and top-k run there; the row sorts always run in numpy
+            rr = M.rank_and_score(meth.queries, q_labels, meth.gallery.to(device), g_labels, max(1, len(classes)),
+                                  tau, knn_ks=knn_ks, pr_ks=o.pr_ks, top_k=max(o.ann_k, o.grid_k),
                                   progress=o.progress, desc=f"rank {name}")
         ranking[name] = rr
         results[name] = {**(rr.to_dict() if class_level else {}), "note": meth.note}
@@ -563,7 +564,7 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
     near_dup = {"samples_requested": o.near_dup_samples}
     if o.near_dup_samples > 0:
         with timer("near-duplicates"):
-            near_dup.update(_near_duplicates(idx, methods, ids, g_paths, image_size, o))
+            near_dup.update(_near_duplicates(idx, methods, ids, g_paths, image_size, o, device))
     else:
         near_dup["note"] = "skipped (--near-dup-samples 0)"
 
@@ -636,7 +637,7 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
 
 
 def _near_duplicates(idx: SearchIndex, methods: dict[str, Method], ids: np.ndarray, paths: list[str],
-                     image_size: int, o: EvalOptions) -> dict:
+                     image_size: int, o: EvalOptions, device: torch.device) -> dict:
     n = len(ids)
     rng = np.random.default_rng(o.seed + 1)
     sample = np.sort(rng.choice(n, min(o.near_dup_samples, n), replace=False))
@@ -664,7 +665,7 @@ def _near_duplicates(idx: SearchIndex, methods: dict[str, Method], ids: np.ndarr
     targets = torch.tensor(rows_ok, dtype=torch.long)
     for name, meth in methods.items():
         qv = torch.from_numpy(np.asarray(meth.featurise(x, f"near-dup {name}")))
-        r = M.rank_of_targets(qv, meth.gallery, targets).numpy()
+        r = M.rank_of_targets(qv, meth.gallery.to(device), targets).numpy()
         res["methods"][name] = {"top1": float((r == 0).mean()), "top10": float((r < 10).mean()),
                                 "median_rank": float(np.median(r) + 1),
                                 "mean_reciprocal_rank": float((1 / (r + 1)).mean())}

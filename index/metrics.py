@@ -161,10 +161,10 @@ def rank_of_targets(
     out = []
     g = gallery.float()
     for q0 in range(0, queries.shape[0], query_chunk):
-        s = queries[q0 : q0 + query_chunk].float() @ g.t()
-        t = targets[q0 : q0 + query_chunk].long().view(-1, 1)
+        s = queries[q0 : q0 + query_chunk].to(g.device).float() @ g.t()
+        t = targets[q0 : q0 + query_chunk].to(g.device).long().view(-1, 1)
         own = s.gather(1, t)
-        out.append((s > own).sum(1))
+        out.append((s > own).sum(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
