@@ -80,6 +80,7 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.bank_ready = False
+        self.epoch_loss = [0.0, 0]  # running (sum, steps) of the current epoch, for exact resume
         self._stop_requested = False
 
     # ------------------------------------------------------------ state
@@ -93,6 +94,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "bank_ready": self.bank_ready,
+            "epoch_loss": list(self.epoch_loss),
             "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state()},
             "dataset": self.train_set.meta(),
             "history": self.history,
@@ -133,6 +135,7 @@ class Trainer:
         t.optimizer.load_state_dict(ckpt["optimizer"])
         t.epoch, t.step_in_epoch, t.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         t.bank_ready = ckpt.get("bank_ready", True)
+        t.epoch_loss = list(ckpt.get("epoch_loss", [0.0, 0]))
         t.gen.set_state(ckpt["rng"]["gen"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         t.history = list(ckpt.get("history", []))
@@ -203,7 +206,6 @@ class Trainer:
             while self.epoch < cfg.epochs:
                 order = self._order(self.epoch)
                 t0 = time.time()
-                losses = []
                 bar = tqdm(range(self.step_in_epoch, spe), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                            disable=not self.progress, unit="step", leave=False)
                 for step in bar:
@@ -226,11 +228,12 @@ class Trainer:
                     model.update_bank(idx, feats.detach())
                     self.global_step += 1
                     steps_this_call += 1
-                    losses.append(loss.item())
-                    if not math.isfinite(losses[-1]):
-                        raise FloatingPointError(f"loss became {losses[-1]} at epoch {self.epoch + 1} step {step}")
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"loss became {loss_value} at epoch {self.epoch + 1} step {step}")
+                    self.epoch_loss = [self.epoch_loss[0] + loss_value, self.epoch_loss[1] + 1]
                     rate = (step - self.step_in_epoch + 1) * bs / max(1e-9, time.time() - t0)
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.4f}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.4f}")
                 seconds = time.time() - t0
                 self.elapsed += seconds
                 done_steps = spe - self.step_in_epoch
@@ -238,11 +241,12 @@ class Trainer:
                 self.step_in_epoch = 0
                 row = {
                     "epoch": self.epoch,
-                    "loss": sum(losses) / max(1, len(losses)),
+                    "loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
                     "lr": lr_at(cfg, self.epoch - 1 + (spe - 1) / spe),
                     "images_per_s": done_steps * bs / max(seconds, 1e-9),
                     "seconds": seconds,
                 }
+                self.epoch_loss = [0.0, 0]
                 last = self.epoch == cfg.epochs
                 if self.eval_set is not None and (last or (cfg.knn_every and self.epoch % cfg.knn_every == 0)):
                     row.update(self.evaluate())
