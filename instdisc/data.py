@@ -16,6 +16,7 @@ download (written out as PNG folders). A folder holding ``train/`` plus ``test/`
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -251,8 +252,6 @@ def load_folder(
         arr, kept, skipped = decode_all(root, paths, image_size, progress=progress)
         if use_cache:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            import io
-
             buf = io.BytesIO()
             np.save(buf, arr)
             atomic_write_bytes(npy, buf.getvalue())
