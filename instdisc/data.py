@@ -227,6 +227,18 @@ def decode_all(
     return out[ok], [p for p, k in zip(paths, ok, strict=True) if k], skipped
 
 
+def _read_cache(npy: Path, meta: Path) -> tuple[np.ndarray, list[str], list[tuple[str, str]]] | None:
+    """A previous decode of the same files, or None when absent or unusable (then it is rewritten)."""
+    try:
+        info = json.loads(meta.read_text())
+        arr = np.load(npy, mmap_mode="r")
+        if arr.shape[0] != len(info["paths"]):
+            return None
+        return np.array(arr), info["paths"], [tuple(s) for s in info["skipped"]]
+    except (ValueError, OSError, KeyError, json.JSONDecodeError):
+        return None
+
+
 def load_folder(
     root: Path, image_size: int, labels: str = "auto", strict: bool = False, use_cache: bool = True,
     progress: bool = True,
@@ -238,20 +250,12 @@ def load_folder(
     cache_dir = cache_root() / "decoded"
     key = _cache_key(root, paths, image_size) if use_cache else ""
     npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if use_cache and npy.exists() and meta.exists():
-        try:
-            info = json.loads(meta.read_text())
-            arr = np.load(npy, mmap_mode="r")
-            if arr.shape[0] == len(info["paths"]):
-                arr, kept, skipped = np.array(arr), info["paths"], [tuple(s) for s in info["skipped"]]
-            else:
-                raise ValueError("stale cache")
-        except (ValueError, OSError, KeyError, json.JSONDecodeError):
-            arr, kept, skipped = decode_all(root, paths, image_size, progress=progress)
+    cached = _read_cache(npy, meta) if use_cache else None
+    if cached is not None:
+        arr, kept, skipped = cached
     else:
         arr, kept, skipped = decode_all(root, paths, image_size, progress=progress)
         if use_cache:
-            cache_dir.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
             np.save(buf, arr)
             atomic_write_bytes(npy, buf.getvalue())

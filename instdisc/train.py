@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -120,8 +121,6 @@ class Trainer:
         ckpt = checkpoint.load(path)
         cfg = TrainConfig.from_dict(ckpt["config"])
         if epochs is not None and epochs != cfg.epochs:
-            from dataclasses import replace
-
             cfg = replace(cfg, epochs=epochs)
         if ckpt["dataset"]["paths"] != train.paths:
             raise DataError(
