@@ -289,6 +289,20 @@ def load_splits(
     return train, align_classes(ev, train.classes)
 
 
+def random_subset(coll: ImageCollection, fraction: float, seed: int = 0) -> ImageCollection:
+    """A seeded random ``fraction`` of ``coll`` in its original order (the data-size ablation).
+
+    The same (fraction, seed) always picks the same files, so a subset run can be resumed.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return coll
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(coll), generator=g)[: max(2, int(len(coll) * fraction))].sort().values
+    return coll.subset(keep)
+
+
 def align_classes(coll: ImageCollection, classes: list[str]) -> ImageCollection:
     """Re-express ``coll``'s labels in another class list (unknown classes become -1)."""
     if not coll.classes or coll.classes == classes:

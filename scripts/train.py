@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from instdisc.checkpoint import CheckpointError  # noqa: E402
 from instdisc.cli import add_config_flags, config_from_args, preset_names  # noqa: E402
-from instdisc.data import DataError, load_splits  # noqa: E402
+from instdisc.data import DataError, load_splits, random_subset  # noqa: E402
 from instdisc.images import ImageError  # noqa: E402
 from instdisc.plots import plot_training  # noqa: E402
 from instdisc.train import Interrupted, Trainer  # noqa: E402
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args, preset_name)
         train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
                                      progress=not args.no_progress)
-        if cfg.subset < 1.0:
-            g = torch.Generator().manual_seed(cfg.seed)
-            keep = torch.randperm(len(train), generator=g)[: max(2, int(len(train) * cfg.subset))].sort().values
-            train = train.subset(keep)
+        train = random_subset(train, cfg.subset, cfg.seed)
         print(f"training on {len(train)} images from {train.root}"
               + (f", evaluating on {len(evalset)}" if evalset is not None else ""), flush=True)
         if args.resume:
