@@ -1,0 +1,39 @@
+"""The ablation campaign on tiny data: every run trains, is evaluated, recorded, skipped when done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments import ablations
+
+
+def test_ablation_group_runs_records_and_skips(shapes_root: Path, tmp_path: Path) -> None:
+    args = ["--data", str(shapes_root), "--groups", "momentum", "--epochs", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert ablations.main(args) == 0
+    summary = json.loads((tmp_path / "res" / "ablations.json").read_text())
+    rows = summary["groups"]["momentum"]["rows"]
+    assert [r["value"] for r in rows] == [0.0, 0.5, 0.9]
+    assert summary["groups"]["momentum"]["complete"]
+    for r in rows:
+        assert 0.0 <= r["knn_bank"] <= 100.0 and 0.0 <= r["knn_full"] <= 100.0
+    # one epoch of two steps is no test of quality, only of the book-keeping: 1-NN over 4 classes
+    assert all(0.0 < r["nn1_full"] <= 100.0 for r in rows)
+    assert (tmp_path / "res" / "ablations.png").stat().st_size > 0
+    run = json.loads((tmp_path / "res" / "runs" / "bankm0.json").read_text())
+    assert run["config"]["memory_momentum"] == 0.0 and run["config"]["epochs"] == 1
+    # a second call finds every run done and trains nothing
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").iterdir()}
+    assert ablations.main(args) == 0
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").iterdir()}
+
+
+def test_subset_run_trains_on_the_fraction_and_evaluates_on_everything(shapes_root: Path, tmp_path: Path) -> None:
+    from instdisc.data import load_splits
+
+    full, test = load_splits(shapes_root, 32, progress=False)
+    res = ablations.run_one(ablations.Run("half", {"subset": 0.5}), 1, full, test, tmp_path / "runs",
+                            tmp_path / "res", progress=False)
+    assert res["train_images"] == len(full) // 2
+    assert res["config"]["subset"] == 0.5
