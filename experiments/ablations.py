@@ -161,6 +161,8 @@ def summarise(results: dict[str, dict], epochs: int, data: str) -> dict:
                 "train_minutes": round(res["train_seconds"] / 60, 2),
             })
         groups[gname] = {"x": g["x"], "rows": rows, "complete": len(rows) == len(g["runs"])}
+        if gname == "objective":
+            groups[gname]["checks"] = objective_ordering(rows)
     return {
         "schedule": {"preset": BASE_PRESET, "epochs": epochs, "schedule": "cosine", "data": data},
         "evaluation": {"k": KNN_K, "vote_temperature": KNN_TEMPERATURE, "queries": "CIFAR-10 test split (10k)"},
@@ -169,6 +171,47 @@ def summarise(results: dict[str, dict], epochs: int, data: str) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "groups": groups,
     }
+
+
+def objective_ordering(rows: list[dict], key: str = "knn_bank") -> dict[str, bool]:
+    """The orderings of the paper's Table 1, checked on one metric of the objective group."""
+    acc = {r["run"]: r[key] for r in rows}
+    need = {"parametric", "nce-m1", "nce-m10", "nce-m512", "nce-m4096", "softmax"}
+    if not need <= acc.keys():
+        return {}
+    nce = [acc[f"nce-m{m}"] for m in (1, 10, 512, 4096)]
+    return {
+        "nce_m1_lowest": acc["nce-m1"] == min(acc.values()),
+        "softmax_highest": acc["softmax"] == max(acc.values()),
+        "nce_improves_with_m": all(a <= b for a, b in zip(nce, nce[1:], strict=False)),
+        "parametric_below_softmax_and_nce4096": acc["parametric"] < min(acc["softmax"], acc["nce-m4096"]),
+    }
+
+
+def markdown(summary: dict) -> str:
+    """The tables REPRODUCTION.md quotes, generated from the JSON so no number is copied by hand."""
+    s = summary["schedule"]
+    lines = [f"Schedule shared by every run: `{s['preset']}` preset, {s['epochs']} epochs, cosine; "
+             f"evaluation: weighted kNN k = {summary['evaluation']['k']}, vote temperature "
+             f"{summary['evaluation']['vote_temperature']}, {summary['evaluation']['queries']}. "
+             f"{summary['machine']['cores']} CPU cores, torch {summary['machine']['torch']}, {summary['date']}.", ""]
+    for gname, g in summary["groups"].items():
+        if not g["rows"]:
+            continue
+        paper = any(r["paper_knn"] is not None for r in g["rows"])
+        lines += [f"**{gname}** (`{g['x']}`){'' if g['complete'] else ' — incomplete'}", "",
+                  "| run | value | kNN (bank) | 1-NN (bank) | kNN (50k re-embedded) | 1-NN (re-embedded) | train min |"
+                  + (" paper kNN |" if paper else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if paper else "")]
+        for r in g["rows"]:
+            lines.append(f"| {r['run']} | {r['value']} | {r['knn_bank']:.2f} | {r['nn1_bank']:.2f} | "
+                         f"{r['knn_full']:.2f} | {r['nn1_full']:.2f} | {r['train_minutes']:.1f} |"
+                         + (f" {r['paper_knn'] if r['paper_knn'] is not None else '–'} |" if paper else ""))
+        if g.get("checks"):
+            lines += ["", "Table 1 orderings (kNN, bank): "
+                      + ", ".join(f"{k} **{'yes' if v else 'no'}**" for k, v in g["checks"].items())]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -228,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(results, args.epochs, args.data)
         atomic_write_text(results_dir / "ablations.json", json.dumps(summary, indent=1))
         plot(summary, results_dir / "ablations.png")
+        atomic_write_text(results_dir / "ablations.md", markdown(summary))
     return 0
 
 

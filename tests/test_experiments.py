@@ -21,6 +21,8 @@ def test_ablation_group_runs_records_and_skips(shapes_root: Path, tmp_path: Path
     # one epoch of two steps is no test of quality, only of the book-keeping: 1-NN over 4 classes
     assert all(0.0 < r["nn1_full"] <= 100.0 for r in rows)
     assert (tmp_path / "res" / "ablations.png").stat().st_size > 0
+    table = (tmp_path / "res" / "ablations.md").read_text()
+    assert "| bankm0.9 | 0.9 |" in table and "incomplete" not in table
     run = json.loads((tmp_path / "res" / "runs" / "bankm0.json").read_text())
     assert run["config"]["memory_momentum"] == 0.0 and run["config"]["epochs"] == 1
     # a second call finds every run done and trains nothing
@@ -37,3 +39,16 @@ def test_subset_run_trains_on_the_fraction_and_evaluates_on_everything(shapes_ro
                             tmp_path / "res", progress=False)
     assert res["train_images"] == len(full) // 2
     assert res["config"]["subset"] == 0.5
+
+
+def test_objective_ordering_checks_table_1() -> None:
+    def rows(**acc: float) -> list[dict]:
+        return [{"run": k.replace("_", "-"), "knn_bank": v} for k, v in acc.items()]
+
+    paper_like = rows(parametric=63.0, nce_m1=42.5, nce_m10=60.0, nce_m512=78.0, nce_m4096=80.4, softmax=80.8)
+    assert all(ablations.objective_ordering(paper_like).values())
+    swapped = rows(parametric=81.0, nce_m1=42.5, nce_m10=79.0, nce_m512=78.0, nce_m4096=80.4, softmax=80.8)
+    checks = ablations.objective_ordering(swapped)
+    assert checks == {"nce_m1_lowest": True, "softmax_highest": False, "nce_improves_with_m": False,
+                      "parametric_below_softmax_and_nce4096": False}
+    assert ablations.objective_ordering(rows(softmax=80.8)) == {}
