@@ -258,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     if test is None or not test.has_labels:
         raise SystemExit(f"{args.data}: needs a labelled test/ split for the kNN evaluation")
     results_dir, runs_dir = Path(args.results), Path(args.runs_dir)
-    results: dict[str, dict] = {}
     order = []
     for g in args.groups:
         order += [r for r in GROUPS[g]["runs"] if r.name not in {o.name for o in order}]
     for i, run in enumerate(order, 1):
         t0 = time.time()
         res = run_one(run, args.epochs, full_train, test, runs_dir, results_dir, args.progress)
-        results[run.name] = res
+        # the summary covers every finished run on disk, whichever call of the campaign trained it
+        results = {f.stem: json.loads(f.read_text()) for f in sorted((results_dir / "runs").glob("*.json"))}
         print(f"[{i}/{len(order)}] {run.name:12s} kNN bank {res['knn_bank']:.2f}  kNN full {res['knn_full']:.2f}  "
               f"1-NN {res['nn1_bank']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
         summary = summarise(results, args.epochs, args.data)

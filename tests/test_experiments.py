@@ -22,7 +22,8 @@ def test_ablation_group_runs_records_and_skips(shapes_root: Path, tmp_path: Path
     assert all(0.0 < r["nn1_full"] <= 100.0 for r in rows)
     assert (tmp_path / "res" / "ablations.png").stat().st_size > 0
     table = (tmp_path / "res" / "ablations.md").read_text()
-    assert "| bankm0.9 | 0.9 |" in table and "incomplete" not in table
+    assert "| bankm0.9 | 0.9 |" in table and "**momentum** (`memory_momentum`)\n" in table
+    assert "**seed** (`seed`) — incomplete" in table  # only the shared baseline of that group ran
     run = json.loads((tmp_path / "res" / "runs" / "bankm0.json").read_text())
     assert run["config"]["memory_momentum"] == 0.0 and run["config"]["epochs"] == 1
     # a second call finds every run done and trains nothing
