@@ -143,9 +143,8 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
     return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
-def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample factors and per-sample random order of the four ops, as torchvision."""
-    n = x.shape[0]
+def jitter_params(n: int, cfg: AugmentConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ColorJitter's per-sample (factors (n, 4), op order (n, 4)), drawn as torchvision draws them."""
     factors = torch.stack(
         [
             _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, gen),
@@ -156,6 +155,11 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
         1,
     )
     order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)
+    return factors, order
+
+
+def apply_jitter(x: torch.Tensor, cfg: AugmentConfig, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Apply the four ops with drawn factors, each sample in its own random order."""
     enabled = [cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0]
     for r in range(4):
         for op in range(4):
@@ -167,6 +171,32 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
             sel_d = sel.to(x.device)
             x[sel_d] = _apply_op(op, x[sel_d], factors[sel, op].to(x.device, x.dtype))
     return x
+
+
+def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample factors and per-sample random order of the four ops, as torchvision."""
+    factors, order = jitter_params(x.shape[0], cfg, gen)
+    return apply_jitter(x, cfg, factors, order)
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """Every random parameter of one batch, one row per sample.
+
+    Drawing is separate from applying so that data-parallel ranks can draw the whole global
+    batch's parameters from the shared generator and each augment only its slice
+    (:meth:`rows`): sample j then gets the same augmentation whatever the number of ranks.
+    """
+
+    boxes: torch.Tensor  # (n, 4) top, left, h, w
+    flip: torch.Tensor  # (n,) bool
+    factors: torch.Tensor  # (n, 4) brightness, contrast, saturation, hue
+    order: torch.Tensor  # (n, 4) jitter op order
+    gray: torch.Tensor  # (n,) bool
+
+    def rows(self, lo: int, hi: int) -> AugmentDraw:
+        return AugmentDraw(self.boxes[lo:hi], self.flip[lo:hi], self.factors[lo:hi], self.order[lo:hi],
+                           self.gray[lo:hi])
 
 
 class BatchAugment:
@@ -186,12 +216,24 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, _, height, width = images.shape
+        return self.apply(images, self.sample(n, height, width, gen))
+
+    def sample(self, n: int, height: int, width: int, gen: torch.Generator) -> AugmentDraw:
+        """Draw the parameters of ``n`` samples (the draws and their order are those of ``__call__``)."""
         cfg = self.cfg
         boxes = sample_crops(n, height, width, cfg, gen)
         flip = torch.rand(n, generator=gen) < cfg.flip_p
-        x = crop_flip(images.float().div_(255.0), boxes, flip, self.size)
-        x = color_jitter(x, cfg, gen)
-        gray = (torch.rand(n, generator=gen) < cfg.grayscale_p).to(x.device)
+        factors, order = jitter_params(n, cfg, gen)
+        gray = torch.rand(n, generator=gen) < cfg.grayscale_p
+        return AugmentDraw(boxes, flip, factors, order, gray)
+
+    def apply(self, images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
+        """Augment a uint8 batch with drawn parameters (one row of ``draw`` per image)."""
+        if draw.boxes.shape[0] != images.shape[0]:
+            raise ValueError(f"{draw.boxes.shape[0]} drawn parameter rows for {images.shape[0]} images")
+        x = crop_flip(images.float().div_(255.0), draw.boxes, draw.flip, self.size)
+        x = apply_jitter(x, self.cfg, draw.factors, draw.order)
+        gray = draw.gray.to(x.device)
         x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
         return normalize(x, self.mean, self.std)
 

@@ -40,6 +40,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | fp32 | bf16
     seed: int = 0
     subset: float = 1.0  # fraction of the training set to use (data-size ablation)
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
     def to_dict(self) -> dict:
         d = asdict(self)

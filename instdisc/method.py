@@ -25,11 +25,23 @@ class InstDisc(nn.Module):
         self.objective = build_objective(cfg.objective, num_instances, cfg.low_dim, cfg.temperature, cfg.nce_k, z_m)
 
     def forward(
-        self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator | None = None
+        self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, features) for an augmented batch and its instance indices."""
+        """(loss, features) for an augmented batch and its instance indices.
+
+        ``noise``: rows drawn beforehand by :meth:`sample_noise` (data-parallel training draws them
+        for the global batch); without it an objective that needs noise draws it from ``gen``.
+        """
         f = self.encoder(x)
-        return self.objective(f, idx, self.bank, gen), f
+        if noise is None:
+            return self.objective(f, idx, self.bank, gen), f
+        return self.objective(f, idx, self.bank, noise=noise), f
+
+    def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:
+        """The objective's noise rows for these instances (None for objectives that draw none)."""
+        draw = getattr(self.objective, "sample_noise", None)
+        return None if draw is None else draw(idx, gen)
 
     @torch.no_grad()
     def update_bank(self, idx: torch.Tensor, features: torch.Tensor) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import log_mean_exp
 from .memory import MemoryBank
 
 
@@ -58,14 +59,18 @@ class NCE(nn.Module):
         return noise + (noise >= idx.cpu().view(-1, 1)).long()
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        noise = self.sample_noise(idx, gen).to(f.device)
+        """``noise``: pre-drawn noise rows (B x m); data-parallel training draws them for the global
+        batch and gives each rank its slice, so a sample's noise does not depend on the rank count."""
+        noise = (self.sample_noise(idx, gen) if noise is None else noise).to(f.device)
         rows = torch.cat([idx.to(f.device).view(-1, 1), noise], 1)  # B x (m+1), positive first
         weights = bank.features[rows]  # B x (m+1) x d
         log_s = torch.einsum("bkd,bd->bk", weights, f) / self.temperature  # log exp(s/tau)
         with torch.no_grad():
-            batch_log_z = torch.logsumexp(log_s.flatten(), 0) - math.log(log_s.numel()) + math.log(self.num_instances)
+            # over every rank's batch when data-parallel, so all ranks hold the same Z
+            batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)
             if torch.isnan(self.log_z):
                 self.log_z.copy_(batch_log_z)
             elif self.z_momentum is not None:

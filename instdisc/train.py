@@ -5,6 +5,15 @@ seeded by (seed, epoch); every other random draw (augmentation, NCE noise) comes
 ``torch.Generator`` whose state is checkpointed; the schedule is a pure function of the
 global step. Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and
 stops, and ``resume`` continues from that step as if nothing had happened.
+
+Data-parallel (``torchrun``, see :mod:`instdisc.distributed`): ``batch_size`` is the global
+batch. Every rank draws the same global batch and its augmentation and noise parameters from
+the same generator, then encodes only its contiguous slice; DDP averages the gradients, the
+batch's features and indices are all-gathered so every rank applies the same bank update,
+and rank 0 alone runs the kNN monitor and writes files. So sample j of a step sees the same
+augmentation and noise whatever the number of ranks, and with ``sync_bn`` (BatchNorm over
+the global batch) an N-process run follows the 1-process run (tests/test_distributed.py),
+and can be resumed with another number of processes.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
+from . import distributed as ddp
 from .augment import BatchAugment
 from .config import TrainConfig
 from .data import DataError, ImageCollection
@@ -65,14 +76,24 @@ class Trainer:
         self.train_set = train
         self.eval_set = evalset if (evalset is not None and evalset.has_labels and train.has_labels) else None
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device = pick_device(device)
+        if ddp.is_main():  # the other ranks of a data-parallel run write nothing
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.device = ddp.current_device(pick_device(device))
         self.bf16 = use_bf16(self.device, cfg.precision)
-        self.progress = progress
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the "
+                             f"{self.world} processes")
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.model = InstDisc(cfg, len(train)).to(self.device).to(memory_format=torch.channels_last)
+        model = InstDisc(cfg, len(train))
+        if cfg.sync_bn and self.world > 1:
+            model.encoder = ddp.global_batchnorm(model.encoder, self.device)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.model.bank.reset_random(self.gen)
+        self.parallel = ddp.data_parallel(self.model, self.device)  # the model itself in one process
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
@@ -103,8 +124,10 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        """Write the checkpoint (rank 0 only: every rank holds the same state)."""
         path = self.out / "checkpoint.pt"
-        checkpoint.save(path, self.state())
+        if self.is_main:
+            checkpoint.save(path, self.state())
         return path
 
     @classmethod
@@ -147,14 +170,28 @@ class Trainer:
         return embed(self.model.encoder, coll.images, self.device, self.bf16)
 
     def warm_start_bank(self) -> None:
-        """Fill the bank from the untrained encoder instead of random vectors (bank_init=encoder)."""
-        feats = self.features(self.train_set)
-        self.model.bank.fill(torch.arange(len(self.train_set)), feats)
+        """Fill the bank from the untrained encoder instead of random vectors (bank_init=encoder).
+
+        Data-parallel: each rank embeds its contiguous shard and the shards are all-gathered.
+        """
+        n = len(self.train_set)
+        lo, hi = ddp.shard_range(n, self.rank, self.world)
+        local = embed(self.model.encoder, self.train_set.images[lo:hi], self.device, self.bf16)
+        feats = ddp.all_gather_rows(local.to(self.device), n)
+        self.model.bank.fill(torch.arange(n), feats)
 
     def evaluate(self) -> dict:
-        """Weighted kNN (k = knn_k) and 1-NN of the eval split against the memory bank."""
+        """Weighted kNN (k = knn_k) and 1-NN of the eval split against the memory bank.
+
+        Data-parallel: computed once, on rank 0, and its result sent to the others.
+        """
         if self.eval_set is None:
             return {}
+        if self.world > 1:
+            return ddp.broadcast_object(self._knn() if self.is_main else None)  # type: ignore[return-value]
+        return self._knn()
+
+    def _knn(self) -> dict:
         q = self.features(self.eval_set)
         acc = knn_accuracy(
             q, self.eval_set.labels, self.model.bank.features, self.train_set.labels,
@@ -168,6 +205,8 @@ class Trainer:
 
     def _log(self, row: dict) -> None:
         self.history.append(row)
+        if not self.is_main:
+            return
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -176,15 +215,40 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:  # noqa: ANN001
         self._stop_requested = True
 
+    def _local_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(augmented images, instance indices, noise rows) of this rank's slice of the global batch ``idx``.
+
+        Every random parameter is drawn for the whole global batch, in the order a single process
+        draws them, so one process gets exactly the batch it always got and sample j gets the same
+        augmentation and noise on any number of ranks.
+        """
+        size = self.train_set.image_size
+        draw = self.augment.sample(len(idx), size, size, self.gen)
+        noise = self.model.sample_noise(idx, self.gen)
+        if self.world > 1:
+            b = len(idx) // self.world
+            lo, hi = self.rank * b, (self.rank + 1) * b
+            idx, draw = idx[lo:hi], draw.rows(lo, hi)
+            noise = None if noise is None else noise[lo:hi]
+        x = self.augment.apply(self.train_set.images[idx].to(self.device, non_blocking=True), draw)
+        return x.contiguous(memory_format=torch.channels_last), idx, noise
+
     # ------------------------------------------------------------ loop
 
-    def fit(self, stop_after_steps: int | None = None) -> list[dict]:
+    def fit(
+        self, stop_after_steps: int | None = None, on_step: Callable[[int, float], None] | None = None
+    ) -> list[dict]:
         """Train to ``cfg.epochs``; stop early (with a checkpoint) after ``stop_after_steps`` steps
-        of this call or on SIGINT/SIGTERM, raising :class:`Interrupted`."""
+        of this call or on SIGINT/SIGTERM, raising :class:`Interrupted`.
+
+        ``on_step(global_step, loss)`` sees every step's loss (the global batch's mean).
+        """
         cfg, model = self.cfg, self.model
         n = len(self.train_set)
         spe = steps_per_epoch(n, cfg.batch_size)
         bs = min(cfg.batch_size, n)
+        if bs % self.world:
+            raise ValueError(f"the global batch of {bs} images does not split over {self.world} processes")
         handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -208,26 +272,30 @@ class Trainer:
                 bar = tqdm(range(self.step_in_epoch, spe), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                            disable=not self.progress, unit="step", leave=False)
                 for step in bar:
-                    if self._stop_requested or (stop_after_steps is not None and steps_this_call >= stop_after_steps):
+                    limit = stop_after_steps is not None and steps_this_call >= stop_after_steps
+                    stop = self._stop_requested or limit
+                    if ddp.any_true(stop):  # every rank stops at the same step
                         self.step_in_epoch = step
                         self.elapsed += time.time() - t0
                         self.save()
+                        ddp.barrier()  # the checkpoint is complete before any rank exits
                         raise Interrupted(f"stopped at epoch {self.epoch + 1}, step {step}; checkpoint saved")
                     lr = lr_at(cfg, self.epoch + step / spe)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    idx = order[step * bs : (step + 1) * bs]
-                    x = self.augment(self.train_set.images[idx].to(self.device, non_blocking=True), self.gen)
-                    x = x.contiguous(memory_format=torch.channels_last)
+                    x, idx, noise = self._local_batch(order[step * bs : (step + 1) * bs])
                     with autocast(self.device, self.bf16):
-                        loss, feats = model(x, idx, self.gen)
+                        loss, feats = self.parallel(x, idx, self.gen, noise)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
-                    model.update_bank(idx, feats.detach())
+                    feats = feats.detach()
+                    model.update_bank(ddp.all_gather_cat(idx.to(feats.device)), ddp.all_gather_cat(feats))
                     self.global_step += 1
                     steps_this_call += 1
-                    loss_value = loss.item()
+                    loss_value = ddp.mean_value(loss)
+                    if on_step is not None:
+                        on_step(self.global_step, loss_value)
                     if not math.isfinite(loss_value):
                         raise FloatingPointError(f"loss became {loss_value} at epoch {self.epoch + 1} step {step}")
                     self.epoch_loss = [self.epoch_loss[0] + loss_value, self.epoch_loss[1] + 1]
@@ -258,4 +326,5 @@ class Trainer:
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+        ddp.barrier()  # rank 0 has written the last checkpoint before any rank exits
         return self.history

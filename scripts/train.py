@@ -1,6 +1,8 @@
 """Train an instance-discrimination encoder on a folder, an archive or CIFAR-10.
 
     python scripts/train.py --data PATH --out RUN_DIR [--preset NAME] [--epochs N] [--resume]
+    # data-parallel on N GPUs (or CPU processes with gloo); --batch-size is the global batch
+    torchrun --nproc_per_node=N scripts/train.py --data PATH --out RUN_DIR [--sync-bn] [--resume]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from instdisc import distributed  # noqa: E402
 from instdisc.checkpoint import CheckpointError  # noqa: E402
 from instdisc.cli import add_config_flags, config_from_args, preset_names  # noqa: E402
 from instdisc.data import DataError, load_splits, random_subset  # noqa: E402
@@ -40,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     preset_name = args.preset or ("paper-cifar" if torch.cuda.is_available() else "cpu-cifar")
     out = Path(args.out)
+    ctx, _ = distributed.init(args.device)  # joins torchrun's process group; nothing in one process
+    say = print if ctx.is_main else (lambda *a, **k: None)
     try:
         cfg = config_from_args(args, preset_name)
-        train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
-                                     progress=not args.no_progress)
+        with distributed.main_first():  # one decode per node; the other ranks read the cache
+            train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
+                                         progress=not args.no_progress and ctx.is_main)
         train = random_subset(train, cfg.subset, cfg.seed)
-        print(f"training on {len(train)} images from {train.root}"
-              + (f", evaluating on {len(evalset)}" if evalset is not None else ""), flush=True)
+        say(f"training on {len(train)} images from {train.root}"
+            + (f", evaluating on {len(evalset)}" if evalset is not None else "")
+            + (f", {ctx.world} processes" if ctx.world > 1 else ""), flush=True)
         if args.resume:
             trainer = Trainer.resume(out / "checkpoint.pt", train, evalset, out, args.device,
                                      not args.no_progress, epochs=args.epochs)
@@ -54,18 +61,22 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "checkpoint.pt").exists():
                 raise DataError(f"{out}/checkpoint.pt exists: pass --resume to continue it, or choose another --out")
             trainer = Trainer(cfg, train, evalset, out, args.device, not args.no_progress)
-        print(f"preset {preset_name} on {trainer.device} (bf16 {trainer.bf16}): {trainer.cfg.to_dict()}", flush=True)
+        say(f"preset {preset_name} on {trainer.device} (bf16 {trainer.bf16}): {trainer.cfg.to_dict()}", flush=True)
         history = trainer.fit()
     except Interrupted as e:
-        print(f"\n{e}. Continue with: python scripts/train.py --data {args.data} --out {out} --resume",
-              file=sys.stderr)
+        launcher = f"torchrun --nproc_per_node={ctx.world}" if ctx.world > 1 else "python"
+        say(f"\n{e}. Continue with: {launcher} scripts/train.py --data {args.data} --out {out} --resume",
+            file=sys.stderr)
         return 130
     except (DataError, CheckpointError, ImageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{f' (rank {ctx.rank})' if ctx.world > 1 else ''}: {e}", file=sys.stderr)
         return 2
-    plot_training(history, out / "curves.png")
+    finally:
+        distributed.cleanup()
+    if ctx.is_main:
+        plot_training(history, out / "curves.png")
     last = history[-1] if history else {}
-    print(f"done: {out / 'checkpoint.pt'}; final " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+    say(f"done: {out / 'checkpoint.pt'}; final " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
     return 0
 
 
