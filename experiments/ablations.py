@@ -1,7 +1,10 @@
 """CPU-scale ablations of the paper's CIFAR-10 findings (issue #6, REPRODUCTION.md).
 
     python experiments/ablations.py [--groups objective tau dim size momentum seed] [--epochs 4]
-                                    [--data ../shared/datasets/cifar10-jpeg.tar.gz]
+                                    [--data ../shared/datasets/cifar10-jpeg.tar.gz] [--threads 1]
+
+Several workers may share one campaign (each claims a run before training it), e.g. one
+one-thread worker per core: ``for i in 1 2; do python experiments/ablations.py --threads 1 & done``.
 
 Every run is the ``cpu-cifar`` preset with one field changed and one short schedule shared by
 all runs (``--epochs``, cosine). Each finished run writes ``results/ablations/runs/NAME.json``;
@@ -145,6 +148,29 @@ def run_one(run: Run, epochs: int, full_train: ImageCollection, test: ImageColle
     return result
 
 
+def claim(runs_dir: Path, name: str) -> bool:
+    """Take a run for this process (several workers share one campaign); a dead worker's claim is void."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path = runs_dir / f"{name}.claim"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()
+            except PermissionError:  # alive, someone else's
+                return False
+            except (ValueError, ProcessLookupError):
+                path.unlink(missing_ok=True)  # its worker died: the checkpoint lets us resume the run
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def summarise(results: dict[str, dict], epochs: int, data: str) -> dict:
     groups = {}
     for gname, g in GROUPS.items():
@@ -253,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "ablations"), help="checkpoints (resumable)")
     p.add_argument("--results", default=str(ROOT / "results" / "ablations"), help="JSON + plot")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads; on a shared machine, one-thread workers (one per core) waste less time")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     full_train, test = load_splits(args.data, 32, "auto", progress=args.progress)
     if test is None or not test.has_labels:
         raise SystemExit(f"{args.data}: needs a labelled test/ split for the kNN evaluation")
@@ -263,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         order += [r for r in GROUPS[g]["runs"] if r.name not in {o.name for o in order}]
     for i, run in enumerate(order, 1):
         t0 = time.time()
+        if not (results_dir / "runs" / f"{run.name}.json").exists() and not claim(runs_dir, run.name):
+            print(f"[{i}/{len(order)}] {run.name:12s} taken by another worker", flush=True)
+            continue
         res = run_one(run, args.epochs, full_train, test, runs_dir, results_dir, args.progress)
+        (runs_dir / f"{run.name}.claim").unlink(missing_ok=True)
         # the summary covers every finished run on disk, whichever call of the campaign trained it
         results = {f.stem: json.loads(f.read_text()) for f in sorted((results_dir / "runs").glob("*.json"))}
         print(f"[{i}/{len(order)}] {run.name:12s} kNN bank {res['knn_bank']:.2f}  kNN full {res['knn_full']:.2f}  "

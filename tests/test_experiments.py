@@ -53,3 +53,13 @@ def test_objective_ordering_checks_table_1() -> None:
     assert checks == {"nce_m1_lowest": True, "softmax_highest": False, "nce_improves_with_m": False,
                       "parametric_below_softmax_and_nce4096": False}
     assert ablations.objective_ordering(rows(softmax=80.8)) == {}
+
+
+def test_claims_are_exclusive_and_a_dead_workers_claim_is_void(tmp_path: Path) -> None:
+    assert ablations.claim(tmp_path, "a")
+    assert ablations.claim(tmp_path, "a")  # this process already holds it
+    (tmp_path / "b.claim").write_text("1")  # held by a live process (init) that is not us
+    assert not ablations.claim(tmp_path, "b")
+    (tmp_path / "c.claim").write_text("999999999")  # no such process: the claim is stale
+    assert ablations.claim(tmp_path, "c")
+    assert (tmp_path / "c.claim").read_text() == str(__import__("os").getpid())
