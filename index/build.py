@@ -229,19 +229,30 @@ def build(
     """Build INDEX_DIR from the memory bank (``images=None``) or from embedded images; return the manifest."""
     options = options or BuildOptions()
     out = Path(out_dir)
+    check_new(out, overwrite)
+    ckpt_path, ckpt, sha = load_checkpoint(checkpoint)
+    col = from_memory_bank(ckpt) if images is None else from_images(ckpt, images, options)
+    return write_new(out, col, ckpt, ckpt_path, sha, "memory_bank" if images is None else "embedded", options)
+
+
+def check_new(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing index unless asked to (before any expensive work)."""
     if (out / MANIFEST).exists() and not overwrite:
         raise IndexDirError(f"{out} already holds an index: pass --overwrite to rebuild it, "
                             "or --add / --remove to update it")
-    ckpt_path, ckpt, sha = load_checkpoint(checkpoint)
-    col = from_memory_bank(ckpt) if images is None else from_images(ckpt, images, options)
+
+
+def write_new(
+    out: Path, col: Collected, ckpt: dict, ckpt_path: Path, sha: str, source: str, options: BuildOptions
+) -> dict:
+    """Index ``col``'s vectors (ids 0..n-1 in its order), write the files and commit; return the manifest."""
     n = len(col.paths)
     ids = np.arange(n, dtype=np.int64)
     index, info = build_vector_index(
         col.vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
         options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
     rows = _rows(ids, col.root, col.paths, col.labels, col.splits, options.progress)
-    manifest = new_manifest(ckpt=ckpt, ckpt_path=ckpt_path, ckpt_sha256=sha,
-                            source="memory_bank" if images is None else "embedded", root=col.root,
+    manifest = new_manifest(ckpt=ckpt, ckpt_path=ckpt_path, ckpt_sha256=sha, source=source, root=col.root,
                             dim=col.vectors.shape[1], index_info=info, count=n, next_id=n)
     manifest["skipped"] = [list(s) for s in col.skipped[:100]]
     with locked(out):
