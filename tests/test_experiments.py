@@ -53,6 +53,9 @@ def test_objective_ordering_checks_table_1() -> None:
     assert checks == {"nce_m1_lowest": True, "softmax_highest": False, "nce_improves_with_m": False,
                       "parametric_below_softmax_and_nce4096": False}
     assert ablations.objective_ordering(rows(softmax=80.8)) == {}
+    zema = rows(parametric=63.0, nce_m1_zema=42.5, nce_m10_zema=60.0, nce_m512_zema=78.0, nce_m4096_zema=80.4,
+                softmax=80.8)
+    assert all(ablations.objective_ordering(zema, "-zema").values())
 
 
 def test_claims_are_exclusive_and_a_dead_workers_claim_is_void(tmp_path: Path) -> None:
