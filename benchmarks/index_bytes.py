@@ -1,0 +1,128 @@
+"""Bytes per vector of each FAISS index type, measured: the numbers behind docs/scaling.md.
+
+    python benchmarks/index_bytes.py [--n 100000] [--out benchmarks/results/index_bytes.json]
+
+For 128-d clustered unit vectors (``index.synthetic.clustered_unit_vectors``, spread 1.0, like
+benchmarks/search_scale.py) each index is built at n/2 and at n vectors and serialised; the
+marginal bytes per vector are (size(n) - size(n/2)) / (n/2), which leaves out fixed costs such
+as IVF centroids and PQ codebooks, so they extrapolate to 100M and 1B vectors. The resident
+memory of the loaded n-vector index (growth of this process's RSS on deserialising it) is
+recorded too, in a fresh process (VmRSS growth on ``read_index``): IDMap2's reverse id map is
+rebuilt in memory and not written to the file.
+Recall@10 against exact search on held-out queries says what the compression costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from index.synthetic import clustered_unit_vectors  # noqa: E402
+from instdisc.fsutil import atomic_write_text  # noqa: E402
+
+# (name, factory, search knobs): the types docs/index.md offers, at the settings auto would start from
+CASES = (
+    ("flat", "IDMap2,Flat", {}),
+    ("ivf-flat", "IVF1024,Flat", {"nprobe": 16}),
+    ("ivf-pq32", "IVF1024,PQ32", {"nprobe": 16}),
+    ("ivf-pq16", "IVF1024,PQ16", {"nprobe": 16}),
+    ("hnsw32", "IDMap2,HNSW32,Flat", {"efSearch": 64}),
+)
+
+
+RESIDENT = """
+import sys, faiss
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+before = rss()
+index = faiss.read_index(sys.argv[1])
+print(rss() - before)
+"""
+
+
+def resident_bytes(blob: np.ndarray) -> int:
+    """Memory a fresh process gains by loading the serialised index (no freed memory to reuse)."""
+    with tempfile.NamedTemporaryFile(suffix=".faiss") as f:
+        f.write(blob.tobytes())
+        f.flush()
+        out = subprocess.run([sys.executable, "-c", RESIDENT, f.name], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def build(factory: str, x: np.ndarray, train: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(train)
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    return index
+
+
+def set_knobs(index: faiss.Index, knobs: dict) -> None:
+    ps = faiss.ParameterSpace()
+    for k, v in knobs.items():
+        ps.set_index_parameter(index, k, v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--out", default="benchmarks/results/index_bytes.json")
+    args = p.parse_args(argv)
+    n, d = args.n, 128
+    data = clustered_unit_vectors(n + args.queries, d, centres=1000, spread=1.0, seed=0)
+    x, q = data[:n], data[n:]
+    train = x[: min(n, 64 * 1024)]
+    exact = faiss.IndexFlatIP(d)
+    exact.add(x)
+    _, truth = exact.search(q, 10)
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "load_avg_start": os.getloadavg()[0]},
+              "versions": {"faiss": faiss.__version__, "numpy": np.__version__},
+              "date": time.strftime("%Y-%m-%d"), "n": n, "d": d, "queries": args.queries, "cases": {}}
+    for name, factory, knobs in CASES:
+        t0 = time.perf_counter()
+        half = faiss.serialize_index(build(factory, x[: n // 2], train)).nbytes
+        full_index = build(factory, x, train)
+        full = faiss.serialize_index(full_index)
+        build_s = time.perf_counter() - t0
+        del full_index
+        gc.collect()
+        resident = resident_bytes(full)
+        loaded = faiss.deserialize_index(full)
+        set_knobs(loaded, knobs)
+        _, found = loaded.search(q, 10)
+        recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+        row = {"factory": factory, "knobs": knobs, "file_bytes": int(full.nbytes),
+               "file_bytes_per_vector": full.nbytes / n,
+               "marginal_bytes_per_vector": (full.nbytes - half) / (n - n // 2),
+               "resident_bytes_per_vector": resident / n, "recall_at_10": recall, "build_seconds": build_s}
+        result["cases"][name] = row
+        print(f"{name:9s} {factory:20s} file {row['file_bytes_per_vector']:7.1f} B/vec, marginal "
+              f"{row['marginal_bytes_per_vector']:7.1f} B/vec, resident {row['resident_bytes_per_vector']:7.1f} "
+              f"B/vec, recall@10 {recall:.3f} ({knobs}), {build_s:.1f} s", flush=True)
+        del loaded
+        gc.collect()
+    result["machine"]["load_avg_end"] = os.getloadavg()[0]
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
