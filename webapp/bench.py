@@ -29,6 +29,13 @@ def summary(ms: list[float]) -> dict:
             "p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2)}
 
 
+def query_files(h: SearchHandlers, n: int) -> list[Path]:
+    """``n`` files of the index's own collection, spread evenly over it (a fixed sample)."""
+    paths = h._all_paths() or []
+    pick = np.linspace(0, len(paths) - 1, min(n, len(paths))).astype(int) if paths else []
+    return [h.index.root / paths[i] for i in pick]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", default="indexes/cifar10")
@@ -47,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     idx = SearchIndex.open(args.index, device=args.device)
     h = SearchHandlers(idx)
-    paths = h._all_paths() or []
-    pick = np.linspace(0, len(paths) - 1, min(args.n, len(paths))).astype(int) if paths else []
-    files = [idx.root / paths[i] for i in pick]
+    files = query_files(h, args.n)
     if not files:
         raise SystemExit("no query files found in the index")
     h.ui_search({"path": str(files[0])}, args.k, ANY, ANY)  # warm-up

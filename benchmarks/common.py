@@ -1,0 +1,261 @@
+"""What every benchmark records and prints: machine, versions, date, load, timings, JSON, a table.
+
+A number without the machine and the load it ran under cannot be compared with anything,
+so each script wraps its work in :class:`Record`, which stamps the CPU model, core count,
+library versions, date and the load average at the start and the end, and writes the JSON
+atomically (a killed run never leaves half a file). Peak memory of a case is measured in a
+fresh subprocess (``VmHWM`` of /proc/self/status), because ``tracemalloc`` does not see
+torch's or FAISS's allocations and a process's high-water mark never goes down.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from instdisc.fsutil import atomic_write_text  # noqa: E402
+
+SHARED_NOTE = ("shared 2-core machine: other agents' jobs and a low-priority (nice) training campaign may run; "
+               "see loadavg_start / loadavg_end")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, bf16 support and the GPU if any."""
+    import torch
+
+    from instdisc.runtime import cpu_has_bf16
+
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": mem_gib, "cpu_bf16": cpu_has_bf16(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "hostname": platform.node()}
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("faiss", "torchvision", "gradio"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+class Record:
+    """Collects one benchmark's results with its context; ``save`` writes the JSON.
+
+    ``partial=True`` saves may be called as cases finish, so a long run that is stopped
+    still leaves what it measured.
+    """
+
+    def __init__(self, name: str, args: dict | None = None, out: str | os.PathLike | None = None) -> None:
+        self.name = name
+        self.out = Path(out) if out else RESULTS / f"{name}.json"
+        self.started = time.time()
+        self.data: dict = {
+            "benchmark": name,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "args": args or {},
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "versions": versions(),
+            "loadavg_start": list(os.getloadavg()),
+            "note": SHARED_NOTE,
+            "results": [],
+        }
+
+    def add(self, row: dict) -> dict:
+        self.data["results"].append(row)
+        return row
+
+    def save(self, partial: bool = False, **extra) -> Path:
+        self.data.update(extra)
+        self.data["loadavg_end"] = list(os.getloadavg())
+        self.data["wall_seconds"] = round(time.time() - self.started, 1)
+        self.data["complete"] = not partial
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out, json.dumps(self.data, indent=2, default=_jsonable) + "\n")
+        return self.out
+
+
+def _jsonable(o):  # numpy scalars, paths, tuples
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def use_threads(n: int | None) -> None:
+    """Intra-op threads for torch and FAISS here and in every case subprocess started after this.
+
+    On a loaded machine one thread is the robust choice: with 2 OpenMP threads on 2 busy
+    cores every parallel region waits for a descheduled partner (measured 8x slower).
+    """
+    if not n:
+        return
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+
+
+# ---------------------------------------------------------------- timing
+
+
+def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
+    """Seconds per call for ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), without needing numpy."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def latency_summary(seconds: Sequence[float]) -> dict:
+    """p50 / p99 / mean in milliseconds."""
+    ms = [s * 1000 for s in seconds]
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
+            "mean_ms": round(statistics.fmean(ms), 3)}
+
+
+# ---------------------------------------------------------------- memory
+
+
+def peak_rss_mib() -> float:
+    """This process's high-water resident memory (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """This process's current resident memory (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak is of what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def run_case_subprocess(script: str | os.PathLike, args: Sequence[str], timeout: float | None = None) -> dict:
+    """Run ``script --case ARGS`` in a fresh interpreter and parse the JSON it prints last.
+
+    A fresh process per case makes its VmHWM the peak of that case alone.
+    """
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"case {' '.join(args)} failed ({proc.returncode}): " + " | ".join(tail))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- output
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return "-" if v is None else str(v)
+
+
+def table(rows: Sequence[dict], columns: Sequence[str], title: str | None = None) -> str:
+    """A Markdown table of ``columns`` (missing values as '-'), printed and returned."""
+    lines = [f"\n{title}\n"] if title else []
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (benchmarks run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, rec: Record, title: str) -> Path:
+    """Title the figure with the run's machine / versions / date and write it beside the JSON."""
+    fig.suptitle(f"{title}\n{stamp(rec)}", fontsize=9)
+    fig.tight_layout()
+    out = rec.out.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    pyplot().close(fig)
+    return out
+
+
+def stamp(rec: Record) -> str:
+    """One line for a plot caption: machine, versions, date."""
+    m, v = rec.data["machine"], rec.data["versions"]
+    return (f"{m['cpu']}, {m['cores']} cores | torch {v['torch']}, faiss {v['faiss']}, numpy {v['numpy']} | "
+            f"{rec.data['date'][:10]}")

@@ -1,0 +1,152 @@
+"""Smoke tests of every benchmark script on tiny sizes: it runs, writes its JSON, the numbers are sane.
+
+No timing is asserted (speed targets live in BENCHMARKS.md); what is checked is that each
+script records its context (machine, versions, date, load), produces every row it promises
+with positive, finite measurements, and derives its ratios from its own rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+# one intra-op thread: a smoke test on a busy 2-core machine is otherwise ~8x slower (OpenMP barriers)
+ONE_THREAD = ("--threads", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads(monkeypatch):
+    """``--threads`` changes process-wide settings; give the rest of the suite its own back."""
+    import faiss
+    import torch
+
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    if "OMP_NUM_THREADS" in os.environ:  # recorded either way, so the teardown puts it back as it was
+        monkeypatch.setenv("OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    yield
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+def run(name: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    module = importlib.import_module(name)
+    assert module.main([*args, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == name
+    assert data["complete"] is True
+    m, v = data["machine"], data["versions"]
+    assert m["cores"] >= 1 and m["cpu"] and m["memory_gib"] > 0
+    assert v["torch"] and v["numpy"] and v["python"]
+    assert len(data["loadavg_start"]) == 3 and len(data["loadavg_end"]) == 3
+    assert data["date"][:2] == "20" and data["results"]
+    return data
+
+
+def positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_common_percentile_and_table(capsys):
+    import common
+
+    assert common.percentile([1, 2, 3, 4], 50) == 2.5
+    assert common.percentile([5.0], 99) == 5.0
+    s = common.latency_summary([0.001, 0.002, 0.003])
+    assert s == {"n": 3, "p50_ms": 2.0, "p99_ms": 2.98, "mean_ms": 2.0}
+    text = common.table([{"a": 1, "b": 2.5}, {"a": 3}], ["a", "b"])
+    assert text.splitlines()[-1] == "| 3 | - |" and "| 1 | 2.5 |" in capsys.readouterr().out
+
+
+def test_search_scale_quick(tmp_path):
+    data = run("search_scale", tmp_path, "--quick", *ONE_THREAD)
+    rows = {r["index"]: r for r in data["results"]}
+    assert set(rows) == {"numpy brute force", "torch brute force", "flat", "ivf", "ivfpq", "hnsw", "auto"}
+    for name in ("numpy brute force", "torch brute force", "flat"):
+        assert rows[name]["recall_at_10"] == 1.0  # exact search agrees with the exact truth
+    for r in rows.values():
+        assert 0 < r["recall_at_10"] <= 1 and positive(r["batch_qps"]) and positive(r["single_p50_ms"])
+        assert r["single_p99_ms"] >= r["single_p50_ms"] and r["bytes"] > 0
+    assert rows["ivfpq"]["bytes"] < rows["flat"]["bytes"]  # compressed codes are smaller
+    assert rows["auto"]["same_as"] == "flat" and rows["ivf"]["factory"].startswith("IVF")
+    assert Path(data["plot"]).stat().st_size > 0
+
+
+def test_train_throughput_quick(tmp_path):
+    data = run("train_throughput", tmp_path, "--quick", *ONE_THREAD, "--variants", "reference, 0 workers", "ours",
+               "Trainer.fit (one short epoch)")
+    rows = {r["variant"]: r for r in data["results"]}
+    assert set(rows) == {"reference, 0 workers", "ours", "Trainer.fit (one short epoch)"}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert positive(r["images_per_s"]) and r["width"] == 8
+    ours, ref = rows["ours"], rows["reference, 0 workers"]
+    assert ours["channels_last"] is True and ref["channels_last"] is False and ref["bf16"] is False
+    assert set(ours["breakdown_ms"]) == {"data", "augment", "forward", "backward", "optimizer", "bank_update"}
+    assert sum(ours["breakdown_ms"].values()) == pytest.approx(ours["step_ms"], rel=0.05)
+    assert ours["vs_best_reference"] == pytest.approx(ours["images_per_s"] / ref["images_per_s"], rel=0.01)
+    assert data["ratios"]["8"]["ratio"] == ours["vs_best_reference"]
+
+
+def test_objective_cost_quick(tmp_path):
+    data = run("objective_cost", tmp_path, "--quick", *ONE_THREAD, "--precisions", "fp32")
+    rows = {r["objective"]: r for r in data["results"]}
+    assert set(rows) == {"softmax", "nce m=256"}
+    for r in rows.values():
+        assert positive(r["ms_per_step"]) and len(r["seconds_per_step"]) == 2 and r["n"] == 5000
+        assert r["peak_rss_mib"] > r["bank_mib"]
+    assert rows["nce m=256"]["softmax_over_nce"] == pytest.approx(
+        rows["softmax"]["ms_per_step"] / rows["nce m=256"]["ms_per_step"], rel=0.06)
+
+
+def test_knn_speed_quick_and_report(tmp_path, monkeypatch):
+    data = run("knn_speed", tmp_path, "--quick", *ONE_THREAD)
+    rows = {r["method"]: r for r in data["results"]}
+    chunked, naive = rows["chunked"], rows["naive"]
+    assert chunked["ran_queries"] == 500 and not chunked["extrapolated"] and chunked["predictions"] == 500
+    # 500 x 20k float32 = 38 MiB > the 0.02 GiB cap: the naive run is smaller and extrapolated, and says so
+    assert naive["extrapolated"] and naive["ran_queries"] < 500 and "extrapolated" in naive["note"]
+    assert naive["seconds_for_all_queries"] == pytest.approx(naive["seconds"] * 500 / naive["ran_queries"], rel=0.01)
+    assert positive(chunked["seconds"]) and chunked["peak_extra_mib"] >= 0
+
+    # the report fills BENCHMARKS.md-style blocks from the JSON and leaves the prose alone
+    import common
+    import report
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- table:knn_speed -->\nold\n<!-- /table:knn_speed -->\n"
+                   "<!-- table:app_latency -->\n<!-- /table:app_latency -->\nend\n")
+    assert report.main(["--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "\nold\n" not in text
+    assert "| 20,000 | chunked | 500 |" in text and "(extrapolated)" in text
+    assert data["machine"]["cpu"] in text and "not measured yet: app_latency.json is missing" in text
+
+
+def test_gpu_check_runs_on_cpu(tmp_path):
+    data = run("gpu_check", tmp_path, "--quick", *ONE_THREAD, "--no-compile", "--device", "cpu")
+    assert data["device"] == "cpu"
+    proj = data["projection"]
+    assert proj["epochs"] == 200 and positive(proj["images_per_s"])
+    assert proj["total_minutes"] == pytest.approx(200 * proj["epoch_s"] / 60, rel=0.02)
+    assert all(positive(s["batch_qps"]) and positive(s["single_p50_ms"]) for s in data["search"])
+
+
+def test_app_latency_quick(tmp_path, shapes_index):
+    data = run("app_latency", tmp_path, "--quick", "--index", str(shapes_index))
+    rows = {r["clients"]: r for r in data["results"]}
+    assert set(rows) == {1, 4}
+    for r in rows.values():
+        assert r["failed"] == 0 and r["requests"] >= 8 and positive(r["p50_ms"]) and r["p99_ms"] >= r["p50_ms"]
+    assert data["index"]["count"] > 0
