@@ -97,19 +97,21 @@ def file_info(path: Path) -> tuple[int | None, int | None, str | None]:
     except OSError:
         return None, None, None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
-                    w, h = h, w
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
+                w, h = h, w
     except Exception:  # header unreadable: the decoder reports it when it matters
         return None, None, digest
     return int(w), int(h), digest
 
 
 def file_infos(root: Path, paths: list[str], progress: bool) -> list[tuple[int | None, int | None, str | None]]:
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    # PIL's header warnings silenced here, in the calling thread, not inside the workers: the filters are
+    # process-wide and catch_warnings() in several threads at once can leave them silenced for good
+    # (which once swallowed --add's list of unreadable files)
+    with warnings.catch_warnings(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        warnings.simplefilter("ignore")
         it = pool.map(lambda p: file_info(root / p), paths, chunksize=64)
         return list(tqdm(it, total=len(paths), desc="hash files", unit="file", disable=not progress, leave=False))
 
@@ -379,8 +381,9 @@ def add(
             if not todo:  # all already indexed and unchanged
                 return m
             encoder, device, bf16 = _encoder(ckpt, options)
-            vecs, kept, _ = embed_files(encoder, src_root, [rels[i] for i in todo], m["architecture"]["image_size"],
-                                        device, bf16, options.batch_size, options.progress)
+            vecs, kept, unreadable = embed_files(encoder, src_root, [rels[i] for i in todo],
+                                                 m["architecture"]["image_size"], device, bf16, options.batch_size,
+                                                 options.progress)
             if vecs.shape[1] != int(m["dim"]):
                 raise IndexDirError(f"encoder gives {vecs.shape[1]}-d vectors, the index holds {m['dim']}-d")
             pos = {r: i for i, r in enumerate(rels)}
@@ -396,7 +399,8 @@ def add(
             m.setdefault("updates", []).append({
                 "op": "add", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": str(src_root),
                 "added": len(kept_i) - len(replaced), "replaced": len(replaced), "unchanged": unchanged,
-                "skipped": len(todo) - len(kept_i), "root_prefix": prefix})
+                "skipped": len(todo) - len(kept_i), "root_prefix": prefix,
+                "unreadable": [[(src_root / r).relative_to(new_root).as_posix(), why] for r, why in unreadable[:100]]})
             _write_update(d, loaded.store.path, index, m, remove_ids=replaced, add=rows, path_prefix=prefix)
         finally:
             loaded.store.close()

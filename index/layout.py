@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -31,10 +32,11 @@ from instdisc.fsutil import atomic_write, sha256_file
 
 from .auto import index_ids
 from .errors import IndexDirError
-from .manifest import MANIFEST, now, read_manifest, write_manifest
+from .manifest import MANIFEST, architecture, now, read_manifest, write_manifest
 from .store import MetadataStore
 
 LOCK = ".lock"
+GENERATION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")  # what new_generation() makes; no '/' or '..'
 
 
 def new_generation() -> str:
@@ -53,6 +55,7 @@ def locked(index_dir: str | os.PathLike) -> Iterator[None]:
     with open(d / LOCK, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            remove_orphans(d)  # whatever a writer killed before us left behind
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -75,13 +78,39 @@ def commit(index_dir: str | os.PathLike, manifest: dict, generation: str) -> Non
     }
     manifest["updated"] = now()
     write_manifest(d, manifest)
-    keep = set(names.values()) | {MANIFEST, LOCK}
+    remove_orphans(d, keep=set(names.values()))
+
+
+def _is_data_file(name: str) -> bool:
+    return (name.startswith("index-") and name.endswith(".faiss")) or (
+        name.startswith("meta-") and name.endswith(".sqlite"))
+
+
+def remove_orphans(index_dir: str | os.PathLike, keep: set[str] | None = None) -> list[str]:
+    """Delete temp files and the data files the manifest does not name (older generations, or a
+    generation whose writer was killed before committing it). Writers call it under the lock.
+
+    ``keep``: the current generation's file names (default: read from the manifest). With a
+    manifest that cannot be read, only temp files go: its data files may still be wanted.
+    """
+    d = Path(index_dir)
+    orphan_data = True
+    if keep is None:
+        keep = set()  # no manifest: nothing was ever committed here
+        if (d / MANIFEST).exists():
+            try:
+                files = read_manifest(d)["files"]
+                keep = {files["index"], files["db"]}
+            except IndexDirError:
+                orphan_data = False
+    removed = []
     for p in d.iterdir():
-        stale = (p.name.startswith("index-") and p.name.endswith(".faiss")) or (
-            p.name.startswith("meta-") and p.name.endswith(".sqlite")) or p.name.endswith(".tmp")
-        if stale and p.name not in keep:
+        temp = p.name.endswith((".tmp", ".tmp-journal"))
+        if temp or (orphan_data and _is_data_file(p.name) and p.name not in keep):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+                removed.append(p.name)
+    return removed
 
 
 @dataclass
@@ -104,6 +133,19 @@ def _check_file(d: Path, name: str, expected: int, what: str) -> Path:
     return p
 
 
+def _check_file_names(d: Path, m: dict) -> None:
+    """The manifest may only name this generation's two files in this folder (an edited manifest
+    pointing at ``../../elsewhere`` is refused before anything is opened)."""
+    gen = m["generation"]
+    if not isinstance(gen, str) or not GENERATION.fullmatch(gen):
+        raise IndexDirError(f"{d / MANIFEST}: invalid generation {gen!r} (the manifest was edited or damaged)")
+    expected = file_names(gen)
+    for key in ("index", "db"):
+        if m["files"][key] != expected[key]:
+            raise IndexDirError(f"{d / MANIFEST}: files.{key} is {m['files'][key]!r}, expected {expected[key]!r} "
+                                "(the manifest was edited or damaged)")
+
+
 def read_index_file(path: Path, mmap: bool = False) -> faiss.Index:
     try:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
@@ -116,6 +158,7 @@ def open_dir(index_dir: str | os.PathLike, mmap: bool = False, _retry: bool = Tr
     d = Path(index_dir)
     m = read_manifest(d)
     files = m["files"]
+    _check_file_names(d, m)
     try:
         ipath = _check_file(d, files["index"], int(files["index_bytes"]), "index")
         dpath = _check_file(d, files["db"], int(files["db_bytes"]), "metadata")
@@ -189,4 +232,11 @@ def verified_checkpoint(manifest: dict, checkpoint: str | os.PathLike | None = N
             f"{p}: checkpoint sha256 {actual[:12]}... differs from the one this index was built from "
             f"({expected[:12]}...): its embeddings would not match the index. Pass the original checkpoint "
             "or rebuild the index.")
+    arch = architecture(ckpt)
+    if arch["low_dim"] != int(manifest["dim"]):
+        raise IndexDirError(f"{p}: the encoder gives {arch['low_dim']}-d vectors but the index holds "
+                            f"{manifest['dim']}-d ones (the manifest or index file was edited or damaged)")
+    if manifest.get("architecture", arch) != arch:
+        raise IndexDirError(f"{p}: the manifest records architecture {manifest['architecture']}, the checkpoint "
+                            f"is {arch} (the manifest was edited or damaged)")
     return path, ckpt

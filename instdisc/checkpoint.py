@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-from .fsutil import atomic_write_bytes
+from .fsutil import atomic_write_bytes, stale_temps
 from .model import Encoder
 
 FORMAT = "instdisc-checkpoint"
@@ -31,6 +31,8 @@ def save(path: str | os.PathLike, state: dict) -> None:
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
     atomic_write_bytes(path, buf.getvalue())
+    for tmp in stale_temps(path):  # left by a run killed mid-write (one writer per run folder)
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike) -> dict:

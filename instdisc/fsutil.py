@@ -2,14 +2,46 @@
 
 A reader (or a restart after kill -9) sees either the old file or the new one, never a
 half-written one.
+
+Fault injection (tests and ``scripts/reliability.py`` only): with the environment variable
+``INSTDISC_FAULT_KILL=GLOB:PHASE[:N]`` set, the N-th (default first) atomic write of a file
+whose name matches ``GLOB`` kills its own process with SIGKILL -- ``mid``: after half of the
+temp file is written, ``before-rename``: with the temp file complete and fsynced but not yet
+renamed, ``after-rename``: right after the rename, before anything that follows it. Unset,
+it costs one dictionary look-up per write.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+FAULT_ENV = "INSTDISC_FAULT_KILL"
+FAULT_PHASES = ("mid", "before-rename", "after-rename")
+_fault_counts: dict[str, int] = {}
+
+
+def _fault(path: Path, phase: str, tmp: str | None = None) -> None:
+    """SIGKILL this process if ``$INSTDISC_FAULT_KILL`` asks for this write and phase (see the module doc)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    pattern, want, *nth = spec.split(":")
+    if want not in FAULT_PHASES:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: phase must be one of {FAULT_PHASES}")
+    if want != phase or not fnmatch.fnmatch(path.name, pattern):
+        return
+    seen = _fault_counts[spec] = _fault_counts.get(spec, 0) + 1
+    if seen != (int(nth[0]) if nth else 1):
+        return
+    if phase == "mid" and tmp is not None:
+        os.truncate(tmp, os.path.getsize(tmp) // 2)  # what a write cut short leaves behind
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -31,8 +63,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        _fault(path, "mid", tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _fault(path, "before-rename")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -40,7 +74,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+    _fault(path, "after-rename")
     _fsync_dir(path.parent)
+
+
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temp files an interrupted :func:`atomic_write` of ``path`` left behind (never read, safe to delete
+    when no other process is writing ``path``)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

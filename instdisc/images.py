@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; beyond this PIL's bomb check refuses the file
+MAX_ASPECT = 4  # fit_square crops longer strips to their centre before resizing (bounded memory)
 
 
 class ImageError(ValueError):
@@ -57,34 +57,46 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
             raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
     elif len(source) == 0:
         raise ImageError(f"{name}: empty file")
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # No global state is touched (PIL's MAX_IMAGE_PIXELS, warning filters): this runs in decoding
+    # threads, and warnings.catch_warnings() from several threads at once leaves the process's filters
+    # in whatever state the last one restored. Image.open reads only the header, so checking the size
+    # right after it refuses a bomb before any pixel is decoded; PIL itself refuses beyond twice its limit.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source).open("rb")
-            with fp, Image.open(fp) as img:
-                if img.width * img.height > max_pixels:
-                    raise ImageError(f"{name}: {img.width}x{img.height} exceeds the {max_pixels:,}-pixel limit")
-                img.seek(0)  # animated: first frame
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img)
+        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source).open("rb")
+        with fp, Image.open(fp) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"{name}: refused as a decompression bomb, {img.width}x{img.height} is over the "
+                                 f"{max_pixels:,}-pixel limit")
+            img.seek(0)  # animated: first frame
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: refused as a decompression bomb ({e})") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: refused as a decompression bomb, over the {max_pixels:,}-pixel limit ({e})") from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not a recognised image format") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
 
 
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and centre-crop: (size, size, 3) uint8."""
+    """Resize the shorter side to ``size`` and centre-crop: (size, size, 3) uint8.
+
+    A very thin strip (say 1 x 1,000,000 pixels, a few hundred bytes as a PNG) would otherwise
+    be resized to ``size`` x 32,000,000 first -- gigabytes for one tiny upload -- so anything
+    longer than ``MAX_ASPECT`` : 1 is cut to its centre ``MAX_ASPECT`` : 1 part before resizing
+    (the centre square, all that is kept, lies inside it).
+    """
     w, h = img.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        keep = MAX_ASPECT * min(w, h)
+        if w > h:
+            img = img.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+        else:
+            img = img.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+        w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))

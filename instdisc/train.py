@@ -36,6 +36,7 @@ from .augment import BatchAugment
 from .config import TrainConfig
 from .data import DataError, ImageCollection
 from .embed import embed
+from .fsutil import atomic_write_text
 from .knn import knn_accuracy
 from .method import InstDisc
 from .runtime import autocast, pick_device, use_bf16
@@ -162,6 +163,10 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"])
         t.history = list(ckpt.get("history", []))
         t.elapsed = float(ckpt.get("elapsed", 0.0))
+        # metrics.jsonl becomes the checkpoint's history again: a run killed after logging an epoch but
+        # before checkpointing it would otherwise log that epoch twice (or leave a line cut short)
+        if t.is_main:
+            atomic_write_text(t.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in t.history))
         return t
 
     # ------------------------------------------------------------ pieces

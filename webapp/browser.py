@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -51,14 +52,27 @@ def wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: float
 def running_app(index_dir: str | os.PathLike, port: int | None = None, extra: list[str] | None = None,
                 timeout: float = 180.0) -> Iterator[str]:
     """``python app.py --index DIR --port P`` in a subprocess; yields its URL, stops it afterwards."""
+    with app_process(index_dir, port, extra, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def app_process(index_dir: str | os.PathLike, port: int | None = None, extra: list[str] | None = None,
+                timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like :func:`running_app`, yielding (URL, process) for callers that watch the process (memory)."""
     port = port or free_port()
     cmd = [sys.executable, str(ROOT / "app.py"), "--index", str(index_dir), "--port", str(port), *(extra or [])]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server under load never blocks on it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until_up(url, proc, timeout)
-        yield url
+        try:
+            wait_until_up(url, proc, timeout)
+        except RuntimeError as e:
+            log.seek(0)
+            raise RuntimeError(f"{e}{log.read()[-5000:]}") from None
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -66,6 +80,7 @@ def running_app(index_dir: str | os.PathLike, port: int | None = None, extra: li
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 @contextlib.contextmanager
