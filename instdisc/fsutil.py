@@ -55,6 +55,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or those of a new file under the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:  # reading the umask without os.umask's set-and-restore race
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then move the result onto ``path`` atomically."""
     path = Path(path)
@@ -63,6 +79,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; keep what a plain open() would give
         _fault(path, "mid", tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

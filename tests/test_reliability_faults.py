@@ -52,6 +52,18 @@ def test_fault_hook_counts_writes_and_ignores_other_files(tmp_path: Path):
     assert _write(f, b"z", "data.bin:sideways").returncode == 1  # a typo in the phase is an error, not a no-op
 
 
+def test_atomic_writes_keep_normal_file_permissions(tmp_path: Path):
+    from instdisc.fsutil import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "new.bin", b"x")
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    (tmp_path / "new.bin").chmod(0o640)
+    atomic_write_bytes(tmp_path / "new.bin", b"y")
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("plain")
