@@ -1,6 +1,6 @@
 """CPU-scale ablations of the paper's CIFAR-10 findings (issue #6, REPRODUCTION.md).
 
-    python experiments/ablations.py [--groups objective tau dim size momentum seed] [--epochs 4]
+    python experiments/ablations.py [--groups objective objective-z-ema tau dim size momentum] [--epochs 4]
                                     [--data ../shared/datasets/cifar10-jpeg.tar.gz] [--threads 1]
 
 Several workers may share one campaign (each claims a run before training it), e.g. one
@@ -106,11 +106,6 @@ GROUPS: dict[str, dict] = {
     "momentum": {
         "x": "memory_momentum",
         "runs": [Run("bankm0", {"memory_momentum": 0.0}), BASELINE, Run("bankm0.9", {"memory_momentum": 0.9})],
-    },
-    # Run-to-run spread of the baseline: how big a difference has to be to mean something.
-    "seed": {
-        "x": "seed",
-        "runs": [BASELINE, Run("seed1", {"seed": 1})],
     },
 }
 
@@ -253,6 +248,17 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def fill_report(report: Path, table_md: str) -> None:
+    """Replace the text between ``<!-- ablations -->`` and ``<!-- /ablations -->`` in ``report``."""
+    text = report.read_text()
+    start, end = "<!-- ablations -->", "<!-- /ablations -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{report}: no {start} ... {end} markers to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(report, f"{head}{start}\n{table_md}\n{end}{tail}")
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -260,11 +266,15 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [g for g in summary["groups"] if summary["groups"][g]["rows"]]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, gname in zip(axes[0], names, strict=True):
+    cols = min(3, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.8 * rows_n), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, gname in zip(axes.flat, names, strict=False):
         g = summary["groups"][gname]
         rows = g["rows"]
-        labels = [str(r["value"]) if gname != "objective" else r["run"] for r in rows]
+        labels = [str(r["value"]) if g["x"] != "objective" else r["run"] for r in rows]
         xs = range(len(rows))
         ax.plot(xs, [r["knn_bank"] for r in rows], "o-", label="kNN, bank")
         ax.plot(xs, [r["knn_full"] for r in rows], "s--", label="kNN, 50k re-embedded")
@@ -272,7 +282,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.plot([i for i, r in enumerate(rows) if r["paper_knn"] is not None],
                     [r["paper_knn"] for r in rows if r["paper_knn"] is not None], "k*", ms=10,
                     label="paper (200 ep, ResNet18)")
-        ax.set_xticks(list(xs), labels, rotation=30 if gname == "objective" else 0, fontsize=8)
+        ax.set_xticks(list(xs), labels, rotation=30 if g["x"] == "objective" else 0, fontsize=8)
         ax.set_title(f"{gname} ({g['x']})")
         ax.set_ylabel("weighted kNN top-1 (%)")
         ax.grid(alpha=0.3)
@@ -294,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads; on a shared machine, one-thread workers (one per core) waste less time")
+    p.add_argument("--report", default=None,
+                   help="also write the tables into this markdown file (between <!-- ablations --> markers)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -319,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(results_dir / "ablations.json", json.dumps(summary, indent=1))
         plot(summary, results_dir / "ablations.png")
         atomic_write_text(results_dir / "ablations.md", markdown(summary))
+        if args.report:
+            fill_report(Path(args.report), markdown(summary))
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from experiments import ablations
 
 
@@ -23,7 +25,7 @@ def test_ablation_group_runs_records_and_skips(shapes_root: Path, tmp_path: Path
     assert (tmp_path / "res" / "ablations.png").stat().st_size > 0
     table = (tmp_path / "res" / "ablations.md").read_text()
     assert "| bankm0.9 | 0.9 |" in table and "**momentum** (`memory_momentum`)\n" in table
-    assert "**seed** (`seed`) — incomplete" in table  # only the shared baseline of that group ran
+    assert "**tau** (`temperature`) — incomplete" in table  # only the shared baseline of that group ran
     run = json.loads((tmp_path / "res" / "runs" / "bankm0.json").read_text())
     assert run["config"]["memory_momentum"] == 0.0 and run["config"]["epochs"] == 1
     # a second call finds every run done and trains nothing
@@ -66,3 +68,13 @@ def test_claims_are_exclusive_and_a_dead_workers_claim_is_void(tmp_path: Path) -
     (tmp_path / "c.claim").write_text("999999999")  # no such process: the claim is stale
     assert ablations.claim(tmp_path, "c")
     assert (tmp_path / "c.claim").read_text() == str(__import__("os").getpid())
+
+
+def test_fill_report_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    report = tmp_path / "R.md"
+    report.write_text("# title\n<!-- ablations -->\nold table\n<!-- /ablations -->\nprose stays\n")
+    ablations.fill_report(report, "| new | table |")
+    assert report.read_text() == "# title\n<!-- ablations -->\n| new | table |\n<!-- /ablations -->\nprose stays\n"
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(SystemExit, match="markers"):
+        ablations.fill_report(tmp_path / "bare.md", "x")
