@@ -15,42 +15,14 @@ client) and so is its time (``--level-seconds``); the app is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(index: str, port: int, log: Path, timeout: float = 180.0) -> subprocess.Popen:
-    """``app.py`` on 127.0.0.1:port; returns once its page answers (or raises with its log)."""
-    out = log.open("w")
-    proc = subprocess.Popen([sys.executable, str(common.ROOT / "app.py"), "--index", index, "--port", str(port),
-                             "--host", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, cwd=common.ROOT)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}: {log.read_text()[-800:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError(f"app.py did not answer within {timeout:.0f}s: {log.read_text()[-800:]}")
 
 
 def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, max_seconds: float) -> dict:
@@ -112,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no index at {args.index}; build one with scripts/build_index.py")
     from index.search import SearchIndex
     from webapp.bench import query_files
+    from webapp.browser import app_process
     from webapp.handlers import SearchHandlers
 
     idx = SearchIndex.open(args.index, device="cpu")
@@ -120,23 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     del idx
     rec = common.Record("app_latency", vars(args), args.out)
     rec.data["index"] = {"path": str(args.index), "count": count}
-    port = free_port()
-    log = Path(args.out).with_suffix(".app.log")
-    proc = start_app(args.index, port, log)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with app_process(args.index) as (url, _proc):  # app.py on 127.0.0.1, stopped on the way out
         for c in args.clients:
             row = rec.add(run_level(url, files, c, args.requests, args.k, args.level_seconds))
             print(f"{c} clients: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['requests_per_s']} req/s",
                   flush=True)
             rec.save(partial=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.unlink(missing_ok=True)
     rec.save()
     rec.data["table"] = common.table(rec.data["results"], ["clients", "requests", "failed", "p50_ms", "p99_ms",
                                                           "mean_ms", "requests_per_s"],
