@@ -1,6 +1,7 @@
 """Bytes per vector of each FAISS index type, measured: the numbers behind docs/scaling.md.
 
     python benchmarks/index_bytes.py [--n 100000] [--out benchmarks/results/index_bytes.json]
+    python benchmarks/index_bytes.py --quick      # smoke test, seconds
 
 For 128-d clustered unit vectors (``index.synthetic.clustered_unit_vectors``, spread 1.0, like
 benchmarks/search_scale.py) each index is built at n/2 and at n vectors and serialised; the
@@ -16,22 +17,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from index.synthetic import clustered_unit_vectors  # noqa: E402
-from instdisc.fsutil import atomic_write_text  # noqa: E402
 
 # (name, factory, search knobs): the types docs/index.md offers, at the settings auto would start from
 CASES = (
@@ -82,8 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--out", default="benchmarks/results/index_bytes.json")
+    p.add_argument("--nlist", type=int, default=1024, help="inverted lists of the IVF cases")
+    p.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 4,000 vectors, 64 lists")
+    p.add_argument("--out", default=str(common.RESULTS / "index_bytes.json"))
     args = p.parse_args(argv)
+    pq_bits = ""
+    if args.quick:  # 4-bit PQ codebooks: FAISS trains 8-bit ones for minutes even on 4,000 vectors
+        args.n, args.queries, args.nlist, pq_bits = 4000, 100, 64, "x4"
+    common.use_threads(args.threads)
+    rec = common.Record("index_bytes", vars(args), args.out)
     n, d = args.n, 128
     data = clustered_unit_vectors(n + args.queries, d, centres=1000, spread=1.0, seed=0)
     x, q = data[:n], data[n:]
@@ -91,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     exact = faiss.IndexFlatIP(d)
     exact.add(x)
     _, truth = exact.search(q, 10)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "load_avg_start": os.getloadavg()[0]},
-              "versions": {"faiss": faiss.__version__, "numpy": np.__version__},
-              "date": time.strftime("%Y-%m-%d"), "n": n, "d": d, "queries": args.queries, "cases": {}}
     for name, factory, knobs in CASES:
+        factory = re.sub(r"PQ(\d+)", rf"PQ\g<1>{pq_bits}", factory.replace("IVF1024", f"IVF{args.nlist}"))
         t0 = time.perf_counter()
         half = faiss.serialize_index(build(factory, x[: n // 2], train)).nbytes
         full_index = build(factory, x, train)
@@ -108,19 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         set_knobs(loaded, knobs)
         _, found = loaded.search(q, 10)
         recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
-        row = {"factory": factory, "knobs": knobs, "file_bytes": int(full.nbytes),
-               "file_bytes_per_vector": full.nbytes / n,
-               "marginal_bytes_per_vector": (full.nbytes - half) / (n - n // 2),
-               "resident_bytes_per_vector": resident / n, "recall_at_10": recall, "build_seconds": build_s}
-        result["cases"][name] = row
+        row = rec.add({"case": name, "factory": factory, "knobs": knobs, "n": n, "d": d, "queries": args.queries,
+                       "file_bytes": int(full.nbytes), "file_bytes_per_vector": round(full.nbytes / n, 1),
+                       "marginal_bytes_per_vector": round((full.nbytes - half) / (n - n // 2), 1),
+                       "resident_bytes_per_vector": round(resident / n, 1), "recall_at_10": round(recall, 4),
+                       "build_seconds": round(build_s, 2)})
+        rec.save(partial=True)
         print(f"{name:9s} {factory:20s} file {row['file_bytes_per_vector']:7.1f} B/vec, marginal "
               f"{row['marginal_bytes_per_vector']:7.1f} B/vec, resident {row['resident_bytes_per_vector']:7.1f} "
               f"B/vec, recall@10 {recall:.3f} ({knobs}), {build_s:.1f} s", flush=True)
         del loaded
         gc.collect()
-    result["machine"]["load_avg_end"] = os.getloadavg()[0]
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"written: {args.out}")
+    cols = ["case", "factory", "file_bytes_per_vector", "marginal_bytes_per_vector", "resident_bytes_per_vector",
+            "recall_at_10", "build_seconds"]
+    rec.data["table"] = common.table(rec.data["results"], cols, "bytes per vector")
+    rec.save()
     return 0
 
 

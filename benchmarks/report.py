@@ -4,8 +4,8 @@
 
 Every ``<!-- table:NAME -->`` ... ``<!-- /table:NAME -->`` block of the document is replaced
 by the table of ``results/NAME.json`` (``NAME`` may carry a ``:VIEW`` suffix for a second
-table of the same file), preceded by a line stating the machine, versions, date, load and
-the exact command of that run. The prose around the blocks is left alone.
+table of the same file, e.g. ``train_throughput:profile``), preceded by a line stating the
+machine, versions, date, load and the exact command of that run. The prose around the blocks is left alone.
 """
 
 from __future__ import annotations
@@ -72,6 +72,29 @@ def _train(d: dict) -> list[str]:
     return [head, *rows]
 
 
+def _profile(d: dict) -> list[str]:
+    head = ("| width | variant | operator | calls / step | self ms / step | share of step |\n"
+            "|---|---|---|---|---|---|")
+    rows = []
+    for r in d["results"]:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        rows += [f"| {r['width']} | {r['variant']} | `{o['op']}` | {o['calls_per_step']:g} | "
+                 f"{o['self_ms_per_step']:,.1f} | {100 * o['share']:.1f} % |" for o in prof["ops"][:10]]
+    return [head, *rows]
+
+
+def _index_bytes(d: dict) -> list[str]:
+    head = ("| index | FAISS factory | search knob | file B/vector | marginal B/vector | resident B/vector | "
+            "recall@10 | build (s) |\n|---|---|---|---|---|---|---|---|")
+    rows = [f"| {r['case']} | {r['factory']} | {', '.join(f'{k}={v}' for k, v in r['knobs'].items()) or '-'} | "
+            f"{r['file_bytes_per_vector']:,.1f} | {r['marginal_bytes_per_vector']:,.1f} | "
+            f"{r['resident_bytes_per_vector']:,.1f} | {r['recall_at_10']:.3f} | {r['build_seconds']:,.1f} |"
+            for r in d["results"]]
+    return [head, *rows]
+
+
 def _objective(d: dict) -> list[str]:
     head = ("| bank rows N | precision | objective | ms / step (median) | ms / step (fastest) | steps timed | "
             "softmax ÷ NCE (median) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|")
@@ -116,19 +139,21 @@ def _gpu(d: dict) -> list[str]:
     return lines
 
 
-RENDER = {"search_scale": _search, "search_scale_10m": _search, "train_throughput": _train,
-          "objective_cost": _objective, "objective_cost_10m": _objective, "knn_speed": _knn,
-          "app_latency": _app, "gpu_check": _gpu}
+# benchmark[:view] -> rows; a result file renders by the benchmark that wrote it, so a second file of
+# one benchmark (a rerun on a quiet machine, the 10M run) needs no entry of its own
+RENDER = {"search_scale": _search, "train_throughput": _train, "train_throughput:profile": _profile,
+          "objective_cost": _objective, "knn_speed": _knn, "app_latency": _app, "gpu_check": _gpu,
+          "index_bytes": _index_bytes}
 
 
 def render(name: str) -> str:
-    path = common.RESULTS / f"{name.split(':')[0]}.json"
+    base, _, view = name.partition(":")
+    path = common.RESULTS / f"{base}.json"
     if not path.exists():
         return f"*not measured yet: {path.name} is missing*\n"
     data = json.loads(path.read_text())
     partial = "" if data.get("complete") else "**partial run (stopped before the end)**  \n"
-    # a second result file of a benchmark (e.g. a rerun on a quiet machine) renders like its first
-    render_rows = RENDER.get(name.split(":")[0]) or RENDER[data["benchmark"]]
+    render_rows = RENDER[data["benchmark"] + (f":{view}" if view else "")]
     return partial + stamp_line(data) + "\n" + "\n".join(render_rows(data)) + "\n"
 
 

@@ -1,6 +1,7 @@
 """What data-parallel training moves and holds per step: the numbers behind docs/scaling.md.
 
     python benchmarks/train_scale.py [--out benchmarks/results/train_scale.json] [--skip-timing]
+    python benchmarks/train_scale.py --quick      # smoke test: counts + one tiny timed step
 
 Counted exactly from this repository's encoders: parameters, hence the bytes DDP all-reduces
 per step (fp32 gradients), the bytes of the all-gather that keeps the memory bank identical on
@@ -12,19 +13,16 @@ images. Measured on this machine: forward + backward images/s of the paper-image
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import torch  # noqa: E402
 
 from instdisc.config import preset  # noqa: E402
-from instdisc.fsutil import atomic_write_text  # noqa: E402
 from instdisc.model import Encoder  # noqa: E402
 from instdisc.runtime import autocast, use_bf16  # noqa: E402
 
@@ -36,11 +34,12 @@ def encoder_of(name: str) -> Encoder:
     return Encoder(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim)
 
 
-def time_forward_backward(name: str, batch: int, iters: int) -> dict:
+def time_forward_backward(name: str, batch: int, iters: int, image_size: int | None = None) -> dict:
     cfg = preset(name)
     enc = encoder_of(name).to(memory_format=torch.channels_last)
     bf16 = use_bf16(torch.device("cpu"), "auto")
-    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size).contiguous(memory_format=torch.channels_last)
+    size = image_size or cfg.image_size
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     times = []
     for i in range(iters + 1):  # the first iteration warms oneDNN up and is not counted
         t0 = time.perf_counter()
@@ -49,38 +48,38 @@ def time_forward_backward(name: str, batch: int, iters: int) -> dict:
         f.sum().backward()
         if i:
             times.append(time.perf_counter() - t0)
-    return {"preset": name, "batch": batch, "bf16": bf16, "threads": torch.get_num_threads(),
-            "images_per_s": batch * len(times) / sum(times)}
+    return {"preset": name, "batch": batch, "image_size": size, "bf16": bf16, "threads": torch.get_num_threads(),
+            "images_per_s": round(batch * len(times) / sum(times), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="benchmarks/results/train_scale.json")
+    p.add_argument("--out", default=str(common.RESULTS / "train_scale.json"))
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--quick", action="store_true", help="smoke test: the timed step on 2 images of 64 px")
     args = p.parse_args(argv)
-    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                "load_avg_start": os.getloadavg()[0]},
-                    "versions": {"torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"), "presets": {}}
+    common.use_threads(args.threads)
+    rec = common.Record("train_scale", vars(args), args.out)
     for name in ("paper-cifar", "cpu-cifar", "paper-imagenet"):
         cfg = preset(name)
         params = sum(p.numel() for p in encoder_of(name).parameters())
-        result["presets"][name] = {
-            "arch": cfg.arch, "width": cfg.width, "image_size": cfg.image_size, "global_batch": cfg.batch_size,
-            "parameters": params,
+        rec.add({
+            "preset": name, "arch": cfg.arch, "width": cfg.width, "image_size": cfg.image_size,
+            "global_batch": cfg.batch_size, "parameters": params,
             "gradient_allreduce_bytes_per_step": 4 * params,  # fp32 gradients, whatever the rank count
             "bank_allgather_bytes_per_step": cfg.batch_size * (4 * cfg.low_dim + 8),  # features + int64 index
             "bank_bytes_per_rank": {str(n): 4 * cfg.low_dim * n for n in BANK_SIZES},
-        }
+        })
         print(f"{name}: {params / 1e6:.2f} M parameters, all-reduce {4 * params / 2**20:.1f} MiB/step, "
               f"bank all-gather {cfg.batch_size * (4 * cfg.low_dim + 8) / 2**10:.0f} KiB/step", flush=True)
     if not args.skip_timing:
-        result["cpu_forward_backward"] = time_forward_backward("paper-imagenet", args.batch, args.iters)
-        print(f"paper-imagenet forward+backward on this CPU: {result['cpu_forward_backward']}", flush=True)
-    result["machine"]["load_avg_end"] = os.getloadavg()[0]
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"written: {args.out}")
+        batch, iters, size = (2, 1, 64) if args.quick else (args.batch, args.iters, None)
+        rec.data["cpu_forward_backward"] = time_forward_backward("paper-imagenet", batch, iters, size)
+        print(f"paper-imagenet forward+backward on this CPU: {rec.data['cpu_forward_backward']}", flush=True)
+    rec.save()
     return 0
 
 

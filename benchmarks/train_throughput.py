@@ -14,10 +14,11 @@ objective in fp32, contiguous memory format.
 
 Each variant runs in a fresh subprocess (its peak RSS is its own): ``--warmup`` steps
 untimed, then ``--steps`` timed; images/s = timed images / timed wall time (data waits
-included). The ablations switch off one of our changes at a time (bf16, channels_last,
-batched augmentation -> PIL DataLoader) and try ``torch.compile`` on the encoder (its
-compile time is reported, and the case is time-boxed). A last row runs ``Trainer.fit`` itself
-for one short epoch, as a check that the replicated step is the real one.
+included). The ablations switch off one of our changes at a time (bf16, channels_last, the
+fp32 objective inside the bf16 step, batched augmentation -> PIL DataLoader) and try
+``torch.compile`` on the encoder (its compile time is reported, and the case is time-boxed).
+A last row runs ``Trainer.fit`` itself for one short epoch, as a check that the replicated
+step is the real one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from instdisc.method import InstDisc  # noqa: E402
 from instdisc.runtime import autocast, pick_device, use_bf16  # noqa: E402
 
 DEFAULT_DATA = common.ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+PROFILED = ("ours", "reference, 0 workers")
 PHASES = ("data", "augment", "forward", "backward", "optimizer", "bank_update")
 
 # name -> (pipeline, bf16, channels_last, workers, compile); bf16=None means "as runtime.use_bf16 says"
@@ -48,6 +50,7 @@ VARIANTS: dict[str, tuple[str, bool | None, bool, int, bool]] = {
     "reference, 0 workers": ("reference", False, False, 0, False),
     "ours": ("ours", None, True, 0, False),
     "ours - bf16 (fp32)": ("ours", False, True, 0, False),
+    "ours - fp32 objective (objective under bf16 autocast)": ("autocast-objective", None, True, 0, False),
     "ours - channels_last": ("ours", None, False, 0, False),
     "ours - batched augment (PIL DataLoader, 2 workers)": ("pil", None, True, 2, False),
     "ours + torch.compile": ("ours", None, True, 0, True),
@@ -129,7 +132,7 @@ def sync(device: torch.device) -> None:
 
 def run_variant(pipeline: str, width: int, bf16: bool | None, channels_last: bool, workers: int, compile: bool,
                 warmup: int, steps: int, images: torch.Tensor, batch_size: int = 128,
-                device: str | None = None) -> dict:
+                device: str | None = None, profile: int = 0) -> dict:
     """Steady-state images/s and per-phase seconds of one training-step variant."""
     dev = pick_device(device)
     cfg = TrainConfig(width=width, batch_size=batch_size, epochs=1, knn_every=0)
@@ -151,9 +154,9 @@ def run_variant(pipeline: str, width: int, bf16: bool | None, channels_last: boo
     source = pil_batches(images, batch_size, workers) if pipeline in ("reference", "pil") else \
         tensor_batches(len(images), batch_size)
     model.train()
-    totals = dict.fromkeys(PHASES, 0.0)
-    wall = 0.0
-    for step in range(warmup + steps):
+
+    def step() -> list[float]:
+        """One training step; the clock before each phase and after the last."""
         t = [time.perf_counter()]
         if pipeline in ("reference", "pil"):
             x, idx = next(source)
@@ -166,7 +169,11 @@ def run_variant(pipeline: str, width: int, bf16: bool | None, channels_last: boo
         sync(dev)
         t.append(time.perf_counter())
         with autocast(dev, bf16):
-            loss, feats = model(x, idx, gen)
+            if pipeline == "autocast-objective":  # the step before InstDisc ran its objective in fp32
+                feats = model.encoder(x)
+                loss = model.objective(feats, idx, model.bank, gen)
+            else:
+                loss, feats = model(x, idx, gen)
         sync(dev)
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
@@ -179,17 +186,43 @@ def run_variant(pipeline: str, width: int, bf16: bool | None, channels_last: boo
         model.update_bank(idx, feats.detach())
         loss.item()
         t.append(time.perf_counter())
-        if compile and step == 0:
+        return t
+
+    totals = dict.fromkeys(PHASES, 0.0)
+    wall = 0.0
+    for i in range(warmup + steps):
+        t = step()
+        if compile and i == 0:
             compile_s = t[-1] - t[0]
-        if step >= warmup:
+        if i >= warmup:
             for name, a, b in zip(PHASES, t[:-1], t[1:], strict=True):
                 totals[name] += b - a
             wall += t[-1] - t[0]
     timed = steps * batch_size
-    return {"images_per_s": round(timed / wall, 1), "step_ms": round(wall * 1000 / steps, 1),
-            "breakdown_ms": {k: round(v * 1000 / steps, 2) for k, v in totals.items()},
-            "bf16": bf16, "channels_last": channels_last, "compile_first_step_s": compile_s,
-            "device": str(dev), "peak_rss_mib": round(common.peak_rss_mib(), 1)}
+    out = {"images_per_s": round(timed / wall, 1), "step_ms": round(wall * 1000 / steps, 1),
+           "breakdown_ms": {k: round(v * 1000 / steps, 2) for k, v in totals.items()},
+           "bf16": bf16, "channels_last": channels_last, "compile_first_step_s": compile_s,
+           "device": str(dev), "peak_rss_mib": round(common.peak_rss_mib(), 1)}
+    if profile:  # after the timed steps, so the profiler's overhead is not in the figures above
+        out["profile"] = profile_steps(step, profile)
+    return out
+
+
+def profile_steps(step, n: int, top: int = 15) -> dict:
+    """Where a step's time goes, by operator: self time per step of the ``top`` costliest ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        wall_ms = (time.perf_counter() - t0) * 1000 / n
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_us = sum(e.self_cpu_time_total for e in events)
+    ops = [{"op": e.key, "calls_per_step": round(e.count / n, 1), "self_ms_per_step": round(
+            e.self_cpu_time_total / 1000 / n, 2), "share": round(e.self_cpu_time_total / total_us, 3)}
+           for e in events[:top]]
+    return {"steps": n, "profiled_step_ms": round(wall_ms, 1), "ops": ops}
 
 
 def run_trainer(cfg: TrainConfig, images: torch.Tensor, steps: int, dev: torch.device, bf16: bool) -> dict:
@@ -225,10 +258,11 @@ def case_main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--data", default=None)
+    p.add_argument("--profile", type=int, default=0)
     a = p.parse_args(argv)
     images, source = load_images(a.data, a.n_images)
     pipeline, bf16, cl, workers, comp = VARIANTS[a.case]
-    res = run_variant(pipeline, a.width, bf16, cl, workers, comp, a.warmup, a.steps, images)
+    res = run_variant(pipeline, a.width, bf16, cl, workers, comp, a.warmup, a.steps, images, profile=a.profile)
     res.update(workers=workers, images=len(images), data=source)
     print(json.dumps(res))
     return 0
@@ -268,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="try torch.compile only up to this width (its compile takes minutes on 2 cores)")
     p.add_argument("--compile-timeout", type=float, default=420.0, help="time box of the torch.compile case (s)")
     p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all cores)")
+    p.add_argument("--profile", type=int, default=3,
+                   help="after timing, profile this many steps of 'ours' and 'reference, 0 workers' by operator")
     p.add_argument("--quick", action="store_true", help="smoke test: width 8, 512 synthetic images, 2 steps")
     p.add_argument("--out", default=str(common.RESULTS / "train_throughput.json"))
     args = p.parse_args(argv)
     if args.quick:
-        args.widths, args.steps, args.warmup, args.data = [8], [2], [1], None
+        args.widths, args.steps, args.warmup, args.data, args.profile = [8], [2], [1], None, 1
         args.variants = [v for v in args.variants if "compile" not in v]
     n_images = 512 if args.quick else None
     common.use_threads(args.threads)
@@ -283,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cli = ["--case", name, "--width", str(w), "--warmup", str(warm), "--steps", str(steps)]
             cli += ["--data", args.data] if args.data else ["--n-images", str(n_images)]
+            if name in PROFILED:
+                cli += ["--profile", str(args.profile)]
             timeout = args.compile_timeout if VARIANTS[name][4] else None
             try:
                 res = common.run_case_subprocess(__file__, cli, timeout=timeout)

@@ -34,9 +34,17 @@ class InstDisc(nn.Module):
         for the global batch); without it an objective that needs noise draws it from ``gen``.
         """
         f = self.encoder(x)
-        if noise is None:
-            return self.objective(f, idx, self.bank, gen), f
-        return self.objective(f, idx, self.bank, noise=noise), f
+        # The objective runs in fp32 even inside a bf16 autocast region: under autocast every
+        # step would cast the whole N-row bank to bf16 (3.4x slower than fp32 at 1.28M rows,
+        # BENCHMARKS.md section 2), and bf16 logits scaled by 1/tau keep only ~2 significant
+        # digits. Only the encoder benefits from bf16.
+        with torch.autocast(f.device.type, enabled=False):
+            f32 = f.float()
+            if noise is None:
+                loss = self.objective(f32, idx, self.bank, gen)
+            else:
+                loss = self.objective(f32, idx, self.bank, noise=noise)
+        return loss, f
 
     def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:
         """The objective's noise rows for these instances (None for objectives that draw none)."""

@@ -82,11 +82,12 @@ def test_search_scale_quick(tmp_path):
     assert Path(data["plot"]).stat().st_size > 0
 
 
-def test_train_throughput_quick(tmp_path):
+def test_train_throughput_quick(tmp_path, monkeypatch):
+    before = "ours - fp32 objective (objective under bf16 autocast)"
     data = run("train_throughput", tmp_path, "--quick", *ONE_THREAD, "--variants", "reference, 0 workers", "ours",
-               "Trainer.fit (one short epoch)")
+               before, "Trainer.fit (one short epoch)")
     rows = {r["variant"]: r for r in data["results"]}
-    assert set(rows) == {"reference, 0 workers", "ours", "Trainer.fit (one short epoch)"}
+    assert set(rows) == {"reference, 0 workers", "ours", before, "Trainer.fit (one short epoch)"}
     for r in rows.values():
         assert "error" not in r, r
         assert positive(r["images_per_s"]) and r["width"] == 8
@@ -96,6 +97,19 @@ def test_train_throughput_quick(tmp_path):
     assert sum(ours["breakdown_ms"].values()) == pytest.approx(ours["step_ms"], rel=0.05)
     assert ours["vs_best_reference"] == pytest.approx(ours["images_per_s"] / ref["images_per_s"], rel=0.01)
     assert data["ratios"]["8"]["ratio"] == ours["vs_best_reference"]
+    # the operator profile: ours and the reference have one, the ablations do not
+    assert "profile" not in rows[before]
+    for r in (ours, ref):
+        ops = r["profile"]["ops"]
+        assert ops and all(o["self_ms_per_step"] >= 0 and 0 <= o["share"] <= 1 for o in ops)
+        assert [o["self_ms_per_step"] for o in ops] == sorted((o["self_ms_per_step"] for o in ops), reverse=True)
+    assert any("conv" in o["op"] for o in ours["profile"]["ops"])
+
+    import common
+    import report
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert f"| 8 | ours | `{ours['profile']['ops'][0]['op']}` |" in report.render("train_throughput:profile")
 
 
 def test_objective_cost_quick(tmp_path):
@@ -153,3 +167,34 @@ def test_app_latency_quick(tmp_path, shapes_index):
     for r in rows.values():
         assert r["failed"] == 0 and r["requests"] >= 8 and positive(r["p50_ms"]) and r["p99_ms"] >= r["p50_ms"]
     assert data["index"]["count"] > 0
+
+
+def test_index_bytes_quick(tmp_path, monkeypatch):
+    data = run("index_bytes", tmp_path, "--quick", *ONE_THREAD)
+    rows = {r["case"]: r for r in data["results"]}
+    assert set(rows) == {"flat", "ivf-flat", "ivf-pq32", "ivf-pq16", "hnsw32"}
+    for r in rows.values():
+        assert positive(r["file_bytes_per_vector"]) and positive(r["resident_bytes_per_vector"])
+        assert 0 < r["recall_at_10"] <= 1
+    # 128 float32 = 512 bytes a vector + its id: the raw layouts cannot be smaller, the PQ codes must be
+    assert rows["flat"]["marginal_bytes_per_vector"] >= 512
+    assert rows["ivf-pq16"]["marginal_bytes_per_vector"] < rows["ivf-pq32"]["marginal_bytes_per_vector"] < 512
+    assert rows["hnsw32"]["marginal_bytes_per_vector"] > rows["flat"]["marginal_bytes_per_vector"]
+    assert rows["flat"]["recall_at_10"] == 1.0
+
+    import common
+    import report
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert "| ivf-pq16 | IVF64,PQ16x4 | nprobe=16 |" in report.render("index_bytes")
+
+
+def test_train_scale_quick(tmp_path):
+    data = run("train_scale", tmp_path, "--quick", *ONE_THREAD)
+    rows = {r["preset"]: r for r in data["results"]}
+    assert set(rows) == {"paper-cifar", "cpu-cifar", "paper-imagenet"}
+    for r in rows.values():  # all-reduce = fp32 gradients of every parameter; bank = N x 128 fp32
+        assert r["gradient_allreduce_bytes_per_step"] == 4 * r["parameters"]
+        assert r["bank_bytes_per_rank"]["50000"] == 50_000 * 128 * 4
+    assert rows["cpu-cifar"]["parameters"] < rows["paper-cifar"]["parameters"] < rows["paper-imagenet"]["parameters"]
+    assert positive(data["cpu_forward_backward"]["images_per_s"])

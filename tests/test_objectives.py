@@ -104,3 +104,30 @@ def test_objectives_do_not_write_the_bank():
 def test_unknown_objective_is_rejected():
     with pytest.raises(ValueError, match="unknown objective"):
         build_objective("triplet", 10, 5, 0.1, 4, None)
+
+
+@pytest.mark.parametrize("objective", ["softmax", "nce"])
+def test_instdisc_runs_its_objective_in_fp32_inside_bf16_autocast(objective):
+    """Under the training loop's bf16 autocast only the encoder runs in bf16: the loss over the
+    bank is the fp32 objective of the encoder's features (no bf16 copy of the bank, no bf16 logits)."""
+    from instdisc.config import TrainConfig
+    from instdisc.method import InstDisc
+
+    cfg = TrainConfig(arch="resnet18", width=4, low_dim=16, objective=objective, nce_k=8, temperature=0.07)
+    model = InstDisc(cfg, 40)
+    g = torch.Generator().manual_seed(0)
+    model.bank.reset_random(g)
+    x, idx = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([3, 17, 0, 39])
+    noise = model.sample_noise(idx, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, f = model(x, idx, noise=noise)
+        in_bf16 = model.objective(f, idx, model.bank, noise=noise) if noise is not None else \
+            model.objective(f, idx, model.bank)
+    assert loss.dtype == torch.float32 and f.dtype == torch.float32
+    fp32 = model.objective(f.detach(), idx, model.bank, noise=noise) if noise is not None else \
+        model.objective(f.detach(), idx, model.bank)
+    assert loss.item() == pytest.approx(fp32.item(), rel=1e-6)
+    # what the objective gives when autocast reaches it: bf16 logits, visibly off
+    assert abs(in_bf16.item() - fp32.item()) > 1e-5
+    loss.backward()  # the graph through the fp32 objective reaches the bf16 encoder
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
