@@ -73,7 +73,7 @@ def _train(d: dict) -> list[str]:
 
 
 def _profile(d: dict) -> list[str]:
-    head = ("| width | variant | operator | calls / step | self ms / step | share of step |\n"
+    head = ("| width | variant | operator | calls / step | self ms / step | share of profiled time |\n"
             "|---|---|---|---|---|---|")
     rows = []
     for r in d["results"]:

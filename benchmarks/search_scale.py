@@ -120,8 +120,9 @@ def run_size(n: int, args, rec: common.Record) -> None:
     base = {"n": n, "d": args.d, "queries": nq}
 
     xt = torch.from_numpy(x)  # shares x's memory
-    for name, fn in (("numpy brute force", lambda qq, x=x: numpy_topk(x, qq, K)),
-                     ("torch brute force", lambda qq, xt=xt: torch_topk(xt, qq, K))):
+    baselines = (("numpy brute force", lambda qq, x=x: numpy_topk(x, qq, K)),
+                 ("torch brute force", lambda qq, xt=xt: torch_topk(xt, qq, K)))
+    for name, fn in baselines if args.baselines else ():
         rec.add({**base, "index": name, "build_total_s": 0.0, "bytes": x.nbytes,
                  **measure(name, fn, q, truth, args)})
         rec.save(partial=True)
@@ -145,7 +146,7 @@ def run_size(n: int, args, rec: common.Record) -> None:
         with capped_training(args.max_train):
             index, info = auto.build_vector_index(
                 x, None, kind, auto.parse_bytes(args.memory_budget), n_queries=min(1000, nq * 5),
-                progress=False)
+                progress=n > BIG)  # long builds show their progress (and a stopped run how far it got)
         build_s = time.perf_counter() - t2
         params = auto.search_params(index, info["params"])
 
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-train", type=int, default=262_144, help="IVF/PQ training sample cap")
     p.add_argument("--hnsw-max", type=int, default=1_000_000, help="skip HNSW above this many vectors")
     p.add_argument("--memory-budget", default="8G")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time plain numpy / torch brute force (--no-baselines: FAISS indexes only)")
     p.add_argument("--threads", type=int, default=None, help="FAISS/torch threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="smoke test: 4,000 vectors, 50 queries")
     p.add_argument("--out", default=str(common.RESULTS / "search_scale.json"))

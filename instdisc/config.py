@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     subset: float = 1.0  # fraction of the training set to use (data-size ablation)
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    compile: bool = False  # torch.compile the encoder (faster steps after a slow first one; see BENCHMARKS.md)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -27,7 +27,8 @@ class NonParametricSoftmax(nn.Module):
     def forward(
         self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
     ) -> torch.Tensor:
-        logits = f @ bank.features.t() / self.temperature
+        # 1/tau scales the B x d features, not the B x N logits: the same numbers, N/d times fewer divisions
+        logits = (f / self.temperature) @ bank.features.t()
         return F.cross_entropy(logits, idx.to(f.device))
 
 
@@ -67,7 +68,7 @@ class NCE(nn.Module):
         noise = (self.sample_noise(idx, gen) if noise is None else noise).to(f.device)
         rows = torch.cat([idx.to(f.device).view(-1, 1), noise], 1)  # B x (m+1), positive first
         weights = bank.features[rows]  # B x (m+1) x d
-        log_s = torch.einsum("bkd,bd->bk", weights, f) / self.temperature  # log exp(s/tau)
+        log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature)  # log exp(s/tau)
         with torch.no_grad():
             # over every rank's batch when data-parallel, so all ranks hold the same Z
             batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)

@@ -39,7 +39,7 @@ from .embed import embed
 from .fsutil import atomic_write_text
 from .knn import knn_accuracy
 from .method import InstDisc
-from .runtime import autocast, pick_device, use_bf16
+from .runtime import autocast, compile_module, pick_device, use_bf16
 
 
 class Interrupted(Exception):
@@ -93,6 +93,8 @@ class Trainer:
         if cfg.sync_bn and self.world > 1:
             model.encoder = ddp.global_batchnorm(model.encoder, self.device)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_module(self.model.encoder, self.device)
         self.model.bank.reset_random(self.gen)
         self.parallel = ddp.data_parallel(self.model, self.device)  # the model itself in one process
         self.optimizer = torch.optim.SGD(
@@ -141,11 +143,16 @@ class Trainer:
         device: str | None = None,
         progress: bool = True,
         epochs: int | None = None,
+        compile: bool | None = None,
     ) -> Trainer:
+        """``epochs`` extends (or shortens) the schedule; ``compile`` overrides the saved choice
+        (it changes speed, not the method; compiled kernels may round differently)."""
         ckpt = checkpoint.load(path)
         cfg = TrainConfig.from_dict(ckpt["config"])
         if epochs is not None and epochs != cfg.epochs:
             cfg = replace(cfg, epochs=epochs)
+        if compile is not None:
+            cfg = replace(cfg, compile=compile)
         if ckpt["dataset"]["paths"] != train.paths:
             raise DataError(
                 f"the data given ({len(train)} images under {train.root}) is not the data this checkpoint was "

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f", {ctx.world} processes" if ctx.world > 1 else ""), flush=True)
         if args.resume:
             trainer = Trainer.resume(out / "checkpoint.pt", train, evalset, out, args.device,
-                                     not args.no_progress, epochs=args.epochs)
+                                     not args.no_progress, epochs=args.epochs, compile=args.compile)
         else:
             if (out / "checkpoint.pt").exists():
                 raise DataError(f"{out}/checkpoint.pt exists: pass --resume to continue it, or choose another --out")

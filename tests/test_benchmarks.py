@@ -78,12 +78,16 @@ def test_search_scale_quick(tmp_path):
         assert 0 < r["recall_at_10"] <= 1 and positive(r["batch_qps"]) and positive(r["single_p50_ms"])
         assert r["single_p99_ms"] >= r["single_p50_ms"] and r["bytes"] > 0
     assert rows["ivfpq"]["bytes"] < rows["flat"]["bytes"]  # compressed codes are smaller
+
+    # --no-baselines --types: only the FAISS indexes asked for (how the 10M HNSW row can run alone)
+    only = run("search_scale", tmp_path, "--quick", *ONE_THREAD, "--types", "flat", "--no-baselines")
+    assert [r["index"] for r in only["results"]] == ["flat"] and only["args"]["baselines"] is False
     assert rows["auto"]["same_as"] == "flat" and rows["ivf"]["factory"].startswith("IVF")
     assert Path(data["plot"]).stat().st_size > 0
 
 
 def test_train_throughput_quick(tmp_path, monkeypatch):
-    before = "ours - fp32 objective (objective under bf16 autocast)"
+    before = "ours - bf16 objective (objective in fp32)"
     data = run("train_throughput", tmp_path, "--quick", *ONE_THREAD, "--variants", "reference, 0 workers", "ours",
                before, "Trainer.fit (one short epoch)")
     rows = {r["variant"]: r for r in data["results"]}

@@ -106,28 +106,29 @@ def test_unknown_objective_is_rejected():
         build_objective("triplet", 10, 5, 0.1, 4, None)
 
 
-@pytest.mark.parametrize("objective", ["softmax", "nce"])
-def test_instdisc_runs_its_objective_in_fp32_inside_bf16_autocast(objective):
-    """Under the training loop's bf16 autocast only the encoder runs in bf16: the loss over the
-    bank is the fp32 objective of the encoder's features (no bf16 copy of the bank, no bf16 logits)."""
-    from instdisc.config import TrainConfig
-    from instdisc.method import InstDisc
 
-    cfg = TrainConfig(arch="resnet18", width=4, low_dim=16, objective=objective, nce_k=8, temperature=0.07)
-    model = InstDisc(cfg, 40)
+@pytest.mark.parametrize("tau", [0.07, 0.1])
+def test_softmax_under_bf16_autocast_stays_close_to_fp64(tau):
+    """The loop runs the objective under bf16 autocast (faster on AMX/GPUs); its loss and gradient
+    must stay close to an fp64 computation on a CIFAR-sized bank (measured ~1 % median)."""
     g = torch.Generator().manual_seed(0)
-    model.bank.reset_random(g)
-    x, idx = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([3, 17, 0, 39])
-    noise = model.sample_noise(idx, torch.Generator().manual_seed(1))
+    n, b, d = 50_000, 32, 128
+    bank = MemoryBank(n, d)
+    bank.reset_random(g)
+    idx = torch.randint(0, n, (b,), generator=g)
+    # features near their own rows, as in a trained model, so the positive dominates the softmax
+    f0 = F.normalize(bank.features[idx] + 0.6 * F.normalize(torch.randn(b, d, generator=g), dim=1), dim=1)
+    obj = NonParametricSoftmax(n, d, tau)
+
+    f64 = f0.double().requires_grad_(True)
+    ref = F.cross_entropy(f64 @ bank.features.double().t() / tau, idx)
+    (g64,) = torch.autograd.grad(ref, f64)
+    f = f0.clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, f = model(x, idx, noise=noise)
-        in_bf16 = model.objective(f, idx, model.bank, noise=noise) if noise is not None else \
-            model.objective(f, idx, model.bank)
-    assert loss.dtype == torch.float32 and f.dtype == torch.float32
-    fp32 = model.objective(f.detach(), idx, model.bank, noise=noise) if noise is not None else \
-        model.objective(f.detach(), idx, model.bank)
-    assert loss.item() == pytest.approx(fp32.item(), rel=1e-6)
-    # what the objective gives when autocast reaches it: bf16 logits, visibly off
-    assert abs(in_bf16.item() - fp32.item()) > 1e-5
-    loss.backward()  # the graph through the fp32 objective reaches the bf16 encoder
-    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+        loss = obj(f, idx, bank)
+    (gb,) = torch.autograd.grad(loss, f)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=5e-3)
+    rel = (gb.double() - g64).norm(dim=1) / g64.norm(dim=1)
+    assert rel.median() < 0.03 and rel.max() < 0.1
+    assert F.cosine_similarity(gb.double(), g64, dim=1).min() > 0.995

@@ -1,10 +1,13 @@
 """End-to-end training on tiny data: it learns, it resumes exactly, the CLI keeps its contract."""
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,29 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes(shapes_root, tmp_path):
     assert "--resume" in err
     ckpt = checkpoint.load(out / "checkpoint.pt")
     assert 1 <= ckpt["epoch"] < 200
+
+
+@pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")), reason="torch.compile's CPU backend needs g++")
+def test_compile_matches_eager_and_keeps_checkpoints_plain(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", image_size=16)
+    train, ev = load_splits(shapes_root, 16, progress=False)
+    eager = Trainer(cfg, train, ev, tmp_path / "eager", device="cpu", progress=False)
+    eager.fit()
+    compiled = Trainer(replace(cfg, compile=True), train, ev, tmp_path / "compiled", device="cpu", progress=False)
+    compiled.fit()
+    assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-3)
+    # the checkpoint holds the plain module's keys, so it loads anywhere, compiled or not
+    state = checkpoint.load(tmp_path / "compiled" / "checkpoint.pt")
+    assert state["config"]["compile"] is True
+    assert state["model"].keys() == eager.model.state_dict().keys()
+    resumed = Trainer.resume(tmp_path / "compiled" / "checkpoint.pt", train, ev, device="cpu", progress=False,
+                             epochs=2, compile=False)
+    assert resumed.cfg.compile is False and len(resumed.fit()) == 2
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(shapes_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", image_size=16, compile=True)
+    train, ev = load_splits(shapes_root, 16, progress=False)
+    with pytest.raises(ValueError, match="C\\+\\+ compiler"):
+        Trainer(cfg, train, ev, tmp_path, device="cpu", progress=False)
