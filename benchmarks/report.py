@@ -95,6 +95,17 @@ def _index_bytes(d: dict) -> list[str]:
     return [head, *rows]
 
 
+def _blas(d: dict) -> list[str]:
+    head = ("| vectors | index | BLAS threshold | batch of queries | batched queries/s | 1-query p50 (ms) |\n"
+            "|---|---|---|---|---|---|")
+    def thr(v: int) -> str:
+        return f"{v:,}" + (" (shipped)" if v == d["shipped_threshold"] else "")
+
+    rows = [f"| {r['n']:,} | {r['index']} | {thr(r['threshold'])} | {r['queries']:,} | {r['batch_qps']:,.1f} | "
+            f"{r['single_p50_ms']:.3g} |" for r in d["results"]]
+    return [head, *rows]
+
+
 def _objective(d: dict) -> list[str]:
     head = ("| bank rows N | precision | objective | ms / step (median) | ms / step (fastest) | steps timed | "
             "softmax ÷ NCE (median) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|")
@@ -143,7 +154,7 @@ def _gpu(d: dict) -> list[str]:
 # one benchmark (a rerun on a quiet machine, the 10M run) needs no entry of its own
 RENDER = {"search_scale": _search, "train_throughput": _train, "train_throughput:profile": _profile,
           "objective_cost": _objective, "knn_speed": _knn, "app_latency": _app, "gpu_check": _gpu,
-          "index_bytes": _index_bytes}
+          "index_bytes": _index_bytes, "faiss_blas_threshold": _blas}
 
 
 def render(name: str) -> str:

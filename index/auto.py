@@ -394,8 +394,10 @@ def tune(
         peak = max(results.values())
         best = min(v for v, r in results.items() if r >= peak - 1e-3)
         reached = False
-        warnings.warn(f"recall@{k} target {target} not reached: best {peak:.3f} at {knob}={best} "
-                      "(compressed codes cap recall; raise the memory budget or use IVF-Flat)", stacklevel=2)
+        why = ("the graph caps recall; rebuild with a larger M or efConstruction, or use IVF-Flat" if kind == "hnsw"
+               else "compressed codes cap recall; raise the memory budget or use IVF-Flat")
+        warnings.warn(f"recall@{k} target {target} not reached: best {peak:.3f} at {knob}={best} ({why})",
+                      stacklevel=2)
     curve.sort(key=lambda c: c[knob])
     return TuneResult({knob: int(best)}, results[best], target, reached, k, len(queries), curve)
 

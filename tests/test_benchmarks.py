@@ -202,3 +202,19 @@ def test_train_scale_quick(tmp_path):
         assert r["bank_bytes_per_rank"]["50000"] == 50_000 * 128 * 4
     assert rows["cpu-cifar"]["parameters"] < rows["paper-cifar"]["parameters"] < rows["paper-imagenet"]["parameters"]
     assert positive(data["cpu_forward_backward"]["images_per_s"])
+
+
+def test_faiss_blas_threshold_quick(tmp_path, monkeypatch):
+    data = run("faiss_blas_threshold", tmp_path, "--quick", *ONE_THREAD)
+    rows = data["results"]
+    assert {r["threshold"] for r in rows} == {data["shipped_threshold"], 20}
+    assert all(r["index"] == "Flat" and positive(r["batch_qps"]) and positive(r["single_p50_ms"]) for r in rows)
+    import faiss
+
+    assert faiss.cvar.distance_compute_blas_threshold == data["shipped_threshold"]  # put back afterwards
+
+    import common
+    import report
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert "| 5,000 | Flat | 20 | 100 |" in report.render("faiss_blas_threshold")
