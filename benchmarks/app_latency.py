@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=96, help="requests per concurrency level (bounded)")
     p.add_argument("--level-seconds", type=float, default=120.0, help="time box per level")
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 and 4 clients, 8 requests")
-    p.add_argument("--out", default=str(common.RESULTS / "app_latency.json"))
+    common.add_standard_args(p, "app_latency", "1 and 4 clients, 8 requests", threads=False)
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.requests, args.level_seconds = [1, 4], 8, 30.0

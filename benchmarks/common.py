@@ -136,6 +136,14 @@ def use_threads(n: int | None) -> None:
         pass
 
 
+def add_standard_args(p, name: str, quick_help: str, threads: bool = True) -> None:
+    """The flags every benchmark has: ``--threads``, ``--quick`` (its CI smoke test) and ``--out``."""
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="torch/FAISS intra-op threads (default: all cores)")
+    p.add_argument("--quick", action="store_true", help=f"smoke test: {quick_help}")
+    p.add_argument("--out", default=str(RESULTS / f"{name}.json"))
+
+
 # ---------------------------------------------------------------- timing
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,21 +29,13 @@ from index.synthetic import clustered_unit_vectors  # noqa: E402
 K = 10
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 1_000_000, 10_000_000])
     p.add_argument("--queries", type=int, nargs="+", default=[1000, 1000, 200], help="batch size per size")
     p.add_argument("--thresholds", type=int, nargs="+", default=[faiss.cvar.distance_compute_blas_threshold, 20])
     p.add_argument("--singles", type=int, default=100, help="one-query calls timed per case")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="smoke test: 5,000 vectors")
-    p.add_argument("--out", default=str(common.RESULTS / "faiss_blas_threshold.json"))
+    common.add_standard_args(p, "faiss_blas_threshold", "5,000 vectors")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.queries, args.singles = [5000], [100], 10
@@ -68,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, index in (("Flat", flat), ("IVF,Flat nprobe 4", ivf)):
                 if index is None:
                     continue
-                batch = timed(lambda index=index, q=q: index.search(q, K))
-                one = [timed(lambda index=index, row=q[i : i + 1]: index.search(row, K))
+                (batch,) = common.time_calls(lambda index=index, q=q: index.search(q, K), 1, warmup=0)
+                one = [common.time_calls(lambda index=index, row=q[i : i + 1]: index.search(row, K), 1, warmup=0)[0]
                        for i in range(min(args.singles, nq))]
                 rec.add({"n": n, "index": name, "threshold": thr, "queries": nq, "batch_s": round(batch, 3),
                          "batch_qps": round(nq / batch, 1), **{f"single_{k}": v for k, v in

@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--nlist", type=int, default=1024, help="inverted lists of the IVF cases")
-    p.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 4,000 vectors, 64 lists")
-    p.add_argument("--out", default=str(common.RESULTS / "index_bytes.json"))
+    common.add_standard_args(p, "index_bytes", "4,000 vectors, 64 lists")
     args = p.parse_args(argv)
     pq_bits = ""
     if args.quick:  # 4-bit PQ codebooks: FAISS trains 8-bit ones for minutes even on 4,000 vectors

@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=10_000)
     p.add_argument("--naive-max-gib", type=float, default=8.0,
                    help="largest naive similarity matrix to allocate; above it fewer queries, extrapolated")
-    p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 500 queries vs 20k rows")
-    p.add_argument("--out", default=str(common.RESULTS / "knn_speed.json"))
+    common.add_standard_args(p, "knn_speed", "500 queries vs 20k rows")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.queries, args.naive_max_gib = [20000], 500, 0.02

@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[20, 5, 3], help="timed steps per size")
     p.add_argument("--nce-k", type=int, default=4096)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
-    p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="smoke test: N = 5,000, NCE m = 256, 2 steps")
-    p.add_argument("--out", default=str(common.RESULTS / "objective_cost.json"))
+    common.add_standard_args(p, "objective_cost", "N = 5,000, NCE m = 256, 2 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.nce_k = [5000], [2], 256

@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-budget", default="8G")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also time plain numpy / torch brute force (--no-baselines: FAISS indexes only)")
-    p.add_argument("--threads", type=int, default=None, help="FAISS/torch threads (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 4,000 vectors, 50 queries")
-    p.add_argument("--out", default=str(common.RESULTS / "search_scale.json"))
+    common.add_standard_args(p, "search_scale", "4,000 vectors, 50 queries")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.queries, args.singles, args.single_seconds = [4000], 50, 20, 2.0

@@ -54,12 +54,10 @@ def time_forward_backward(name: str, batch: int, iters: int, image_size: int | N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(common.RESULTS / "train_scale.json"))
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="smoke test: the timed step on 2 images of 64 px")
+    common.add_standard_args(p, "train_scale", "the timed step on 2 images of 64 px")
     args = p.parse_args(argv)
     common.use_threads(args.threads)
     rec = common.Record("train_scale", vars(args), args.out)

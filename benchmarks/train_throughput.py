@@ -302,11 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-max-width", type=int, default=16,
                    help="try torch.compile only up to this width (its compile takes minutes on 2 cores)")
     p.add_argument("--compile-timeout", type=float, default=420.0, help="time box of the torch.compile case (s)")
-    p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all cores)")
     p.add_argument("--profile", type=int, default=3,
                    help="after timing, profile this many steps of 'ours' and 'reference, 0 workers' by operator")
-    p.add_argument("--quick", action="store_true", help="smoke test: width 8, 512 synthetic images, 2 steps")
-    p.add_argument("--out", default=str(common.RESULTS / "train_throughput.json"))
+    common.add_standard_args(p, "train_throughput", "width 8, 512 synthetic images, 2 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.widths, args.steps, args.warmup, args.data, args.profile = [8], [2], [1], None, 1
