@@ -15,9 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
 DEFAULT_INDEX = "indexes/cifar10"
 
 

@@ -20,9 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from benchmarks import common
 
 
 def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, max_seconds: float) -> dict:

@@ -18,12 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import faiss
+import numpy as np
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-
-from index.auto import (  # noqa: E402
+from index.auto import (
     DEFAULT_TARGET_RECALL,
     FLAT_MAX_VECTORS,
     build_vector_index,
@@ -31,7 +29,7 @@ from index.auto import (  # noqa: E402
     recall_at_k,
     search_params,
 )
-from index.synthetic import clustered_unit_vectors  # noqa: E402
+from index.synthetic import clustered_unit_vectors
 
 
 def timed_search(index: faiss.Index, q: np.ndarray, k: int, params=None, singles: int = 200) -> dict:

@@ -21,12 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from instdisc.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from instdisc.fsutil import atomic_write_text  # noqa: E402
 
 SHARED_NOTE = ("shared 2-core machine: other agents' jobs and a low-priority (nice) training campaign may run; "
                "see loadavg_start / loadavg_end")

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import faiss
+import numpy as np
 
-import common  # noqa: E402
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-
-from index.synthetic import clustered_unit_vectors  # noqa: E402
+from benchmarks import common
+from index.synthetic import clustered_unit_vectors
 
 K = 10
 

@@ -23,20 +23,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import common  # noqa: E402
-import torch  # noqa: E402
-from train_throughput import load_images, run_variant  # noqa: E402
-
-from index.synthetic import clustered_unit_vectors  # noqa: E402
-from instdisc.config import preset  # noqa: E402
-from instdisc.embed import embed  # noqa: E402
-from instdisc.knn import knn_accuracy, topk_cosine  # noqa: E402
-from instdisc.model import Encoder  # noqa: E402
-from instdisc.runtime import pick_device, use_bf16  # noqa: E402
+from benchmarks import common
+from benchmarks.train_throughput import load_images, run_variant
+from index.synthetic import clustered_unit_vectors
+from instdisc.config import preset
+from instdisc.embed import embed
+from instdisc.knn import knn_accuracy, topk_cosine
+from instdisc.model import Encoder
+from instdisc.runtime import pick_device, use_bf16
 
 
 def search_speed(n: int, device: torch.device, queries: int, singles: int) -> dict:

@@ -22,15 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import faiss
+import numpy as np
 
-import common  # noqa: E402
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-
-from index.synthetic import clustered_unit_vectors  # noqa: E402
+from benchmarks import common
+from index.synthetic import clustered_unit_vectors
 
 # (name, factory, search knobs): the types docs/index.md offers, at the settings auto would start from
 CASES = (

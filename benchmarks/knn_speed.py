@@ -20,15 +20,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import common  # noqa: E402
-import torch  # noqa: E402
-
-from index.synthetic import clustered_unit_vectors  # noqa: E402
-from instdisc.knn import knn_predict, weighted_vote  # noqa: E402
+from benchmarks import common
+from index.synthetic import clustered_unit_vectors
+from instdisc.knn import knn_predict, weighted_vote
 
 K, TAU, CLASSES = 200, 0.1, 10
 

@@ -20,15 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+import torch.nn.functional as F
 
-import common  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from instdisc.memory import MemoryBank  # noqa: E402
-from instdisc.objectives import NCE, NonParametricSoftmax  # noqa: E402
-from instdisc.runtime import autocast  # noqa: E402
+from benchmarks import common
+from instdisc.memory import MemoryBank
+from instdisc.objectives import NCE, NonParametricSoftmax
+from instdisc.runtime import autocast
 
 DIM, BATCH = 128, 128
 
@@ -58,7 +56,7 @@ def available_bytes() -> int:
 def run_case(objective: str, n: int, bf16: bool, steps: int, nce_k: int) -> dict:
     g = torch.Generator().manual_seed(1)
     bank = random_bank(n)
-    obj = NonParametricSoftmax(n, DIM, 0.1) if objective == "softmax" else NCE(n, DIM, 0.07, nce_k)
+    obj = NonParametricSoftmax(0.1) if objective == "softmax" else NCE(n, 0.07, nce_k)
     raw = torch.randn(BATCH, DIM, generator=g)
     idx = torch.randint(0, n, (BATCH,), generator=g)
     dev = torch.device("cpu")
@@ -66,7 +64,7 @@ def run_case(objective: str, n: int, bf16: bool, steps: int, nce_k: int) -> dict
     def step() -> None:
         f = F.normalize(raw, dim=1).requires_grad_()
         with autocast(dev, bf16):
-            loss = obj(f, idx, bank, g)
+            loss = obj(f, idx, bank, obj.sample_noise(idx, g)).loss
         loss.backward()
 
     secs = common.time_calls(step, steps, warmup=1)

@@ -16,11 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-
-from instdisc.fsutil import atomic_write_text  # noqa: E402
+from benchmarks import common
+from instdisc.fsutil import atomic_write_text
 
 BLOCK = re.compile(r"(<!-- table:([\w:.-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 

@@ -32,15 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import faiss
+import numpy as np
+import torch
 
-import common  # noqa: E402
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from index import auto  # noqa: E402
-from index.synthetic import clustered_unit_vectors  # noqa: E402
+from benchmarks import common
+from index import auto
+from index.synthetic import clustered_unit_vectors
 
 TYPES = ("flat", "ivf", "ivfpq", "hnsw", "auto")
 K = 10

@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import common  # noqa: E402
-import torch  # noqa: E402
-
-from instdisc.config import preset  # noqa: E402
-from instdisc.model import Encoder  # noqa: E402
-from instdisc.runtime import autocast, use_bf16  # noqa: E402
+from benchmarks import common
+from instdisc.config import preset
+from instdisc.model import Encoder
+from instdisc.runtime import autocast, use_bf16
 
 BANK_SIZES = (50_000, 1_281_167, 100_000_000, 1_000_000_000)  # CIFAR-10, ImageNet-1k, 100M, 1B
 

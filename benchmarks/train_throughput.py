@@ -29,16 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import common  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from instdisc.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
-from instdisc.config import TrainConfig  # noqa: E402
-from instdisc.method import InstDisc  # noqa: E402
-from instdisc.runtime import autocast, compile_module, pick_device, use_bf16  # noqa: E402
+from benchmarks import common
+from instdisc.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
+from instdisc.config import TrainConfig
+from instdisc.method import InstDisc, StepOutput
+from instdisc.runtime import autocast, compile_module, pick_device, use_bf16
 
 DEFAULT_DATA = common.ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 PROFILED = ("ours", "reference, 0 workers")
@@ -172,9 +170,12 @@ def run_variant(pipeline: str, width: int, bf16: bool | None, channels_last: boo
             if pipeline == "fp32-objective":  # only the encoder under autocast, the objective in fp32
                 feats = model.encoder(x).float()
                 with torch.autocast(dev.type, enabled=False):
-                    loss = model.objective(feats, idx, model.bank, gen)
+                    out = model.objective(feats, idx, model.bank, model.sample_noise(idx, gen))
+                    loss = out.loss
+                    out = StepOutput(loss, feats.detach(), out.positive_prob)
             else:
-                loss, feats = model(x, idx, gen)
+                out = model([x], idx, model.sample_noise(idx, gen))
+                loss = out.loss
         sync(dev)
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
@@ -184,7 +185,7 @@ def run_variant(pipeline: str, width: int, bf16: bool | None, channels_last: boo
         opt.step()
         sync(dev)
         t.append(time.perf_counter())
-        model.update_bank(idx, feats.detach())
+        model.update_bank(idx, out)
         loss.item()
         t.append(time.perf_counter())
         return t

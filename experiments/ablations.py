@@ -31,17 +31,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from instdisc.config import preset
+from instdisc.data import ImageCollection, load_splits, random_subset
+from instdisc.fsutil import atomic_write_text
+from instdisc.knn import knn_accuracy
+from instdisc.train import Trainer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from instdisc.config import preset  # noqa: E402
-from instdisc.data import ImageCollection, load_splits, random_subset  # noqa: E402
-from instdisc.fsutil import atomic_write_text  # noqa: E402
-from instdisc.knn import knn_accuracy  # noqa: E402
-from instdisc.train import Trainer  # noqa: E402
-
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
 BASE_PRESET = "cpu-cifar"

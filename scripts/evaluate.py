@@ -16,15 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from index.errors import IndexDirError  # noqa: E402
-from index.evaluate import BASELINES, EvalOptions, evaluate  # noqa: E402
-from instdisc.checkpoint import CheckpointError  # noqa: E402
-from instdisc.data import DataError  # noqa: E402
-from instdisc.images import ImageError  # noqa: E402
+from index.errors import IndexDirError
+from index.evaluate import BASELINES, EvalOptions, evaluate
+from instdisc.checkpoint import CheckpointError
+from instdisc.data import DataError
+from instdisc.images import ImageError
 
 
 def main(argv: list[str] | None = None) -> int:

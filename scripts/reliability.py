@@ -16,10 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instdisc.fsutil import atomic_write_text  # noqa: E402
-from reliability import suite  # noqa: E402
+from instdisc.fsutil import atomic_write_text
+from reliability import faults, suite
 
 PARTS = ("inputs", "faults", "load")
 
@@ -39,11 +37,11 @@ def table_faults(r: dict) -> str:
         at = f" @ {x['kill_at']}" if "kill_at" in x else ""
         rows.append(f"  {'ok ' if x['survived'] else 'FAIL'} {x['scenario']}{at}")
     t = r.get("timed") or {}
-    if t:
-        n = len(t["train"]) + len(t["add"])
-        ok = sum(x["ok"] for x in t["train"] + t["add"])
-        rows.append(f"timed kills (seed {t['seed']}): {ok}/{n} left a readable state; training finished equal to "
-                    f"an uninterrupted run: {t['train_finished_equal_to_uninterrupted']}")
+    for cmd in ("train", "add") if t else ():
+        c = faults.count_timed(t[cmd])  # only kills that interrupted real work count as survived
+        rows.append(f"timed kills of {cmd} (seed {t['seed']}): {c['survived']}/{c['interrupted_work']} that "
+                    f"interrupted work survived; not counted: {c['finished_before_kill']} came after the command "
+                    f"finished, {c['killed_before_any_write']} before it wrote anything")
     return "\n".join(rows)
 
 

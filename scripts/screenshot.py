@@ -13,9 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from webapp.browser import running_app, screenshot  # noqa: E402
+from webapp.browser import running_app, screenshot
 
 PREFERRED = ("ship", "airplane", "automobile", "horse")
 

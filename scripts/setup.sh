@@ -9,10 +9,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 req=requirements.txt
 [ "${DEV:-0}" = 1 ] && req=requirements-dev.txt
-stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)-${DEV:-0}"
+stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-12)-${DEV:-0}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r "$req"
+  # the project itself, editable: scripts, tests and app.py import its packages from here
+  .venv/bin/pip install --quiet --no-deps -e .
   touch "$stamp"
 fi
 if [ "${DEV:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then

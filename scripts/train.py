@@ -11,17 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from instdisc import distributed  # noqa: E402
-from instdisc.checkpoint import CheckpointError  # noqa: E402
-from instdisc.cli import add_config_flags, config_from_args, preset_names  # noqa: E402
-from instdisc.data import DataError, load_splits, random_subset  # noqa: E402
-from instdisc.images import ImageError  # noqa: E402
-from instdisc.plots import plot_training  # noqa: E402
-from instdisc.train import Interrupted, Trainer  # noqa: E402
+from instdisc import distributed
+from instdisc.checkpoint import CheckpointError
+from instdisc.cli import add_config_flags, config_from_args, preset_names
+from instdisc.data import DataError, load_splits, random_subset
+from instdisc.images import ImageError
+from instdisc.plots import plot_training
+from instdisc.train import Interrupted, Trainer
 
 
 def main(argv: list[str] | None = None) -> int:

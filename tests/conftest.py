@@ -8,15 +8,11 @@ class, and instance discrimination with colour jitter has something real to lear
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SHAPES = ("circle", "square", "triangle", "cross")
 

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instdisc import distributed  # noqa: E402
-from instdisc.config import TrainConfig, preset  # noqa: E402
-from instdisc.data import load_splits  # noqa: E402
-from instdisc.train import Interrupted, Trainer  # noqa: E402
+from instdisc import distributed
+from instdisc.config import TrainConfig, preset
+from instdisc.data import load_splits
+from instdisc.train import Interrupted, Trainer
 
 OBJECTIVES = ("softmax", "nce")
 STOP_AFTER = 3  # steps before the interruption: mid-way through epoch 2 (2 steps per epoch)

@@ -11,13 +11,11 @@ import importlib
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 # one intra-op thread: a smoke test on a busy 2-core machine is otherwise ~8x slower (OpenMP barriers)
 ONE_THREAD = ("--threads", "1")
 
@@ -40,7 +38,7 @@ def _restore_threads(monkeypatch):
 
 def run(name: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / f"{name}.json"
-    module = importlib.import_module(name)
+    module = importlib.import_module(f"benchmarks.{name}")
     assert module.main([*args, "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["benchmark"] == name
@@ -58,7 +56,7 @@ def positive(x) -> bool:
 
 
 def test_common_percentile_and_table(capsys):
-    import common
+    from benchmarks import common
 
     assert common.percentile([1, 2, 3, 4], 50) == 2.5
     assert common.percentile([5.0], 99) == 5.0
@@ -109,8 +107,7 @@ def test_train_throughput_quick(tmp_path, monkeypatch):
         assert [o["self_ms_per_step"] for o in ops] == sorted((o["self_ms_per_step"] for o in ops), reverse=True)
     assert any("conv" in o["op"] for o in ours["profile"]["ops"])
 
-    import common
-    import report
+    from benchmarks import common, report
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     assert f"| 8 | ours | `{ours['profile']['ops'][0]['op']}` |" in report.render("train_throughput:profile")
@@ -140,8 +137,7 @@ def test_knn_speed_quick_and_report(tmp_path, monkeypatch):
     assert positive(chunked["seconds"]) and chunked["peak_extra_mib"] >= 0
 
     # the report fills BENCHMARKS.md-style blocks from the JSON and leaves the prose alone
-    import common
-    import report
+    from benchmarks import common, report
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     doc = tmp_path / "doc.md"
@@ -186,8 +182,7 @@ def test_index_bytes_quick(tmp_path, monkeypatch):
     assert rows["hnsw32"]["marginal_bytes_per_vector"] > rows["flat"]["marginal_bytes_per_vector"]
     assert rows["flat"]["recall_at_10"] == 1.0
 
-    import common
-    import report
+    from benchmarks import common, report
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     assert "| ivf-pq16 | IVF64,PQ16x4 | nprobe=16 |" in report.render("index_bytes")
@@ -213,8 +208,7 @@ def test_faiss_blas_threshold_quick(tmp_path, monkeypatch):
 
     assert faiss.cvar.distance_compute_blas_threshold == data["shipped_threshold"]  # put back afterwards
 
-    import common
-    import report
+    from benchmarks import common, report
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     assert "| 5,000 | Flat | 20 | 100 |" in report.render("faiss_blas_threshold")

@@ -323,12 +323,9 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 
 
 def script_main():
-    import importlib.util
+    from index.cli import main  # what scripts/build_index.py runs
 
-    spec = importlib.util.spec_from_file_location("build_index_script", ROOT / "scripts" / "build_index.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return main
 
 
 def test_script_builds_from_checkpoint_and_searches(tiny_run: Path, shapes_root: Path, tmp_path: Path) -> None:

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index import cli
 from index.build import BuildOptions, build
 from index.errors import IndexDirError
 from index.layout import open_dir
 from index.shards import build_from_shards, embed_shard, merge_shards, shard_path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import build_index as cli  # noqa: E402
 
 OPTS = BuildOptions(index_type="flat", progress=False, device="cpu")
 

@@ -17,11 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from webapp.handlers import ANY, SearchHandlers, percentile  # noqa: E402
+from webapp.handlers import ANY, SearchHandlers, percentile
 
 
 def summary(ms: list[float]) -> dict:

@@ -1,0 +1,195 @@
+"""``scripts/build_index.py``: the flags, and which of the five modes they ask for.
+
+The script builds or updates an index folder in exactly one of these modes, chosen by
+:func:`mode_of` from the flags (contradictory combinations are refused by name):
+
+* ``build``: ``--checkpoint C --out D [--images PATH]`` -- a new index from the memory bank or
+  from embedded images (under torchrun with ``--images``, ``torchrun`` instead);
+* ``update``: ``--out D --add PATH`` and/or ``--remove PATH...`` -- change an existing index;
+* ``shard``: ``--checkpoint C --images PATH --shards N --shard-id I`` -- embed one shard to a file;
+* ``merge``: ``--checkpoint C --out D --merge-shards N`` -- build from the N shard files;
+* ``torchrun``: ``build`` with ``--images`` launched by torchrun -- every rank embeds its shard,
+  rank 0 merges.
+
+Each mode is one function here that calls the library (:mod:`index.build`, :mod:`index.shards`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from instdisc import distributed
+from instdisc.checkpoint import CheckpointError
+from instdisc.data import DataError
+from instdisc.images import ImageError
+
+from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
+from .build import BuildOptions, add, build, check_new, open_source, remove
+from .errors import IndexDirError
+from .manifest import read_manifest
+from .shards import build_from_shards, default_shard_dir, embed_shard
+
+MODES = ("build", "update", "shard", "merge", "torchrun")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="build_index.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="RUN_DIR/checkpoint.pt (or RUN_DIR); for --add, defaults to the recorded one")
+    p.add_argument("--out", required=True, help="index folder (INDEX_DIR)")
+    p.add_argument("--images", help="folder or archive to embed instead of exporting the memory bank")
+    p.add_argument("--index-type", default="auto", help="auto | flat | ivf | ivfpq | hnsw | FAISS factory string")
+    p.add_argument("--memory-budget", default="8G", help="index memory budget for auto (e.g. 512M, 8G)")
+    p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
+                   help="recall@10 vs exact search that tuning must reach")
+    p.add_argument("--flat-max", type=int, default=FLAT_MAX_VECTORS, help="auto uses exact Flat below this count")
+    p.add_argument("--hnsw", action="store_true", help="auto: prefer HNSW over IVF above --flat-max")
+    p.add_argument("--recall-queries", type=int, default=BuildOptions.recall_queries,
+                   help="held-out queries used to measure recall")
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing INDEX_DIR")
+    p.add_argument("--add", metavar="PATH", help="embed the images at PATH and append them to INDEX_DIR")
+    p.add_argument("--label", help="--add: label for every added image (default: from class folders)")
+    p.add_argument("--split", help="--add: split name for every added image")
+    p.add_argument("--remove", nargs="+", metavar="PATH", help="delete entries (relative paths or folders)")
+    p.add_argument("--device", default=None, help="torch device for embedding (default: the GPU when present)")
+    p.add_argument("--batch-size", type=int, default=BuildOptions.batch_size)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("sharded embedding (torchrun does this by itself with --images)")
+    g.add_argument("--shards", type=int, help="with --shard-id: embed one shard of --images into a shard file")
+    g.add_argument("--shard-id", type=int, help="which shard, 0 .. --shards - 1")
+    g.add_argument("--merge-shards", type=int, metavar="N", help="build INDEX_DIR from the N shard files")
+    g.add_argument("--shard-dir", help="where shard files go (default: INDEX_DIR/shards, removed after the merge)")
+    g.add_argument("--keep-shards", action="store_true", help="keep the shard files after the merge")
+    return p
+
+
+def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
+    """Which of :data:`MODES` the flags ask for; ValueError naming the flags that do not fit together."""
+    if (args.shards is None) != (args.shard_id is None):
+        raise ValueError("--shards and --shard-id go together")
+    if args.shards is not None:
+        if not (args.checkpoint and args.images):
+            raise ValueError("--shards/--shard-id need --checkpoint and --images")
+        return "shard"
+    if args.merge_shards is not None:
+        if not args.checkpoint:
+            raise ValueError("--merge-shards needs the --checkpoint the shards were embedded with")
+        return "merge"
+    if args.add or args.remove:
+        if args.images:
+            raise ValueError("--images builds a new index; use --add PATH to extend an existing one")
+        return "update"
+    if not args.checkpoint:
+        raise ValueError("--checkpoint is required to build an index")
+    return "torchrun" if world_size > 1 and args.images else "build"
+
+
+def summary(m: dict) -> str:
+    """What the script prints after a build or an update."""
+    ix = m["index"]
+    params = ", ".join(f"{k}={v}" for k, v in ix.get("params", {}).items()) or "exact"
+    lines = [
+        f"index: {m['count']} entries, {ix.get('type')} ({ix.get('factory')}; {params}), "
+        f"recall@{ix.get('recall_k', 10)} {ix.get('recall_at_10')}"
+        + ("" if ix.get("target_reached", True) else f" (target {ix.get('target_recall')} NOT reached)"),
+        f"source: {m['source']}, root: {m['root']}",
+        f"checkpoint: {m['checkpoint']['path']} (epoch {m['checkpoint']['epoch']}, "
+        f"kNN top-1 {m.get('knn_top1')})",
+    ]
+    if ix.get("reason"):
+        lines.append(f"why: {ix['reason']}")
+    return "\n".join(lines)
+
+
+def options_of(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(
+        index_type=args.index_type, memory_budget=parse_bytes(args.memory_budget),
+        target_recall=args.target_recall, flat_max=args.flat_max, prefer_hnsw=args.hnsw,
+        recall_queries=args.recall_queries, device=args.device, batch_size=args.batch_size,
+        progress=not args.no_progress)
+
+
+# ---------------------------------------------------------------- the modes
+
+
+def run_build(args: argparse.Namespace, opts: BuildOptions) -> dict:
+    return build(args.checkpoint, args.out, args.images, opts, overwrite=args.overwrite)
+
+
+def run_update(args: argparse.Namespace, opts: BuildOptions) -> dict:
+    """--remove, then --add (either or both)."""
+    m = None
+    if args.remove:
+        m = remove(args.out, args.remove)
+        print(f"removed {m['updates'][-1]['count']} entries")
+    if args.add:
+        gen_before = read_manifest(args.out)["generation"]
+        m = add(args.out, args.add, args.checkpoint, opts, label=args.label, split=args.split)
+        if m["generation"] == gen_before:
+            print("nothing to add: the images are already indexed and unchanged")
+        else:
+            last = m["updates"][-1]
+            print(f"added {last['added']}, replaced {last['replaced']}, unchanged {last['unchanged']}, "
+                  f"unreadable {last['skipped']}")
+    assert m is not None  # mode_of guarantees --add or --remove
+    return m
+
+
+def run_shard(args: argparse.Namespace, opts: BuildOptions) -> None:
+    path = embed_shard(args.checkpoint, args.images, args.shard_dir or default_shard_dir(args.out),
+                       args.shard_id, args.shards, opts)
+    print(f"written: {path}")
+
+
+def run_merge(args: argparse.Namespace, opts: BuildOptions) -> dict:
+    return build_from_shards(args.checkpoint, args.out, args.merge_shards, args.shard_dir, opts,
+                             args.overwrite, args.keep_shards)
+
+
+def run_torchrun(args: argparse.Namespace, opts: BuildOptions) -> dict | None:
+    """Under torchrun: rank r embeds shard r on its own device; after a barrier rank 0 merges and builds.
+
+    Returns the manifest on rank 0, None on the other ranks."""
+    check_new(Path(args.out), args.overwrite)  # before any rank spends time embedding
+    ctx, device = distributed.init(args.device)
+    try:
+        opts.device = str(device)
+        opts.progress = opts.progress and ctx.is_main
+        shard_dir = args.shard_dir or default_shard_dir(args.out)
+        with distributed.main_first():  # one archive extraction per node
+            open_source(args.images)
+        embed_shard(args.checkpoint, args.images, shard_dir, ctx.rank, ctx.world, opts)
+        distributed.barrier()
+        if not ctx.is_main:
+            return None
+        return build_from_shards(args.checkpoint, args.out, ctx.world, shard_dir, opts, args.overwrite,
+                                 args.keep_shards)
+    finally:
+        distributed.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = distributed.env_context().world
+    try:
+        opts = options_of(args)
+        mode = mode_of(args, world)
+        if mode == "shard":
+            run_shard(args, opts)
+            return 0
+        m = {"build": run_build, "update": run_update, "merge": run_merge, "torchrun": run_torchrun}[mode](args, opts)
+    except (IndexDirError, CheckpointError, DataError, ImageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if m is None:  # a torchrun rank other than 0
+        return 0
+    print(summary(m))
+    print(f"written: {Path(args.out).resolve()}" + (f" (embedded by {world} processes)" if mode == "torchrun" else ""))
+    return 0
