@@ -59,21 +59,55 @@ def _metrics_epochs(run: Path) -> list:
     return rows
 
 
-def same_weights(a: Path, b: Path) -> bool:
-    """Two checkpoints with bit-identical model state (encoder, bank, objective buffers)."""
+TIMING_KEYS = frozenset({"elapsed", "seconds", "wall", "images_per_s"})  # wall-clock figures: never equal run to run
+
+
+def _is_timing(key) -> bool:
+    return isinstance(key, str) and (key in TIMING_KEYS or key.endswith(("_seconds", "_per_s", "_s", "_wall")))
+
+
+def differences(a, b, where: str = "") -> list[str]:
+    """Where two loaded checkpoints (or parts of them) differ, bit for bit: every tensor (encoder, bank,
+    objective buffers, optimiser moments, RNG states), every counter and every logged metric, the
+    wall-clock timings aside."""
     import torch
 
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype \
+            and a.shape == b.shape and torch.equal(a, b)
+        return [] if same else [where or "tensor"]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(map(str, a.keys() ^ b.keys()))}"]
+        return [d for k in a if not _is_timing(k) for d in differences(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
+
+
+def checkpoint_differences(a: Path, b: Path) -> list[str]:
     from instdisc.checkpoint import load
 
-    ma, mb = load(a)["model"], load(b)["model"]
-    return ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    return differences(load(a), load(b))
 
 
-def kill_checkpoint_write(data: Path, work: Path, phase: str, nth: int = 2, epochs: int = 3,
-                          reference: Path | None = None) -> dict:
-    """Train, SIGKILL inside the ``nth`` checkpoint write, check what loads, resume, compare to ``reference``."""
+def same_weights(a: Path, b: Path) -> bool:
+    """Two checkpoints with the same state bit for bit: model (encoder, bank, objective buffers), optimiser,
+    schedule position, RNG states and metric history (timings aside)."""
+    return not checkpoint_differences(a, b)
+
+
+def kill_checkpoint_write(data: Path, work: Path, phase: str, reference: Path, nth: int = 2,
+                          epochs: int = 3) -> dict:
+    """Train, SIGKILL inside the ``nth`` checkpoint write, check what loads, resume, compare to ``reference``
+    (the checkpoint of the same command run without interruption: required, so "bit-identical to an
+    uninterrupted run" is always measured, never assumed)."""
     from instdisc.checkpoint import load
 
+    if not Path(reference).is_file():
+        raise FileNotFoundError(f"reference checkpoint {reference} does not exist: train it uninterrupted first")
     run = work / f"ckpt-{phase}"
     shutil.rmtree(run, ignore_errors=True)
     r = run_script(train_args(data, run, epochs), env=_fault_env(f"checkpoint.pt:{phase}:{nth}"))
@@ -94,13 +128,12 @@ def kill_checkpoint_write(data: Path, work: Path, phase: str, nth: int = 2, epoc
         "resumed_to_epoch": load(ck_path)["epoch"] if res.returncode == 0 else None,
         "metrics_epochs_after_resume": _metrics_epochs(run),
         "temps_after_resume": [p.name for p in stale_temps(ck_path)],
+        "equals_uninterrupted_run": res.returncode == 0 and same_weights(ck_path, reference),
     }
-    if reference is not None and res.returncode == 0:
-        out["equals_uninterrupted_run"] = same_weights(ck_path, reference)
     out["survived"] = bool(
         out["killed"] and loaded_epoch == expected_epoch and res.returncode == 0 and out["resumed_to_epoch"] == epochs
         and out["metrics_epochs_after_resume"] == list(range(1, epochs + 1)) and not out["temps_after_resume"]
-        and out.get("equals_uninterrupted_run", True) and (phase != "mid" or temps))
+        and out["equals_uninterrupted_run"] and (phase != "mid" or temps))
     if res.returncode != 0:
         out["resume_stderr"] = res.stderr[-1000:]
     return out
@@ -195,23 +228,88 @@ def copy_index(src: Path, dst: Path) -> Path:
 
 # ---------------------------------------------------------------- timed kills from outside
 
+IGNORED_FILES = {".lock"}  # an index writer's lock file: taking the lock is not work done
 
-def timed_kills(cmd_args: list[str], check, delays: list[float], timeout: float = 600) -> list[dict]:
-    """Start ``python CMD_ARGS`` once per delay, SIGKILL it after that many seconds (or let it finish),
-    then ``check()`` -> dict with a boolean ``ok``. The process always starts from the state the
-    previous kill left, so later kills also test restarting after earlier ones."""
+
+def fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    """relative path -> (size, mtime_ns) of every file under ``folder`` (the lock file aside)."""
+    if not folder.exists():
+        return {}
+    out = {}
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file() and p.name not in IGNORED_FILES:
+                st = p.stat()
+                out[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:  # renamed or removed while we looked
+            continue
+    return out
+
+
+def run_watched(cmd_args: list[str], watch: Path, kill_after: float | None = None,
+                after_first_write: bool = False, poll_s: float = 0.01, timeout: float = 600) -> dict:
+    """Run ``python CMD_ARGS``, watching the files under ``watch``; SIGKILL it ``kill_after`` seconds after
+    its start (or, with ``after_first_write``, after the first change it made under ``watch``), or let
+    it finish when ``kill_after`` is None.
+
+    Returns what happened: ``finished_before_kill``, ``returncode``, ``ran_s``, ``first_write_s`` (when
+    the first change under ``watch`` was seen, None if none), ``wrote`` (the files under ``watch``
+    differ from before the start) and ``interrupted_work``: killed while running *and* after it had
+    written something -- only such a kill says anything about surviving a crash mid-job. A kill
+    that came after the command had finished, or before it wrote anything, did not interrupt work.
+    """
+    before = fingerprint(watch)
+    proc = subprocess.Popen([sys.executable, *cmd_args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    first_write = None
+    killed = False
+    while proc.poll() is None:
+        now = time.monotonic() - t0
+        if first_write is None and fingerprint(watch) != before:
+            first_write = now
+        if kill_after is not None:
+            start = first_write if after_first_write else 0.0
+            if start is not None and now >= start + kill_after:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        if now > timeout:
+            proc.kill()
+            proc.wait()
+            raise TimeoutError(f"{cmd_args} ran over {timeout} s")
+        time.sleep(poll_s)
+    proc.wait(timeout=timeout)
+    ran = time.monotonic() - t0
+    wrote = fingerprint(watch) != before
+    if first_write is None and wrote:
+        first_write = ran  # the change came between the last look and the end
+    return {"finished_before_kill": not killed, "returncode": proc.returncode, "ran_s": round(ran, 2),
+            "first_write_s": None if first_write is None else round(first_write, 2), "wrote": wrote,
+            "interrupted_work": killed and wrote}
+
+
+def timed_kills(cmd_args: list[str], watch: Path, check, delays: list[float], after_first_write: bool = True,
+                prepare=None, timeout: float = 600) -> list[dict]:
+    """One run of ``python CMD_ARGS`` per delay, SIGKILLed ``delay`` seconds after its first write under
+    ``watch`` (or after its start with ``after_first_write=False``), then ``check()`` -> dict with a
+    boolean ``ok``. ``prepare()``, when given, runs before each attempt (a fresh state to kill).
+    Each record says whether the kill ``interrupted_work`` (see :func:`run_watched`); only those count."""
     results = []
     for delay in delays:
-        proc = subprocess.Popen([sys.executable, *cmd_args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        t0 = time.monotonic()
-        try:
-            proc.wait(timeout=delay)
-            finished = True
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=timeout)
-            finished = False
-        results.append({"delay_s": round(delay, 2), "finished_before_kill": finished,
-                        "returncode": proc.returncode, "ran_s": round(time.monotonic() - t0, 2), **check()})
+        if prepare is not None:
+            prepare()
+        r = run_watched(cmd_args, watch, delay, after_first_write=after_first_write, timeout=timeout)
+        results.append({"delay_s": round(delay, 2), "delay_from": "first write" if after_first_write else "start",
+                        **r, **check()})
     return results
+
+
+def count_timed(runs: list[dict]) -> dict:
+    """How many timed kills interrupted real work and how many of those left a good state; the kills
+    that hit nothing (finished first, or nothing written yet) are counted apart, never as survived."""
+    hit = [r for r in runs if r.get("interrupted_work")]
+    return {"kills": len(runs), "interrupted_work": len(hit), "survived": sum(bool(r["ok"]) for r in hit),
+            "finished_before_kill": sum(bool(r["finished_before_kill"]) for r in runs),
+            "killed_before_any_write": sum(not r["finished_before_kill"] and not r.get("interrupted_work")
+                                           for r in runs)}

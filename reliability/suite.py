@@ -86,19 +86,20 @@ def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     data = work / "data"
     write_ordinary(data, 48)
-    t0 = time.monotonic()
-    reference = _train(data, work / "reference-run", 3)
-    train_s = time.monotonic() - t0
-    results = [faults.kill_checkpoint_write(data, work, phase, reference=reference) for phase in PHASES]
+    ref_run = work / "reference-run"
+    train_ref = faults.run_watched(faults.train_args(data, ref_run, 3), ref_run)
+    if train_ref["returncode"] != 0:
+        raise RuntimeError("uninterrupted training run failed")
+    reference = ref_run / "checkpoint.pt"
+    results = [faults.kill_checkpoint_write(data, work, phase, reference) for phase in PHASES]
 
     base = work / "base"
     _build(reference, base, data / "a")
     ref_add = faults.copy_index(base, work / "ref-add")
-    t0 = time.monotonic()
-    r = run_script(["scripts/build_index.py", "--out", str(ref_add), "--add", str(data / "b"), "--no-progress"])
-    add_s = time.monotonic() - t0
-    if r.returncode != 0:
-        raise RuntimeError(r.stderr[-2000:])
+    add_ref = faults.run_watched(["scripts/build_index.py", "--out", str(ref_add), "--add", str(data / "b"),
+                                  "--no-progress"], ref_add)
+    if add_ref["returncode"] != 0:
+        raise RuntimeError("uninterrupted --add failed")
     before, after_add = faults.snapshot(base), faults.snapshot(ref_add)
     ref_full = work / "ref-full"
     _build(reference, ref_full, data)
@@ -120,56 +121,63 @@ def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
                         "flat"]
                 results.append(faults.kill_index_write(args, d, target, phase, "no index yet", full,
                                                        "build_index (first build)"))
-    timed_results = _timed(work, data, reference, base, before, after_add, timed, seed, train_s,
-                           add_s) if timed else {}
+    timed_results = timed_report(work, data, reference, base, before, after_add, timed, seed, train_ref,
+                                 add_ref) if timed else {}
     return {"injected": results, "injected_survived": sum(r["survived"] for r in results),
             "injected_total": len(results), "timed": timed_results, "machine": machine()}
 
 
-def _timed(work: Path, data: Path, reference: Path, base: Path, before: dict, after_add: dict, n: int,
-           seed: int, train_s: float, add_s: float) -> dict:
-    """Seeded random SIGKILLs from outside: training (resumed after each) and --add (rerun after each),
-    at 40-100 % of the time an uninterrupted run took here (start-up is most of it on a busy machine)."""
+def _window(ref: dict) -> float:
+    """Seconds from an uninterrupted run's first write to its end: where a kill interrupts work."""
+    return max(0.05, ref["ran_s"] - (ref["first_write_s"] or 0.0))
+
+
+def timed_report(work: Path, data: Path, reference: Path, base: Path, before: dict, after_add: dict, n: int,
+                 seed: int, train_ref: dict, add_ref: dict, epochs: int = 3) -> dict:
+    """Seeded random SIGKILLs from outside, each after the killed run's first write, at a delay drawn
+    from the window between an uninterrupted run's first write and its end: training from scratch
+    (then resumed and compared with the uninterrupted checkpoint) and ``--add`` on a fresh copy of
+    the index (then rerun). Every record says whether the kill really interrupted work; the totals
+    (:func:`faults.count_timed`) count only those as survived."""
     from instdisc.checkpoint import CheckpointError, load
 
     rng = random.Random(seed)
     run = work / "timed-run"
-    shutil.rmtree(run, ignore_errors=True)
-    epochs = 3
 
     def train_check() -> dict:
         ck = run / "checkpoint.pt"
         try:
             epoch = load(ck)["epoch"] if ck.exists() else None
-            ok = True
+            readable = True
         except CheckpointError as e:
-            epoch, ok = str(e), False
-        return {"checkpoint_epoch": epoch, "temp_files": len(list(run.glob(".checkpoint.pt.*.tmp"))), "ok": ok}
+            epoch, readable = str(e), False
+        temps = len(list(run.glob(".checkpoint.pt.*.tmp")))
+        extra = ("--resume",) if ck.exists() else ()
+        res = run_script(faults.train_args(data, run, epochs, *extra))
+        equal = res.returncode == 0 and faults.same_weights(ck, reference)
+        return {"checkpoint_epoch": epoch, "temp_files": temps, "restart_returncode": res.returncode,
+                "equals_uninterrupted_run": equal, "ok": readable and equal}
 
-    train_runs = []
-    for delay in [rng.uniform(0.4, 1.0) * train_s for _ in range(n)]:
-        extra = ("--resume",) if (run / "checkpoint.pt").exists() else ()
-        train_runs += faults.timed_kills(faults.train_args(data, run, epochs, *extra), train_check, [delay])
-    extra = ("--resume",) if (run / "checkpoint.pt").exists() else ()
-    last = run_script(faults.train_args(data, run, epochs, *extra))
-    finished = last.returncode == 0 and faults.same_weights(run / "checkpoint.pt", reference)
-
-    d = faults.copy_index(base, work / "timed-add")
+    train_runs = faults.timed_kills(faults.train_args(data, run, epochs), run, train_check,
+                                    [rng.uniform(0.0, 1.0) * _window(train_ref) for _ in range(n)],
+                                    prepare=lambda: shutil.rmtree(run, ignore_errors=True))
+    d = work / "timed-add"
+    add_args = ["scripts/build_index.py", "--out", str(d), "--add", str(data / "b"), "--no-progress"]
 
     def add_check() -> dict:
         s = faults.snapshot(d)
         state = "previous" if faults.same_state(s, before) else "new" if faults.same_state(s, after_add) else "MIX"
-        return {"reader_sees": state, "uncommitted_files_left": len(faults.leftovers(d)), "ok": state != "MIX"}
+        rerun = run_script(add_args) if state == "previous" else None
+        final_ok = faults.same_state(faults.snapshot(d), after_add) and not faults.leftovers(d)
+        return {"reader_sees": state, "rerun_returncode": None if rerun is None else rerun.returncode,
+                "final_equals_uninterrupted": final_ok, "ok": state != "MIX" and final_ok}
 
-    add_runs = []
-    for delay in [rng.uniform(0.4, 1.0) * add_s for _ in range(n)]:
-        if add_check()["reader_sees"] == "new":  # done: start again from the old index
-            d = faults.copy_index(base, work / "timed-add")
-        add_runs += faults.timed_kills(["scripts/build_index.py", "--out", str(d), "--add", str(data / "b"),
-                                        "--no-progress"], add_check, [delay])
-    return {"seed": seed, "uninterrupted_train_s": round(train_s, 1), "uninterrupted_add_s": round(add_s, 1),
-            "train": train_runs, "train_finished_equal_to_uninterrupted": finished,
-            "add": add_runs, "all_ok": all(r["ok"] for r in train_runs + add_runs) and finished}
+    add_runs = faults.timed_kills(add_args, d, add_check, [rng.uniform(0.0, 1.0) * _window(add_ref) for _ in range(n)],
+                                  prepare=lambda: faults.copy_index(base, d))
+    return {"seed": seed, "uninterrupted_train": train_ref, "uninterrupted_add": add_ref,
+            "train": train_runs, "add": add_runs,
+            "counts": {"train": faults.count_timed(train_runs), "add": faults.count_timed(add_runs)},
+            "all_ok": all(r["ok"] for r in train_runs + add_runs if r["interrupted_work"])}
 
 
 # ---------------------------------------------------------------- load

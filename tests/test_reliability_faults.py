@@ -71,14 +71,46 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_kill_during_checkpoint_write_then_resume(plain: Path, tmp_path: Path):
-    r = faults.kill_checkpoint_write(plain, tmp_path, "mid", nth=2, epochs=2)
+@pytest.fixture(scope="module")
+def reference_run(plain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint of the same 2-epoch command, never interrupted (a separate process, as the killed one)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    r = run_script(faults.train_args(plain, run, 2))
+    assert r.returncode == 0, r.stderr
+    return run / "checkpoint.pt"
+
+
+def test_kill_during_checkpoint_write_then_resume_equals_the_uninterrupted_run(plain: Path, tmp_path: Path,
+                                                                                reference_run: Path):
+    r = faults.kill_checkpoint_write(plain, tmp_path, "mid", reference_run, nth=2, epochs=2)
     assert r["killed"] and r["temp_left_by_kill"]  # a half-written temp file was really there
     assert r["loaded_epoch_after_kill"] == 1  # ... and the last good checkpoint is what loads
     assert r["metrics_epochs_after_kill"] == [1, 2]  # epoch 2 was logged, then lost with the kill
     assert r["resume_returncode"] == 0 and r["resumed_to_epoch"] == 2
     assert r["metrics_epochs_after_resume"] == [1, 2]  # not [1, 2, 2]
-    assert r["temps_after_resume"] == [] and r["survived"]
+    assert r["temps_after_resume"] == []
+    resumed = tmp_path / "ckpt-mid" / "checkpoint.pt"
+    assert faults.checkpoint_differences(resumed, reference_run) == []  # weights, bank, optimiser, RNG, metrics
+    assert r["equals_uninterrupted_run"] and r["survived"]
+
+
+def test_checkpoint_comparison_sees_a_one_ulp_change(reference_run: Path, tmp_path: Path):
+    """The "bit-identical" check is not vacuous: one bank entry moved by one float step is a difference,
+    and so is an optimiser moment, a step counter or a logged loss."""
+    import torch
+
+    from instdisc import checkpoint
+
+    ck = checkpoint.load(reference_run)
+    ck["model"]["bank.features"][3, 5] = torch.nextafter(ck["model"]["bank.features"][3, 5], torch.tensor(2.0))
+    ck["global_step"] += 1
+    ck["history"][-1]["loss"] += 1e-12
+    ck["history"][-1]["seconds"] += 5.0  # a timing: not a difference
+    checkpoint.save(tmp_path / "changed.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    where = sorted(d.split(":")[0] for d in faults.checkpoint_differences(reference_run, tmp_path / "changed.pt"))
+    assert where == [".global_step", f".history[{len(ck['history']) - 1}].loss", ".model.bank.features"]
+    with pytest.raises(FileNotFoundError, match="uninterrupted"):
+        faults.kill_checkpoint_write(Path("nowhere"), tmp_path, "mid", tmp_path / "missing.pt")
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +147,40 @@ def test_kill_anywhere_in_an_add(add_setup: dict, plain: Path, target: str, phas
     r = faults.kill_index_write(["--out", str(d), "--add", str(plain / "b")], d, target, phase,
                                 add_setup["before"], add_setup["after"], "add")
     assert r["survived"], r
+
+
+# ---------------------------------------------------------------- timed kills: did they hit anything?
+
+# waits, writes a.txt, waits, writes b.txt: a kill before a.txt hit nothing, one between the two hit work
+SLOW_WRITER = ("import sys, time; from pathlib import Path; d = Path(sys.argv[1]); d.mkdir(exist_ok=True); "
+               "time.sleep(0.5); (d / 'a.txt').write_text('a'); time.sleep(3); (d / 'b.txt').write_text('b')")
+
+
+def test_timed_kill_records_whether_it_interrupted_work(tmp_path: Path):
+    out = tmp_path / "out"
+    cmd = ["-c", SLOW_WRITER, str(out)]
+    early = faults.run_watched(cmd, out, kill_after=0.05)  # before the first write
+    assert early["finished_before_kill"] is False and early["returncode"] == -signal.SIGKILL
+    assert early["wrote"] is False and early["first_write_s"] is None and early["interrupted_work"] is False
+    assert not (out / "a.txt").exists()
+
+    mid = faults.run_watched(cmd, out, kill_after=0.3, after_first_write=True)
+    assert mid["returncode"] == -signal.SIGKILL and mid["wrote"] and mid["interrupted_work"]
+    assert mid["first_write_s"] >= 0.5 and mid["ran_s"] >= mid["first_write_s"] + 0.3
+    assert (out / "a.txt").exists() and not (out / "b.txt").exists()  # killed between the two writes
+
+    (out / "a.txt").unlink()
+    whole = faults.run_watched(cmd, out, kill_after=None)  # never killed: ran to the end
+    assert whole["finished_before_kill"] and whole["returncode"] == 0 and whole["wrote"]
+    assert whole["interrupted_work"] is False and (out / "b.txt").read_text() == "b"
+
+
+def test_only_kills_that_interrupted_work_are_counted_as_survived():
+    runs = [{"finished_before_kill": True, "interrupted_work": False, "ok": True},
+            {"finished_before_kill": False, "interrupted_work": False, "ok": True},
+            {"finished_before_kill": False, "interrupted_work": True, "ok": True},
+            {"finished_before_kill": False, "interrupted_work": True, "ok": False}]
+    assert faults.count_timed(runs) == {"kills": 4, "interrupted_work": 2, "survived": 1,
+                                        "finished_before_kill": 1, "killed_before_any_write": 1}
+    legacy = [{"finished_before_kill": True, "ok": True}, {"finished_before_kill": False, "ok": True}]
+    assert faults.count_timed(legacy)["interrupted_work"] == 0  # records without the field prove nothing
