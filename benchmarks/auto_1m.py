@@ -1,6 +1,7 @@
 """What ``--index-type auto`` does with a million 128-d unit vectors: chosen index, build time, recall.
 
     python benchmarks/auto_1m.py [--n 1000000] [--threads 1] [--out benchmarks/results/auto_1m.json]
+    python benchmarks/auto_1m.py --quick --out /tmp/auto.json   # CI smoke test: 20k vectors, IVF forced
 
 The vectors are synthetic but clustered like real embeddings (``index.synthetic``). After the
 build (which tunes nprobe / efSearch on held-out database vectors), recall@10 is measured
@@ -21,6 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from benchmarks.common import cpu_seconds, measured_load
 from index.auto import (
     DEFAULT_TARGET_RECALL,
     FLAT_MAX_VECTORS,
@@ -58,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's)")
     p.add_argument("--no-flat-baseline", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 20,000 vectors in 50 clusters, 100 fresh queries, Flat only below 5,000 "
+                        "(so auto builds and tunes an IVF index as it does at 1M)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "auto_1m.json"))
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.centres, args.queries, args.flat_max = 20_000, 50, 100, 5_000
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     load_before = os.getloadavg()
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     data = clustered_unit_vectors(args.n + args.queries, args.d, args.centres, args.spread, seed=0)
     x, q = data[: args.n], np.ascontiguousarray(data[args.n :])
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     index, info = build_vector_index(x, None, "auto", parse_bytes(args.memory_budget), args.target_recall,
                                      args.flat_max, args.hnsw, progress=True)
+    info = info.to_dict() if hasattr(info, "to_dict") else info  # an IndexInfo record, or a plain dict
     build_total = time.perf_counter() - t1
     print(f"chose {info['factory']} ({info['reason']}); params {info['params']}, recall@10 {info['recall_at_10']} "
           f"in {build_total:.1f}s", flush=True)
@@ -109,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__,
         "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
         "python": platform.python_version(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-        "note": "shared machine: a training job and other tests were running, so times are upper bounds",
     }
+    result["load"] = measured_load(cpu0, load_before, result["machine"]["loadavg_after"])
+    result["command"] = " ".join(["python benchmarks/auto_1m.py", *(sys.argv[1:] if argv is None else argv)])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

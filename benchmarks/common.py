@@ -26,8 +26,50 @@ from instdisc.fsutil import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
-SHARED_NOTE = ("shared 2-core machine: other agents' jobs and a low-priority (nice) training campaign may run; "
-               "see loadavg_start / loadavg_end")
+
+
+# ---------------------------------------------------------------- load: measured, not assumed
+
+
+def cpu_seconds() -> dict:
+    """CPU seconds so far: ``busy`` for the whole machine (/proc/stat, all cores, idle and iowait excluded)
+    and ``own`` for this process plus its waited-for children."""
+    t = os.times()
+    own = t.user + t.system + t.children_user + t.children_system
+    busy = None
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"busy": busy, "own": own, "time": time.monotonic()}
+
+
+def measured_load(start: dict, loadavg_start: Sequence[float], loadavg_end: Sequence[float],
+                  cores: int | None = None) -> dict:
+    """What else ran while a benchmark did: the share of the machine's CPU time other processes used
+    (all cores busy = 1.0), and the load averages at the start and the end, with a one-line summary."""
+    cores = cores or os.cpu_count() or 1
+    end = cpu_seconds()
+    wall = max(1e-9, end["time"] - start["time"])
+    out = {"cores": cores, "loadavg_start": [round(x, 2) for x in loadavg_start],
+           "loadavg_end": [round(x, 2) for x in loadavg_end]}
+    if start["busy"] is not None and end["busy"] is not None:
+        busy = end["busy"] - start["busy"]
+        others = max(0.0, busy - (end["own"] - start["own"]))
+        out.update(machine_cpu_busy=round(min(1.0, busy / (wall * cores)), 3),
+                   other_processes_cpu=round(min(1.0, others / (wall * cores)), 3))
+    out["summary"] = load_summary(out)
+    return out
+
+
+def load_summary(load: dict) -> str:
+    la0, la1, cores = load["loadavg_start"], load["loadavg_end"], load["cores"]
+    text = f"load average {la0[0]:.1f} at the start and {la1[0]:.1f} at the end on {cores} cores"
+    if load.get("other_processes_cpu") is not None:
+        return f"other processes used {100 * load['other_processes_cpu']:.0f} % of the CPU while it ran; " + text
+    return text + " (the CPU share of other processes was not recorded by this run)"
 
 
 def cpu_model() -> str:
@@ -82,6 +124,7 @@ class Record:
         self.name = name
         self.out = Path(out) if out else RESULTS / f"{name}.json"
         self.started = time.time()
+        self._cpu0 = cpu_seconds()
         self.data: dict = {
             "benchmark": name,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -90,7 +133,6 @@ class Record:
             "machine": machine(),
             "versions": versions(),
             "loadavg_start": list(os.getloadavg()),
-            "note": SHARED_NOTE,
             "results": [],
         }
 
@@ -101,6 +143,8 @@ class Record:
     def save(self, partial: bool = False, **extra) -> Path:
         self.data.update(extra)
         self.data["loadavg_end"] = list(os.getloadavg())
+        self.data["load"] = measured_load(self._cpu0, self.data["loadavg_start"], self.data["loadavg_end"],
+                                          self.data["machine"]["cores"])
         self.data["wall_seconds"] = round(time.time() - self.started, 1)
         self.data["complete"] = not partial
         self.out.parent.mkdir(parents=True, exist_ok=True)

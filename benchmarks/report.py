@@ -29,8 +29,13 @@ def stamp_line(data: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     return (f"*{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB{gpu}; {vers}; {data['date'][:16]} UTC; "
             f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in la0)} at start, "
-            f"{'/'.join(f'{x:.1f}' for x in la1)} at end; {data['wall_seconds']:.0f} s.*  \n"
+            f"{'/'.join(f'{x:.1f}' for x in la1)} at end{_others(data)}; {data['wall_seconds']:.0f} s.*  \n"
             f"`{data['command'].replace('python3 ', 'python ')}`\n")
+
+
+def _others(data: dict) -> str:
+    share = (data.get("load") or {}).get("other_processes_cpu")
+    return "" if share is None else f", other processes {100 * share:.0f} % of the CPU"
 
 
 def _search(d: dict) -> list[str]:

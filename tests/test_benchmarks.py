@@ -11,6 +11,7 @@ import importlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,46 @@ def run(name: str, tmp_path: Path, *args: str) -> dict:
     m, v = data["machine"], data["versions"]
     assert m["cores"] >= 1 and m["cpu"] and m["memory_gib"] > 0
     assert v["torch"] and v["numpy"] and v["python"]
-    assert len(data["loadavg_start"]) == 3 and len(data["loadavg_end"]) == 3
+    check_load(data["load"], data["loadavg_start"], data["loadavg_end"])
     assert data["date"][:2] == "20" and data["results"]
     return data
+
+
+def check_load(load: dict, start, end) -> None:
+    """The measured load, not a fixed note: the load averages of the run, the CPU share of the machine
+    that was busy and the part of it other processes used (never more than the busy share)."""
+    assert "note" not in load
+    assert load["loadavg_start"] == [round(x, 2) for x in start] and load["loadavg_end"] == [round(x, 2) for x in end]
+    assert 0.0 <= load["other_processes_cpu"] <= load["machine_cpu_busy"] <= 1.0
+    assert load["summary"].startswith(f"other processes used {100 * load['other_processes_cpu']:.0f} % of the CPU")
+
+
+def test_measured_load_counts_other_processes_not_our_own(monkeypatch):
+    from benchmarks import common
+
+    start = common.cpu_seconds()
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.3:  # burn CPU in this process: the machine's busy time must see it
+        pass
+    end = common.cpu_seconds()
+    assert end["own"] - start["own"] >= 0.29
+    assert end["busy"] - start["busy"] >= 0.9 * (end["own"] - start["own"])
+    # the arithmetic, on made-up counters: 10 s on 2 cores, 12 CPU-seconds busy, 4 of them ours
+    monkeypatch.setattr(common, "cpu_seconds", lambda: {"busy": 112.0, "own": 14.0, "time": 1010.0})
+    load = common.measured_load({"busy": 100.0, "own": 10.0, "time": 1000.0}, [1.234, 1, 1], [2.5, 2, 2], cores=2)
+    assert load["machine_cpu_busy"] == 0.6 and load["other_processes_cpu"] == 0.4
+    assert load["loadavg_start"] == [1.23, 1, 1]
+    assert load["summary"] == ("other processes used 40 % of the CPU while it ran; load average 1.2 at the start "
+                               "and 2.5 at the end on 2 cores")
+
+
+def test_committed_results_carry_no_fixed_load_note():
+    """Every committed benchmark JSON states the load its run measured, not a note written in advance."""
+    for f in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        data = json.loads(f.read_text())
+        assert "shared 2-core machine" not in data.get("note", ""), f.name
+        if "load" in data:
+            assert data["load"]["summary"].startswith(("other processes used", "load average")), f.name
 
 
 def positive(x) -> bool:
@@ -212,3 +250,24 @@ def test_faiss_blas_threshold_quick(tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     assert "| 5,000 | Flat | 20 | 100 |" in report.render("faiss_blas_threshold")
+
+
+def test_auto_1m_quick(tmp_path):
+    """``benchmarks/auto_1m.py --quick``: auto picks IVF above its (lowered) Flat limit, tunes nprobe up to
+    the target on its tuning curve, then measures recall on fresh queries next to exact search."""
+    from benchmarks import auto_1m
+
+    out = tmp_path / "auto.json"
+    assert auto_1m.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["n"] == 20_000 and d["fresh_queries"] == 100 and d["command"].endswith(f"--out {out}")
+    chosen, curve = d["chosen"], d["tuning_curve"]
+    assert chosen["type"] == "ivf" and chosen["factory"].startswith("IVF") and chosen["factory"].endswith(",Flat")
+    nlist = int(chosen["factory"][3:].split(",")[0])
+    assert [r["nprobe"] for r in curve] == sorted(r["nprobe"] for r in curve)  # tried in increasing order
+    assert curve[-1]["nprobe"] == chosen["params"]["nprobe"] <= nlist  # stopped at the first that reached it
+    assert curve[-1]["recall"] == d["recall_at_10_tuning"] >= d["target_recall"] and d["target_reached"]
+    assert all(r["recall"] < d["target_recall"] for r in curve[:-1])
+    assert 0.0 < d["recall_at_10_fresh_queries"] <= 1.0 and positive(d["exact_brute_force_ms_per_query"])
+    assert d["search"]["single_p99_ms"] >= d["search"]["single_p50_ms"] > 0 and "flat_baseline_search" in d
+    check_load(d["load"], d["machine"]["loadavg_before"], d["machine"]["loadavg_after"])
