@@ -29,8 +29,8 @@ from index.auto import (
     build_vector_index,
     parse_bytes,
     recall_at_k,
-    search_params,
 )
+from index.faiss_util import search_params
 from index.synthetic import clustered_unit_vectors
 
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     index, info = build_vector_index(x, None, "auto", parse_bytes(args.memory_budget), args.target_recall,
                                      args.flat_max, args.hnsw, progress=True)
+    info = info.to_dict()  # recorded in the JSON as is
     info = info.to_dict() if hasattr(info, "to_dict") else info  # an IndexInfo record, or a plain dict
     build_total = time.perf_counter() - t1
     print(f"chose {info['factory']} ({info['reason']}); params {info['params']}, recall@10 {info['recall_at_10']} "

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from benchmarks import common
-from index import auto
+from index import auto, faiss_util
 from index.synthetic import clustered_unit_vectors
 
 TYPES = ("flat", "ivf", "ivfpq", "hnsw", "auto")
@@ -145,8 +145,9 @@ def run_size(n: int, args, rec: common.Record) -> None:
             index, info = auto.build_vector_index(
                 x, None, kind, auto.parse_bytes(args.memory_budget), n_queries=min(1000, nq * 5),
                 progress=n > BIG)  # long builds show their progress (and a stopped run how far it got)
+            info = info.to_dict()  # recorded in the JSON as is
         build_s = time.perf_counter() - t2
-        params = auto.search_params(index, info["params"])
+        params = faiss_util.search_params(index, info["params"])
 
         def search(qq, index=index, params=params):
             return index.search(qq, K, params=params)[1]

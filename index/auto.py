@@ -10,9 +10,12 @@ memory bank was trained with. ``auto`` follows autofaiss's rules of thumb:
 * ``IVF{nlist},PQ{m}`` when the raw vectors would not fit the budget.
 
 Approximate indexes are then tuned: ``nprobe`` (IVF) or ``efSearch`` (HNSW) is raised until
-recall@10 against exact search, on a sample of database vectors held out of the training
-sample, reaches the target (default 0.95). The chosen value and the recall measured are
-returned so the manifest can record them; nobody has to guess what the index delivers.
+recall@10 against exact search reaches the target (default 0.95). The tuning queries are
+fresh: a seeded sample of the vectors is held out of the index (and of its training sample)
+while it is trained, tuned and measured, and added only afterwards -- a query that is itself
+an index row finds its own vector almost always, which would make the recall optimistic. The
+chosen value and the recall measured are returned (:class:`index.manifest.IndexInfo`) so the
+manifest records them; nobody has to guess what the index delivers.
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .faiss_util import KNOBS, METRIC, apply_knobs, create_index, gpu_available, index_kind, search_params
+from .manifest import IndexInfo
+
 FLAT_MAX_VECTORS = 1_000_000
 DEFAULT_MEMORY_BUDGET = 8 * 2**30
 DEFAULT_TARGET_RECALL = 0.95
 RECALL_K = 10
+RECALL_QUERIES = 1000  # fresh queries that tuning measures recall on (at most a fifth of the vectors)
+HELD_OUT = "held out of the index while measured"  # IndexInfo.recall_query_kind of a tuned index
+TOO_FEW = "index rows (too few vectors to hold queries out)"
 HNSW_M = 32
 ALIASES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
-METRIC = faiss.METRIC_INNER_PRODUCT
 ADD_CHUNK = 65_536
 IDMAP_BYTES = 56  # IndexIDMap2: id array + reverse hash map entry, per vector (approx.)
 
@@ -149,88 +157,6 @@ def plan_index(
     return IndexPlan("custom", t, "FAISS factory string given", 0)
 
 
-# ---------------------------------------------------------------- index anatomy
-
-
-def create_index(factory: str, d: int) -> faiss.Index:
-    """An empty index; non-IVF types are wrapped in IndexIDMap2 so ids survive removals."""
-    index = faiss.index_factory(d, factory, METRIC)
-    if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
-        index = faiss.index_factory(d, "IDMap2," + factory, METRIC)
-    ivf = faiss.try_extract_index_ivf(index)
-    ivf = faiss.downcast_index(ivf) if ivf is not None else None
-    if isinstance(ivf, faiss.IndexIVFPQ):
-        ivf.do_polysemous_training = False  # on by default, minutes of annealing for codes we never use that way
-    return index
-
-
-def core(index: faiss.Index) -> faiss.Index:
-    """The index under any IDMap / pre-transform wrappers."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexIDMap | faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    return index
-
-
-def index_kind(index: faiss.Index) -> str:
-    """'ivf', 'hnsw', 'flat' (exact) or 'other': decides the search knob and GPU path."""
-    if faiss.try_extract_index_ivf(index) is not None:
-        return "ivf"
-    c = core(index)
-    if isinstance(c, faiss.IndexHNSW):
-        return "hnsw"
-    if isinstance(c, faiss.IndexFlat) and c.metric_type == METRIC:
-        return "flat"
-    return "other"
-
-
-KNOBS = {"ivf": "nprobe", "hnsw": "efSearch"}
-
-
-def search_params(
-    index: faiss.Index, knobs: dict, sel: faiss.IDSelector | None = None
-) -> faiss.SearchParameters | None:
-    """Per-call parameters (thread-safe; the caller must keep ``sel`` alive during the search)."""
-    kind = index_kind(index)
-    if kind == "ivf":
-        p = faiss.SearchParametersIVF()
-        p.nprobe = int(knobs.get("nprobe", faiss.try_extract_index_ivf(index).nprobe))
-    elif kind == "hnsw":
-        p = faiss.SearchParametersHNSW()
-        p.efSearch = int(knobs.get("efSearch", core(index).hnsw.efSearch))
-    elif sel is not None:
-        p = faiss.SearchParameters()
-    else:
-        return None
-    if sel is not None:
-        p.sel = sel
-    return p
-
-
-def apply_knobs(index: faiss.Index, knobs: dict) -> None:
-    """Store the tuned knob in the index itself (it is serialised with it)."""
-    ps = faiss.ParameterSpace()
-    for k, v in knobs.items():
-        ps.set_index_parameter(index, k, v)
-
-
-def index_ids(index: faiss.Index) -> np.ndarray | None:
-    """All ids held by the index (sorted), or None where the type does not expose them."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIDMap):
-        return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        inv = ivf.invlists
-        parts = []
-        for lst in range(ivf.nlist):
-            size = inv.list_size(lst)
-            if size:
-                parts.append(faiss.rev_swig_ptr(inv.get_ids(lst), size).copy())
-        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-    return None
-
-
 # ---------------------------------------------------------------- training and adding
 
 
@@ -239,13 +165,6 @@ def train_size(index: faiss.Index, n: int) -> int:
     if ivf is not None:
         return min(n, max(64 * ivf.nlist, 16_384))
     return min(n, 65_536)
-
-
-def gpu_available() -> bool:
-    try:
-        return faiss.get_num_gpus() > 0
-    except AttributeError:  # CPU-only faiss build
-        return False
 
 
 def train_and_add(
@@ -323,26 +242,20 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def tune(
-    index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, target: float = DEFAULT_TARGET_RECALL,
-    k: int = RECALL_K, n_queries: int = 1000, held_out_from: np.ndarray | None = None, seed: int = 1,
-    progress: bool = True,
+    index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
+    target: float = DEFAULT_TARGET_RECALL, k: int = RECALL_K, progress: bool = True,
 ) -> TuneResult:
-    """Raise nprobe / efSearch until recall@k vs exact search reaches ``target``; measure it.
+    """Raise nprobe / efSearch until recall@k of ``queries`` vs exact search over ``vectors`` (what the
+    index holds, ids ``ids``) reaches ``target``; measure it.
 
-    Queries are database vectors outside the training sample where there are enough of them.
-    Exact (Flat) indexes have recall 1 by construction and are not measured.
+    Pass queries that are not rows of the index (see the module doc). Exact (Flat) indexes have
+    recall 1 by construction and are not measured.
     """
     kind = index_kind(index)
     if kind == "flat":
         return TuneResult({}, 1.0, target, True, k)
-    n = len(vectors)
-    k = min(k, n)
-    rng = np.random.default_rng(seed)
-    pool = np.arange(n)
-    if held_out_from is not None and n - len(held_out_from) >= n_queries:
-        pool = np.setdiff1d(pool, held_out_from, assume_unique=True)
-    qrows = rng.choice(pool, min(n_queries, len(pool)), replace=False)
-    queries = np.ascontiguousarray(vectors[qrows])
+    k = min(k, len(vectors))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     _, truth_rows = exact_topk(vectors, queries, k)
     truth = ids[truth_rows]
 
@@ -405,6 +318,14 @@ def tune(
 # ---------------------------------------------------------------- all together
 
 
+def tuning_rows(n: int, n_queries: int, seed: int = 1) -> np.ndarray:
+    """Sorted rows held out as fresh tuning queries: ``n_queries``, at most a fifth of ``n`` (none below 10 rows)."""
+    q = min(n_queries, n // 5)
+    if q < 2:
+        return np.zeros(0, np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, q, replace=False))
+
+
 def build_vector_index(
     vectors: np.ndarray,
     ids: np.ndarray | None = None,
@@ -413,42 +334,44 @@ def build_vector_index(
     target_recall: float = DEFAULT_TARGET_RECALL,
     flat_max: int = FLAT_MAX_VECTORS,
     prefer_hnsw: bool = False,
-    n_queries: int = 1000,
+    n_queries: int = RECALL_QUERIES,
     use_gpu: bool | None = None,
     progress: bool = True,
     seed: int = 0,
-) -> tuple[faiss.Index, dict]:
-    """Plan, create, train, add and tune; return the CPU index and what to record about it."""
+) -> tuple[faiss.Index, IndexInfo]:
+    """Plan, create, train, add and tune; return the CPU index and what to record about it.
+
+    Approximate indexes are trained and tuned without the held-out query rows
+    (:func:`tuning_rows`), which are added once the knob is chosen (see the module doc).
+    """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
     plan = plan_index(n, d, index_type, memory_budget, flat_max, prefer_hnsw)
     t0 = time.perf_counter()
     index = create_index(plan.factory, d)
-    index, train_rows = train_and_add(index, vectors, ids, use_gpu, progress, seed)
+    approximate = index_kind(index) != "flat"
+    held = tuning_rows(n, n_queries) if approximate else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(n), held, assume_unique=True) if len(held) else np.arange(n)
+    indexed, indexed_ids = (vectors[rest], ids[rest]) if len(held) else (vectors, ids)
+    index, train_rows = train_and_add(index, indexed, indexed_ids, use_gpu, progress, seed)
     t1 = time.perf_counter()
-    tuned = tune(index, vectors, ids, target_recall, n_queries=n_queries, held_out_from=train_rows,
-                 progress=progress)
+    if len(held):
+        tuned, query_kind = tune(index, indexed, indexed_ids, vectors[held], target_recall, progress=progress), HELD_OUT
+    else:  # exact (nothing to measure), or too few vectors to hold any out
+        tuned, query_kind = tune(index, vectors, ids, vectors, target_recall, progress=progress), TOO_FEW
     if tuned.params:
         apply_knobs(index, tuned.params)
+    if len(held):  # the fresh queries join the collection once the knob is chosen
+        _train_add(index, vectors[held], ids[held], None, progress=False)
     t2 = time.perf_counter()
-    info = {
-        "type": plan.kind if plan.kind != "custom" else index_kind(index),
-        "requested": index_type,
-        "factory": plan.factory,
-        "faiss_class": type(faiss.downcast_index(index)).__name__,
-        "reason": plan.reason,
-        "estimated_bytes": plan.estimated_bytes,
-        "memory_budget": memory_budget,
-        "params": tuned.params,
-        "recall_at_10": round(tuned.recall, 4),
-        "recall_k": tuned.k,
-        "target_recall": target_recall,
-        "target_reached": tuned.reached,
-        "recall_queries": tuned.queries,
-        "tuning": tuned.curve,
-        "train_vectors": 0 if train_rows is None else len(train_rows),
-        "build_seconds": round(t1 - t0, 2),
-        "tune_seconds": round(t2 - t1, 2),
-    }
+    info = IndexInfo(
+        type=plan.kind if plan.kind != "custom" else index_kind(index), requested=index_type, factory=plan.factory,
+        faiss_class=type(faiss.downcast_index(index)).__name__, reason=plan.reason,
+        estimated_bytes=plan.estimated_bytes, memory_budget=memory_budget, params=tuned.params,
+        recall_at_10=round(tuned.recall, 4), recall_k=tuned.k, target_recall=target_recall,
+        target_reached=tuned.reached, recall_queries=tuned.queries,
+        recall_query_kind=query_kind if tuned.queries else IndexInfo.recall_query_kind, tuning=tuned.curve,
+        train_vectors=0 if train_rows is None else len(train_rows), build_seconds=round(t1 - t0, 2),
+        tune_seconds=round(t2 - t1, 2))
     return index, info

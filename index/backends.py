@@ -28,7 +28,7 @@ import torch
 
 from instdisc.knn import topk_cosine
 
-from .auto import core, gpu_available, index_ids, index_kind, search_params
+from .faiss_util import core, gpu_available, index_ids, index_kind, search_params
 
 GPU_MAX_K = 2048  # FAISS GPU top-k limit; larger k goes to the CPU
 

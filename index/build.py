@@ -11,7 +11,6 @@ get the corresponding prefix, so one root still serves every entry.
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,24 +22,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from instdisc.checkpoint import bank_from, encoder_from
 from instdisc.data import DataError, decode_all, resolve_source, scan
 from instdisc.embed import embed
 from instdisc.fsutil import sha256_file
-from instdisc.images import is_image_name
+from instdisc.images import is_image_name, nchw
 from instdisc.model import Encoder
 from instdisc.runtime import pick_device, use_bf16
+from instdisc.trained import Checkpoint
 
-from .auto import (
-    DEFAULT_MEMORY_BUDGET,
-    DEFAULT_TARGET_RECALL,
-    FLAT_MAX_VECTORS,
-    apply_knobs,
-    build_vector_index,
-    create_index,
-    index_ids,
-)
+from .auto import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, RECALL_QUERIES, build_vector_index
 from .errors import IndexDirError
+from .faiss_util import apply_knobs, create_index, index_ids, normalise
 from .layout import (
     commit,
     file_names,
@@ -51,7 +43,7 @@ from .layout import (
     verified_checkpoint,
     write_index_file,
 )
-from .manifest import MANIFEST, architecture, new_manifest
+from .manifest import MANIFEST, Manifest, Update, now
 from .store import Row, update_db, write_db
 
 SPLIT_NAMES = ("train", "test", "val", "validation")
@@ -67,7 +59,7 @@ class BuildOptions:
     target_recall: float = DEFAULT_TARGET_RECALL
     flat_max: int = FLAT_MAX_VECTORS
     prefer_hnsw: bool = False
-    recall_queries: int = 1000
+    recall_queries: int = RECALL_QUERIES
     device: str | None = None  # torch device for embedding (default: the GPU when present)
     precision: str = "auto"
     batch_size: int = 256
@@ -164,7 +156,7 @@ def embed_files(
         imgs, ok, bad = decode_all(root, chunk, image_size, progress=False)
         skipped.extend(bad)
         if len(ok):
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+            x = nchw(imgs)
             vecs.append(embed(encoder, x, device, bf16, batch_size).numpy())
             kept.extend(ok)
         bar.update(len(chunk))
@@ -177,33 +169,26 @@ def embed_files(
     return normalise(out), kept, skipped
 
 
-def normalise(v: np.ndarray) -> np.ndarray:
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.maximum(n, 1e-12)
-
-
-def _encoder(ckpt: dict, options: BuildOptions) -> tuple[Encoder, torch.device, bool]:
+def placed_encoder(ckpt: Checkpoint, options: BuildOptions) -> tuple[Encoder, torch.device, bool]:
+    """The checkpoint's encoder on the options' device, and whether it runs in bf16 there."""
     device = pick_device(options.device)
-    return encoder_from(ckpt).to(device), device, use_bf16(device, options.precision)
+    return ckpt.encoder().to(device), device, use_bf16(device, options.precision)
 
 
-def from_memory_bank(ckpt: dict) -> Collected:
+def from_memory_bank(ckpt: Checkpoint) -> Collected:
     """The bank rows with the training paths and labels they belong to (nothing is decoded)."""
-    ds = ckpt["dataset"]
-    bank = bank_from(ckpt).float().numpy()
-    paths = list(ds["paths"])
-    if bank.shape[0] != len(paths):
-        raise IndexDirError(f"checkpoint bank has {bank.shape[0]} rows but lists {len(paths)} training paths")
-    classes = list(ds.get("classes") or [])
-    labels = [classes[y] if 0 <= y < len(classes) else None for y in ds.get("labels", [-1] * len(paths))]
-    return Collected(Path(ds["root"]), normalise(bank), paths, labels, ["train"] * len(paths), [])
+    files = ckpt.files
+    bank = ckpt.bank().float().numpy()
+    if bank.shape[0] != len(files.paths):
+        raise IndexDirError(f"checkpoint bank has {bank.shape[0]} rows but lists {len(files.paths)} training paths")
+    n = len(files.paths)
+    return Collected(files.root, normalise(bank), list(files.paths), files.label_names(), ["train"] * n, [])
 
 
-def from_images(ckpt: dict, images: str | os.PathLike, options: BuildOptions) -> Collected:
+def from_images(ckpt: Checkpoint, images: str | os.PathLike, options: BuildOptions) -> Collected:
     root, rels = open_source(images)
-    encoder, device, bf16 = _encoder(ckpt, options)
-    vecs, kept, skipped = embed_files(encoder, root, rels, architecture(ckpt)["image_size"], device, bf16,
+    encoder, device, bf16 = placed_encoder(ckpt, options)
+    vecs, kept, skipped = embed_files(encoder, root, rels, ckpt.architecture.image_size, device, bf16,
                                       options.batch_size, options.progress)
     if not kept:
         raise DataError(f"{root}: none of the {len(rels)} image files could be decoded")
@@ -227,14 +212,14 @@ def _rows(ids: np.ndarray, root: Path, paths: list[str], labels: list, splits: l
 def build(
     checkpoint: str | os.PathLike, out_dir: str | os.PathLike, images: str | os.PathLike | None = None,
     options: BuildOptions | None = None, overwrite: bool = False,
-) -> dict:
+) -> Manifest:
     """Build INDEX_DIR from the memory bank (``images=None``) or from embedded images; return the manifest."""
     options = options or BuildOptions()
     out = Path(out_dir)
     check_new(out, overwrite)
-    ckpt_path, ckpt, sha = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
     col = from_memory_bank(ckpt) if images is None else from_images(ckpt, images, options)
-    return write_new(out, col, ckpt, ckpt_path, sha, "memory_bank" if images is None else "embedded", options)
+    return write_new(out, col, ckpt, "memory_bank" if images is None else "embedded", options)
 
 
 def check_new(out: Path, overwrite: bool) -> None:
@@ -244,9 +229,7 @@ def check_new(out: Path, overwrite: bool) -> None:
                             "or --add / --remove to update it")
 
 
-def write_new(
-    out: Path, col: Collected, ckpt: dict, ckpt_path: Path, sha: str, source: str, options: BuildOptions
-) -> dict:
+def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options: BuildOptions) -> Manifest:
     """Index ``col``'s vectors (ids 0..n-1 in its order), write the files and commit; return the manifest."""
     n = len(col.paths)
     ids = np.arange(n, dtype=np.int64)
@@ -254,9 +237,9 @@ def write_new(
         col.vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
         options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
     rows = _rows(ids, col.root, col.paths, col.labels, col.splits, options.progress)
-    manifest = new_manifest(ckpt=ckpt, ckpt_path=ckpt_path, ckpt_sha256=sha, source=source, root=col.root,
-                            dim=col.vectors.shape[1], index_info=info, count=n, next_id=n)
-    manifest["skipped"] = [list(s) for s in col.skipped[:100]]
+    manifest = Manifest.new(ckpt=ckpt, source=source, root=col.root, dim=col.vectors.shape[1], index_info=info,
+                            count=n, next_id=n)
+    manifest.skipped = [list(s) for s in col.skipped[:100]]
     with locked(out):
         gen = new_generation()
         names = file_names(gen)
@@ -269,7 +252,7 @@ def write_new(
 # ---------------------------------------------------------------- updates
 
 
-def remove_from_index(index: faiss.Index, ids: np.ndarray, manifest: dict) -> faiss.Index:
+def remove_from_index(index: faiss.Index, ids: np.ndarray, manifest: Manifest) -> faiss.Index:
     """Remove ids in place, or rebuild from the stored vectors where the type cannot (HNSW)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if len(ids) == 0:
@@ -286,26 +269,26 @@ def remove_from_index(index: faiss.Index, ids: np.ndarray, manifest: dict) -> fa
             vecs = index.reconstruct_batch(keep) if len(keep) else np.zeros((0, index.d), np.float32)
         except RuntimeError as e:
             raise IndexDirError(f"cannot remove from this index type ({e}); rebuild it instead") from e
-        new = create_index(manifest["index"]["factory"], index.d)
+        new = create_index(manifest.index.factory, index.d)
         if not new.is_trained:
             raise IndexDirError("cannot remove from this index type; rebuild it instead") from None
         if len(keep):
             new.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), keep)
-        apply_knobs(new, manifest["index"].get("params", {}))
+        apply_knobs(new, manifest.index.params)
         return new
     if removed != len(ids):
         raise IndexDirError(f"index and metadata disagree: removed {removed} of {len(ids)} ids")
     return index
 
 
-def _write_update(d: Path, loaded_db: Path, index: faiss.Index, manifest: dict, *, remove_ids=(), add=(),
+def _write_update(d: Path, loaded_db: Path, index: faiss.Index, manifest: Manifest, *, remove_ids=(), add=(),
                   path_prefix: str = "") -> None:
     gen = new_generation()
     names = file_names(gen)
     write_index_file(d / names["index"], index)
     update_db(loaded_db, d / names["db"], remove_ids=remove_ids, add=add, path_prefix=path_prefix,
               info={"generation": gen})
-    manifest["count"] = int(index.ntotal)
+    manifest.count = int(index.ntotal)
     commit(d, manifest, gen)
 
 
@@ -323,14 +306,14 @@ def relative_entry_path(path: str, root: Path) -> str:
     return rel.as_posix().lstrip("/") if str(rel) != "." else ""
 
 
-def remove(index_dir: str | os.PathLike, paths: list[str]) -> dict:
+def remove(index_dir: str | os.PathLike, paths: list[str]) -> Manifest:
     """Delete the entries with these relative paths (a folder removes everything under it)."""
     d = Path(index_dir)
     with locked(d):
         loaded = open_dir(d)
         try:
             m = loaded.manifest
-            root = Path(m["root"])
+            root = Path(m.root)
             ids, missing = [], []
             for p in paths:
                 rel = relative_entry_path(p, root)
@@ -340,8 +323,7 @@ def remove(index_dir: str | os.PathLike, paths: list[str]) -> dict:
                 raise ValueError(f"not in the index (paths are relative to {root}): {', '.join(missing)}")
             ids_arr = np.unique(np.array(ids, dtype=np.int64))
             index = remove_from_index(loaded.index, ids_arr, m)
-            m.setdefault("updates", []).append({"op": "remove", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                "count": len(ids_arr), "paths": list(paths)[:20]})
+            m.updates.append(Update("remove", now(), count=len(ids_arr), paths=list(paths)[:20]))
             _write_update(d, loaded.store.path, index, m, remove_ids=ids_arr.tolist())
         finally:
             loaded.store.close()
@@ -351,7 +333,7 @@ def remove(index_dir: str | os.PathLike, paths: list[str]) -> dict:
 def add(
     index_dir: str | os.PathLike, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
     options: BuildOptions | None = None, label: str | None = None, split: str | None = None,
-) -> dict:
+) -> Manifest:
     """Embed the images at ``path`` and append them; files already indexed are skipped if unchanged
     and replaced if their content changed."""
     options = options or BuildOptions()
@@ -360,9 +342,9 @@ def add(
         loaded = open_dir(d)
         try:
             m = loaded.manifest
-            _, ckpt = verified_checkpoint(m, checkpoint)
+            ckpt = verified_checkpoint(m, checkpoint)
             src_root, rels = open_source(path)
-            old_root = Path(m["root"])
+            old_root = Path(m.root)
             new_root = Path(os.path.commonpath([old_root, src_root]))
             if new_root == Path(new_root.anchor):
                 raise IndexDirError(f"{src_root} and the index root {old_root} share no folder but {new_root}: "
@@ -380,27 +362,25 @@ def add(
             unchanged = len(rels) - len(todo)
             if not todo:  # all already indexed and unchanged
                 return m
-            encoder, device, bf16 = _encoder(ckpt, options)
-            vecs, kept, unreadable = embed_files(encoder, src_root, [rels[i] for i in todo],
-                                                 m["architecture"]["image_size"], device, bf16, options.batch_size,
-                                                 options.progress)
-            if vecs.shape[1] != int(m["dim"]):
-                raise IndexDirError(f"encoder gives {vecs.shape[1]}-d vectors, the index holds {m['dim']}-d")
+            encoder, device, bf16 = placed_encoder(ckpt, options)
+            vecs, kept, unreadable = embed_files(encoder, src_root, [rels[i] for i in todo], m.image_size, device,
+                                                 bf16, options.batch_size, options.progress)
+            if vecs.shape[1] != m.dim:
+                raise IndexDirError(f"encoder gives {vecs.shape[1]}-d vectors, the index holds {m.dim}-d")
             pos = {r: i for i, r in enumerate(rels)}
             kept_i = [pos[r] for r in kept]
             replaced = [existing[full[i]][0] for i in kept_i if full[i] in existing]
-            ids = np.arange(int(m["next_id"]), int(m["next_id"]) + len(kept_i), dtype=np.int64)
+            ids = np.arange(m.next_id, m.next_id + len(kept_i), dtype=np.int64)
             index = remove_from_index(loaded.index, np.array(replaced, dtype=np.int64), m)
             if len(kept_i):
                 index.add_with_ids(vecs, ids)
             rows = [Row(int(ids[j]), full[i], labels[i], splits[i], *infos[i]) for j, i in enumerate(kept_i)]
-            m["next_id"] = int(m["next_id"]) + len(kept_i)
-            m["root"] = str(new_root)
-            m.setdefault("updates", []).append({
-                "op": "add", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": str(src_root),
-                "added": len(kept_i) - len(replaced), "replaced": len(replaced), "unchanged": unchanged,
-                "skipped": len(todo) - len(kept_i), "root_prefix": prefix,
-                "unreadable": [[(src_root / r).relative_to(new_root).as_posix(), why] for r, why in unreadable[:100]]})
+            m.next_id += len(kept_i)
+            m.root = str(new_root)
+            m.updates.append(Update(
+                "add", now(), source=str(src_root), added=len(kept_i) - len(replaced), replaced=len(replaced),
+                unchanged=unchanged, skipped=len(todo) - len(kept_i), root_prefix=prefix,
+                unreadable=[[(src_root / r).relative_to(new_root).as_posix(), why] for r, why in unreadable[:100]]))
             _write_update(d, loaded.store.path, index, m, remove_ids=replaced, add=rows, path_prefix=prefix)
         finally:
             loaded.store.close()

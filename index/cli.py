@@ -30,7 +30,7 @@ from instdisc.images import ImageError
 from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
 from .build import BuildOptions, add, build, check_new, open_source, remove
 from .errors import IndexDirError
-from .manifest import read_manifest
+from .manifest import Manifest
 from .shards import build_from_shards, default_shard_dir, embed_shard
 
 MODES = ("build", "update", "shard", "merge", "torchrun")
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flat-max", type=int, default=FLAT_MAX_VECTORS, help="auto uses exact Flat below this count")
     p.add_argument("--hnsw", action="store_true", help="auto: prefer HNSW over IVF above --flat-max")
     p.add_argument("--recall-queries", type=int, default=BuildOptions.recall_queries,
-                   help="held-out queries used to measure recall")
+                   help="fresh queries (held out of the index while measured) that tuning uses")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing INDEX_DIR")
     p.add_argument("--add", metavar="PATH", help="embed the images at PATH and append them to INDEX_DIR")
     p.add_argument("--label", help="--add: label for every added image (default: from class folders)")
@@ -89,20 +89,19 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
     return "torchrun" if world_size > 1 and args.images else "build"
 
 
-def summary(m: dict) -> str:
+def summary(m: Manifest) -> str:
     """What the script prints after a build or an update."""
-    ix = m["index"]
-    params = ", ".join(f"{k}={v}" for k, v in ix.get("params", {}).items()) or "exact"
+    ix = m.index
+    params = ", ".join(f"{k}={v}" for k, v in ix.params.items()) or "exact"
+    measured = f" on {ix.recall_queries} queries {ix.recall_query_kind}" if ix.recall_queries else ""
     lines = [
-        f"index: {m['count']} entries, {ix.get('type')} ({ix.get('factory')}; {params}), "
-        f"recall@{ix.get('recall_k', 10)} {ix.get('recall_at_10')}"
-        + ("" if ix.get("target_reached", True) else f" (target {ix.get('target_recall')} NOT reached)"),
-        f"source: {m['source']}, root: {m['root']}",
-        f"checkpoint: {m['checkpoint']['path']} (epoch {m['checkpoint']['epoch']}, "
-        f"kNN top-1 {m.get('knn_top1')})",
+        f"index: {m.count} entries, {ix.type} ({ix.factory}; {params}), recall@{ix.recall_k} {ix.recall_at_10}"
+        + ("" if ix.target_reached else f" (target {ix.target_recall} NOT reached)") + measured,
+        f"source: {m.source}, root: {m.root}",
+        f"checkpoint: {m.checkpoint.path} (epoch {m.checkpoint.epoch}, kNN top-1 {m.knn_top1})",
     ]
-    if ix.get("reason"):
-        lines.append(f"why: {ix['reason']}")
+    if ix.reason:
+        lines.append(f"why: {ix.reason}")
     return "\n".join(lines)
 
 
@@ -117,25 +116,25 @@ def options_of(args: argparse.Namespace) -> BuildOptions:
 # ---------------------------------------------------------------- the modes
 
 
-def run_build(args: argparse.Namespace, opts: BuildOptions) -> dict:
+def run_build(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     return build(args.checkpoint, args.out, args.images, opts, overwrite=args.overwrite)
 
 
-def run_update(args: argparse.Namespace, opts: BuildOptions) -> dict:
+def run_update(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     """--remove, then --add (either or both)."""
     m = None
     if args.remove:
         m = remove(args.out, args.remove)
-        print(f"removed {m['updates'][-1]['count']} entries")
+        print(f"removed {m.updates[-1].count} entries")
     if args.add:
-        gen_before = read_manifest(args.out)["generation"]
+        gen_before = Manifest.read(args.out).generation
         m = add(args.out, args.add, args.checkpoint, opts, label=args.label, split=args.split)
-        if m["generation"] == gen_before:
+        if m.generation == gen_before:
             print("nothing to add: the images are already indexed and unchanged")
         else:
-            last = m["updates"][-1]
-            print(f"added {last['added']}, replaced {last['replaced']}, unchanged {last['unchanged']}, "
-                  f"unreadable {last['skipped']}")
+            last = m.updates[-1]
+            print(f"added {last.added}, replaced {last.replaced}, unchanged {last.unchanged}, "
+                  f"unreadable {last.skipped}")
     assert m is not None  # mode_of guarantees --add or --remove
     return m
 
@@ -146,12 +145,12 @@ def run_shard(args: argparse.Namespace, opts: BuildOptions) -> None:
     print(f"written: {path}")
 
 
-def run_merge(args: argparse.Namespace, opts: BuildOptions) -> dict:
+def run_merge(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     return build_from_shards(args.checkpoint, args.out, args.merge_shards, args.shard_dir, opts,
                              args.overwrite, args.keep_shards)
 
 
-def run_torchrun(args: argparse.Namespace, opts: BuildOptions) -> dict | None:
+def run_torchrun(args: argparse.Namespace, opts: BuildOptions) -> Manifest | None:
     """Under torchrun: rank r embeds shard r on its own device; after a barrier rank 0 merges and builds.
 
     Returns the manifest on rank 0, None on the other ranks."""

@@ -27,12 +27,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from instdisc.checkpoint import CheckpointError, load
-from instdisc.fsutil import atomic_write, sha256_file
+from instdisc.checkpoint import CheckpointError
+from instdisc.fsutil import atomic_write
+from instdisc.trained import Checkpoint
 
-from .auto import index_ids
 from .errors import IndexDirError
-from .manifest import MANIFEST, architecture, now, read_manifest, write_manifest
+from .faiss_util import index_ids
+from .manifest import MANIFEST, DataFiles, Manifest, now
 from .store import MetadataStore
 
 LOCK = ".lock"
@@ -67,17 +68,15 @@ def write_index_file(path: str | os.PathLike, index: faiss.Index) -> int:
     return Path(path).stat().st_size
 
 
-def commit(index_dir: str | os.PathLike, manifest: dict, generation: str) -> None:
+def commit(index_dir: str | os.PathLike, manifest: Manifest, generation: str) -> None:
     """Make ``generation`` current: write the manifest naming its files, then drop older files."""
     d = Path(index_dir)
     names = file_names(generation)
-    manifest["generation"] = generation
-    manifest["files"] = {
-        "index": names["index"], "index_bytes": (d / names["index"]).stat().st_size,
-        "db": names["db"], "db_bytes": (d / names["db"]).stat().st_size,
-    }
-    manifest["updated"] = now()
-    write_manifest(d, manifest)
+    manifest.generation = generation
+    manifest.files = DataFiles(names["index"], (d / names["index"]).stat().st_size,
+                               names["db"], (d / names["db"]).stat().st_size)
+    manifest.updated = now()
+    manifest.write(d)
     remove_orphans(d, keep=set(names.values()))
 
 
@@ -99,8 +98,8 @@ def remove_orphans(index_dir: str | os.PathLike, keep: set[str] | None = None) -
         keep = set()  # no manifest: nothing was ever committed here
         if (d / MANIFEST).exists():
             try:
-                files = read_manifest(d)["files"]
-                keep = {files["index"], files["db"]}
+                files = Manifest.read(d).files
+                keep = {files.index, files.db} if files else set()
             except IndexDirError:
                 orphan_data = False
     removed = []
@@ -116,7 +115,7 @@ def remove_orphans(index_dir: str | os.PathLike, keep: set[str] | None = None) -
 @dataclass
 class Loaded:
     dir: Path
-    manifest: dict
+    manifest: Manifest
     index: faiss.Index
     store: MetadataStore
 
@@ -133,16 +132,17 @@ def _check_file(d: Path, name: str, expected: int, what: str) -> Path:
     return p
 
 
-def _check_file_names(d: Path, m: dict) -> None:
+def _check_file_names(d: Path, m: Manifest) -> None:
     """The manifest may only name this generation's two files in this folder (an edited manifest
     pointing at ``../../elsewhere`` is refused before anything is opened)."""
-    gen = m["generation"]
+    gen = m.generation
     if not isinstance(gen, str) or not GENERATION.fullmatch(gen):
         raise IndexDirError(f"{d / MANIFEST}: invalid generation {gen!r} (the manifest was edited or damaged)")
     expected = file_names(gen)
     for key in ("index", "db"):
-        if m["files"][key] != expected[key]:
-            raise IndexDirError(f"{d / MANIFEST}: files.{key} is {m['files'][key]!r}, expected {expected[key]!r} "
+        named = getattr(m.files, key)
+        if named != expected[key]:
+            raise IndexDirError(f"{d / MANIFEST}: files.{key} is {named!r}, expected {expected[key]!r} "
                                 "(the manifest was edited or damaged)")
 
 
@@ -156,15 +156,15 @@ def read_index_file(path: Path, mmap: bool = False) -> faiss.Index:
 def open_dir(index_dir: str | os.PathLike, mmap: bool = False, _retry: bool = True) -> Loaded:
     """Manifest + FAISS index + metadata of the current generation, cross-checked."""
     d = Path(index_dir)
-    m = read_manifest(d)
-    files = m["files"]
+    m = Manifest.read(d)
     _check_file_names(d, m)
+    files = m.files
     try:
-        ipath = _check_file(d, files["index"], int(files["index_bytes"]), "index")
-        dpath = _check_file(d, files["db"], int(files["db_bytes"]), "metadata")
+        ipath = _check_file(d, files.index, files.index_bytes, "index")
+        dpath = _check_file(d, files.db, files.db_bytes, "metadata")
     except IndexDirError:
         # a writer may have committed a new generation between our manifest read and now
-        if _retry and read_manifest(d)["generation"] != m["generation"]:
+        if _retry and Manifest.read(d).generation != m.generation:
             return open_dir(d, mmap, _retry=False)
         raise
     index = read_index_file(ipath, mmap)
@@ -177,66 +177,50 @@ def open_dir(index_dir: str | os.PathLike, mmap: bool = False, _retry: bool = Tr
     return Loaded(d, m, index, store)
 
 
-def _cross_check(d: Path, m: dict, index: faiss.Index, store: MetadataStore) -> None:
-    if index.d != int(m["dim"]):
-        raise IndexDirError(f"{d}: index dimension {index.d} != manifest dim {m['dim']}")
-    if index.ntotal != int(m["count"]):
-        raise IndexDirError(f"{d}: index holds {index.ntotal} vectors, the manifest records {m['count']}")
+def _cross_check(d: Path, m: Manifest, index: faiss.Index, store: MetadataStore) -> None:
+    if index.d != m.dim:
+        raise IndexDirError(f"{d}: index dimension {index.d} != manifest dim {m.dim}")
+    if index.ntotal != m.count:
+        raise IndexDirError(f"{d}: index holds {index.ntotal} vectors, the manifest records {m.count}")
     gen = store.info.get("generation")
-    if gen != m["generation"]:
-        raise IndexDirError(f"{d}: metadata generation {gen} does not match the manifest's {m['generation']}")
-    if len(store) != int(m["count"]):
-        raise IndexDirError(f"{d}: metadata has {len(store)} rows, the manifest records {m['count']}")
+    if gen != m.generation:
+        raise IndexDirError(f"{d}: metadata generation {gen} does not match the manifest's {m.generation}")
+    if len(store) != m.count:
+        raise IndexDirError(f"{d}: metadata has {len(store)} rows, the manifest records {m.count}")
     ids = index_ids(index)
     if ids is not None and not np.array_equal(ids, store.ids()):
         raise IndexDirError(f"{d}: the index's ids and the metadata's ids differ")
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict, str]:
-    """(path, checkpoint, sha256), the hash taken of exactly the bytes loaded.
-
-    A training run replaces checkpoint.pt every epoch; hashing before and after the load and
-    retrying on a change keeps the recorded hash honest. Checkpoint problems become
-    :class:`IndexDirError` so callers have one exception to catch.
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoint.pt"
-    for _ in range(3):
-        try:
-            before = sha256_file(p)
-            ckpt = load(p)
-            after = sha256_file(p)
-        except FileNotFoundError:
-            raise IndexDirError(f"{p}: no checkpoint there") from None
-        except CheckpointError as e:
-            raise IndexDirError(str(e)) from e
-        if before == after:
-            return p.resolve(), ckpt, before
-    raise IndexDirError(f"{p}: the checkpoint keeps changing while being read (a training run is writing it); "
-                        "copy it and use the copy")
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """:meth:`Checkpoint.load` (hashed over exactly the bytes loaded), its problems as :class:`IndexDirError`
+    so callers have one exception to catch."""
+    try:
+        return Checkpoint.load(path)
+    except CheckpointError as e:
+        raise IndexDirError(str(e)) from e
 
 
-def verified_checkpoint(manifest: dict, checkpoint: str | os.PathLike | None = None) -> tuple[Path, dict]:
+def verified_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None = None) -> Checkpoint:
     """The checkpoint to embed with -- the one given or the one recorded -- loaded and hash-checked."""
-    p = Path(checkpoint) if checkpoint is not None else Path(manifest["checkpoint"]["path"])
+    p = Path(checkpoint) if checkpoint is not None else Path(manifest.checkpoint.path)
     if p.is_dir():
         p = p / "checkpoint.pt"
     if not p.is_file():
         how = "given" if checkpoint is not None else "manifest's recorded"
         raise IndexDirError(f"{p}: the {how} checkpoint is missing (pass the checkpoint the index was built from)")
-    path, ckpt, actual = load_checkpoint(p)
-    expected = manifest["checkpoint"]["sha256"]
-    if actual != expected:
+    ckpt = load_checkpoint(p)
+    expected = manifest.checkpoint.sha256
+    if ckpt.sha256 != expected:
         raise IndexDirError(
-            f"{p}: checkpoint sha256 {actual[:12]}... differs from the one this index was built from "
+            f"{p}: checkpoint sha256 {ckpt.sha256[:12]}... differs from the one this index was built from "
             f"({expected[:12]}...): its embeddings would not match the index. Pass the original checkpoint "
             "or rebuild the index.")
-    arch = architecture(ckpt)
-    if arch["low_dim"] != int(manifest["dim"]):
-        raise IndexDirError(f"{p}: the encoder gives {arch['low_dim']}-d vectors but the index holds "
-                            f"{manifest['dim']}-d ones (the manifest or index file was edited or damaged)")
-    if manifest.get("architecture", arch) != arch:
-        raise IndexDirError(f"{p}: the manifest records architecture {manifest['architecture']}, the checkpoint "
-                            f"is {arch} (the manifest was edited or damaged)")
-    return path, ckpt
+    arch = ckpt.architecture
+    if arch.low_dim != manifest.dim:
+        raise IndexDirError(f"{p}: the encoder gives {arch.low_dim}-d vectors but the index holds "
+                            f"{manifest.dim}-d ones (the manifest or index file was edited or damaged)")
+    if manifest.architecture is not None and manifest.architecture != arch:
+        raise IndexDirError(f"{p}: the manifest records architecture {manifest.architecture.to_dict()}, the "
+                            f"checkpoint is {arch.to_dict()} (the manifest was edited or damaged)")
+    return ckpt

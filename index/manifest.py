@@ -4,6 +4,9 @@ The manifest is written last, atomically: it is the commit record naming the ind
 metadata files of the current generation. Anything a consumer must trust (the checkpoint's
 hash, dimension, metric, count, the index parameters and the recall measured for them) is
 here, so a mismatch is detected instead of returning silently wrong neighbours.
+
+:class:`Manifest` is the typed contract: read and validated once (:meth:`Manifest.read`),
+attributes instead of string keys, written back with the same JSON layout (:meth:`Manifest.write`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from instdisc.config import TrainConfig
 from instdisc.fsutil import atomic_write_text
+from instdisc.trained import Architecture, Checkpoint
 
 from .errors import IndexDirError
 
@@ -30,73 +36,197 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def architecture(ckpt: dict) -> dict:
-    """The encoder's shape, so a reader knows which network produced the vectors."""
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    size = ckpt.get("dataset", {}).get("image_size", cfg.image_size)
-    return {"arch": cfg.arch, "width": cfg.width, "cifar_stem": cfg.cifar_stem, "low_dim": cfg.low_dim,
-            "image_size": int(size)}
+def _known(cls, d: dict) -> dict:
+    """The keys of ``d`` that are fields of dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
 
 
-def last_knn_top1(history: list[dict]) -> float | None:
-    for row in reversed(history or []):
-        if row.get("knn_top1") is not None:
-            return float(row["knn_top1"])
-    return None
+@dataclass
+class DataFiles:
+    """The current generation's two data files and their sizes (truncation check)."""
+
+    index: str
+    index_bytes: int
+    db: str
+    db_bytes: int
 
 
-def new_manifest(
-    *, ckpt: dict, ckpt_path: str | os.PathLike, ckpt_sha256: str, source: str, root: str | os.PathLike,
-    dim: int, index_info: dict, count: int, next_id: int,
-) -> dict:
-    """A manifest for a freshly built index (generation and files are filled in at commit)."""
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    t = now()
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": t,
-        "updated": t,
-        "generation": None,
-        "files": {},
-        "source": source,  # memory_bank | embedded
-        "root": str(Path(root).resolve()),
-        "count": int(count),
-        "next_id": int(next_id),
-        "dim": int(dim),
-        "normalisation": "l2",
-        "metric": "inner_product",
-        "index": index_info,
-        "checkpoint": {"path": str(Path(ckpt_path).resolve()), "sha256": ckpt_sha256,
-                       "epoch": int(ckpt.get("epoch", 0))},
-        "architecture": architecture(ckpt),
-        "temperature": float(cfg.temperature),
-        "knn_top1": last_knn_top1(ckpt.get("history", [])),
-        "updates": [],
-    }
+@dataclass
+class CheckpointRecord:
+    """Which checkpoint made the vectors (its hash is checked whenever the index is opened)."""
+
+    path: str
+    sha256: str
+    epoch: int = 0
 
 
-def read_manifest(index_dir: str | os.PathLike) -> dict:
-    d = Path(index_dir)
-    if not d.is_dir():
-        raise IndexDirError(f"{d}: no such index folder (build one with scripts/build_index.py)")
-    path = d / MANIFEST
-    if not path.is_file():
-        raise IndexDirError(f"{d}: not an index folder, {MANIFEST} is missing (build one with scripts/build_index.py)")
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexDirError(f"{path}: corrupt manifest ({e})") from e
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise IndexDirError(f"{path}: not an instdisc index manifest")
-    if int(m.get("format_version", 0)) > FORMAT_VERSION:
-        raise IndexDirError(f"{path}: format version {m['format_version']} is newer than this code ({FORMAT_VERSION})")
-    missing = [k for k in REQUIRED if k not in m]
-    missing += [f"files.{k}" for k in FILE_KEYS if k not in (m.get("files") or {})]
-    if missing:
-        raise IndexDirError(f"{path}: manifest lacks {missing}")
-    return m
+@dataclass
+class IndexInfo:
+    """The FAISS index: what was asked, what was chosen and why, and the recall measured for it."""
+
+    type: str = "flat"
+    requested: str = "auto"
+    factory: str = "Flat"
+    faiss_class: str = ""
+    reason: str = ""
+    estimated_bytes: int = 0
+    memory_budget: int = 0
+    params: dict[str, int] = field(default_factory=dict)  # the tuned search knob (nprobe / efSearch)
+    recall_at_10: float = 1.0
+    recall_k: int = 10
+    target_recall: float = 0.95
+    target_reached: bool = True
+    recall_queries: int = 0
+    recall_query_kind: str = "none (exact index)"  # "held out of the index while measured" for tuned ones
+    tuning: list[dict] = field(default_factory=list)  # knob value -> recall, ms per query
+    train_vectors: int = 0
+    build_seconds: float = 0.0
+    tune_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IndexInfo:
+        return cls(**_known(cls, d))
 
 
-def write_manifest(index_dir: str | os.PathLike, manifest: dict) -> None:
-    atomic_write_text(Path(index_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+@dataclass
+class Update:
+    """One --add / --remove applied to the index (kept in the manifest as its history)."""
+
+    op: str  # add | remove
+    time: str
+    count: int | None = None  # remove: entries deleted
+    paths: list[str] | None = None  # remove: what was asked (first 20)
+    source: str | None = None  # add: the folder added
+    added: int | None = None
+    replaced: int | None = None
+    unchanged: int | None = None
+    skipped: int | None = None
+    root_prefix: str | None = None
+    unreadable: list[list[str]] | None = None  # add: [path, why] of files that could not be decoded
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Update:
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Manifest:
+    """The typed manifest (see the module doc). ``generation``/``files`` are None until committed."""
+
+    source: str  # memory_bank | embedded
+    root: str  # absolute image root; every stored path is relative to it
+    count: int
+    next_id: int
+    dim: int
+    index: IndexInfo
+    checkpoint: CheckpointRecord
+    architecture: Architecture | None
+    temperature: float | None = None  # the training temperature (weighted kNN uses it)
+    knn_top1: float | None = None  # the training monitor's last kNN top-1
+    updates: list[Update] = field(default_factory=list)
+    skipped: list[list[str]] | None = None  # [path, why] of unreadable files at build time (first 100)
+    generation: str | None = None
+    files: DataFiles | None = None
+    created: str = ""
+    updated: str = ""
+    normalisation: str = "l2"
+    metric: str = "inner_product"
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def new(cls, *, ckpt: Checkpoint, source: str, root: str | os.PathLike, dim: int, index_info: IndexInfo,
+            count: int, next_id: int) -> Manifest:
+        """A manifest for a freshly built index (generation and files are filled in at commit)."""
+        t = now()
+        return cls(source=source, root=str(Path(root).resolve()), count=int(count), next_id=int(next_id),
+                   dim=int(dim), index=index_info,
+                   checkpoint=CheckpointRecord(str(ckpt.path), ckpt.sha256, ckpt.epoch),
+                   architecture=ckpt.architecture, temperature=ckpt.temperature, knn_top1=ckpt.knn_top1,
+                   created=t, updated=t)
+
+    @property
+    def image_size(self) -> int:
+        if self.architecture is None:
+            raise IndexDirError("the manifest records no architecture (an index from an older version): rebuild it")
+        return self.architecture.image_size
+
+    # ------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict:
+        """The JSON layout of manifest.json (key order kept as earlier versions wrote it)."""
+        d: dict[str, Any] = {
+            "format": self.format, "format_version": self.format_version, "created": self.created,
+            "updated": self.updated, "generation": self.generation, "files": asdict(self.files) if self.files else {},
+            "source": self.source, "root": self.root, "count": self.count, "next_id": self.next_id, "dim": self.dim,
+            "normalisation": self.normalisation, "metric": self.metric, "index": self.index.to_dict(),
+            "checkpoint": asdict(self.checkpoint),
+            "architecture": self.architecture.to_dict() if self.architecture else None,
+            "temperature": self.temperature, "knn_top1": self.knn_top1,
+            "updates": [u.to_dict() for u in self.updates],
+        }
+        if self.skipped is not None:
+            d["skipped"] = self.skipped
+        return d
+
+    @classmethod
+    def from_dict(cls, m: dict, where: str = MANIFEST) -> Manifest:
+        """Validate and convert a parsed manifest; IndexDirError naming what is wrong."""
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise IndexDirError(f"{where}: not an instdisc index manifest")
+        if int(m.get("format_version", 0)) > FORMAT_VERSION:
+            raise IndexDirError(f"{where}: format version {m['format_version']} is newer than this code "
+                                f"({FORMAT_VERSION})")
+        missing = [k for k in REQUIRED if k not in m]
+        missing += [f"files.{k}" for k in FILE_KEYS if k not in (m.get("files") or {})]
+        if missing:
+            raise IndexDirError(f"{where}: manifest lacks {missing}")
+        try:
+            return cls(
+                source=str(m["source"]), root=str(m["root"]), count=int(m["count"]), next_id=int(m["next_id"]),
+                dim=int(m["dim"]), index=IndexInfo.from_dict(m["index"]),
+                checkpoint=CheckpointRecord(**_known(CheckpointRecord, m["checkpoint"])),
+                architecture=Architecture.from_dict(m["architecture"]) if m.get("architecture") else None,
+                temperature=m.get("temperature"), knn_top1=m.get("knn_top1"),
+                updates=[Update.from_dict(u) for u in m.get("updates") or []], skipped=m.get("skipped"),
+                generation=m["generation"], files=DataFiles(**_known(DataFiles, m["files"])),
+                created=m.get("created", ""), updated=m.get("updated", ""), normalisation=m["normalisation"],
+                metric=m["metric"], format=m["format"], format_version=int(m["format_version"]))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise IndexDirError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from e
+
+    @classmethod
+    def read(cls, index_dir: str | os.PathLike) -> Manifest:
+        d = Path(index_dir)
+        if not d.is_dir():
+            raise IndexDirError(f"{d}: no such index folder (build one with scripts/build_index.py)")
+        path = d / MANIFEST
+        if not path.is_file():
+            raise IndexDirError(f"{d}: not an index folder, {MANIFEST} is missing (build one with "
+                                "scripts/build_index.py)")
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexDirError(f"{path}: corrupt manifest ({e})") from e
+        return cls.from_dict(m, str(path))
+
+    def write(self, index_dir: str | os.PathLike) -> None:
+        atomic_write_text(Path(index_dir) / MANIFEST, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    def __getitem__(self, key: str) -> Any:
+        """Transitional: ``manifest["key"]`` for callers not yet moved to attributes (reliability/faults.py)."""
+        warnings.warn("Manifest is typed: use attributes, not manifest[key]", DeprecationWarning, stacklevel=2)
+        return getattr(self, key)
+
+
+def read_manifest(index_dir: str | os.PathLike) -> Manifest:
+    return Manifest.read(index_dir)

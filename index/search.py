@@ -3,6 +3,10 @@
 ``SearchIndex.open(dir)`` needs nothing else: the manifest records the checkpoint (path and
 hash), so the encoder that made the vectors is the one that embeds the queries -- and a
 different checkpoint is refused rather than silently giving meaningless neighbours.
+
+Besides searching, it is the public read API of an index folder (``ids``, ``rows``, ``paths``,
+``vectors``, ``get``, ``image_path``, ``labels``, ``manifest``, ``checkpoint``): the app,
+evaluation and reliability tools read an index through it, never through its private members.
 """
 
 from __future__ import annotations
@@ -17,16 +21,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instdisc.checkpoint import encoder_from
 from instdisc.embed import embed
-from instdisc.images import fit_square, load_image, to_rgb
+from instdisc.images import fit_square, load_image, nchw, to_rgb
 from instdisc.runtime import use_bf16
+from instdisc.trained import Checkpoint
 
-from .auto import gpu_available, index_kind
 from .backends import FaissBackend, TorchFlatBackend
-from .build import normalise
 from .errors import IndexDirError, UnsafePathError
+from .faiss_util import gpu_available, index_kind, normalise, stored_vectors
 from .layout import open_dir, verified_checkpoint
+from .manifest import Manifest
 from .store import Row
 
 DEVICES = ("auto", "cpu", "cuda", "gpu", "faiss-gpu", "torch-cuda")
@@ -91,7 +95,8 @@ def _choose_backend(index, knobs: dict, device: str) -> FaissBackend | TorchFlat
 class SearchIndex:
     """An opened index folder: FAISS index + SQLite metadata + the encoder. Thread-safe for searching."""
 
-    manifest: dict
+    manifest: Manifest
+    checkpoint: Checkpoint  # the (hash-verified) checkpoint whose encoder embeds the queries
     root: Path
     device: str
 
@@ -113,21 +118,22 @@ class SearchIndex:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         loaded = open_dir(index_dir, mmap)
         try:
-            ckpt_path, ckpt = verified_checkpoint(loaded.manifest, checkpoint)
-            backend = _choose_backend(loaded.index, loaded.manifest["index"].get("params", {}), req)
+            ckpt = verified_checkpoint(loaded.manifest, checkpoint)
+            backend = _choose_backend(loaded.index, loaded.manifest.index.params, req)
             self = object.__new__(cls)
             self.dir = loaded.dir
             self.manifest = loaded.manifest
-            self.root = Path(loaded.manifest["root"])
-            self.dim = int(loaded.manifest["dim"])
-            self.image_size = int(loaded.manifest["architecture"]["image_size"])
-            self.checkpoint_path = ckpt_path
+            self.checkpoint = ckpt
+            self.root = Path(loaded.manifest.root)
+            self.dim = loaded.manifest.dim
+            self.image_size = loaded.manifest.image_size
+            self.checkpoint_path = ckpt.path
             self._index = loaded.index
             self._store = loaded.store
             self._backend = backend
             self.device = backend.name
             enc_device = torch.device("cuda" if torch.cuda.is_available() and req != "cpu" else "cpu")
-            self._encoder = encoder_from(ckpt).to(enc_device)
+            self._encoder = ckpt.encoder().to(enc_device)
             self._enc_device = enc_device
             self._bf16 = use_bf16(enc_device, "auto")
             self._embed_lock = threading.Lock()
@@ -149,12 +155,30 @@ class SearchIndex:
         return int(self._index.ntotal)
 
     def __repr__(self) -> str:
-        return (f"SearchIndex({str(self.dir)!r}, {len(self)} entries, {self.manifest['index'].get('type')}, "
-                f"device={self.device})")
+        return f"SearchIndex({str(self.dir)!r}, {len(self)} entries, {self.manifest.index.type}, device={self.device})"
+
+    # ------------------------------------------------------------ reading the collection
 
     def labels(self) -> list[str]:
         """Distinct labels, sorted (for the label filter)."""
         return self._store.labels()
+
+    def ids(self) -> np.ndarray:
+        """Every entry's id, sorted."""
+        return self._store.ids()
+
+    def rows(self) -> list[Row]:
+        """Every entry's metadata row (path relative to the root, label, split, size, hash), in id order."""
+        return self._store.rows()
+
+    def paths(self) -> list[str]:
+        """Every entry's path relative to :attr:`root`, in id order."""
+        return [r.path for r in self._store.rows()]
+
+    def vectors(self, ids: np.ndarray | list[int]) -> np.ndarray | None:
+        """The stored unit vectors of ``ids``, in that order, where the index keeps them losslessly
+        (Flat, IVF-Flat, HNSW-Flat); None for compressed codes (PQ), whose exact vectors are gone."""
+        return stored_vectors(self._index, np.asarray(ids, dtype=np.int64))
 
     # ------------------------------------------------------------ embedding
 
@@ -176,7 +200,7 @@ class SearchIndex:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         arr = np.stack([fit_square(self._to_pil(x), self.image_size) for x in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        x = nchw(arr)
         with self._embed_lock:
             v = embed(self._encoder, x, self._enc_device, self._bf16, batch_size=256)
         return normalise(v.numpy())

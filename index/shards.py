@@ -29,10 +29,19 @@ import numpy as np
 from instdisc.distributed import shard_range
 from instdisc.fsutil import atomic_write_bytes
 
-from .build import BuildOptions, Collected, _encoder, check_new, embed_files, labels_and_splits, open_source, write_new
+from .build import (
+    BuildOptions,
+    Collected,
+    check_new,
+    embed_files,
+    labels_and_splits,
+    open_source,
+    placed_encoder,
+    write_new,
+)
 from .errors import IndexDirError
 from .layout import load_checkpoint
-from .manifest import architecture
+from .manifest import Manifest
 
 FORMAT = "instdisc-embedding-shard"
 VERSION = 1
@@ -64,14 +73,14 @@ def embed_shard(
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     shard_range(0, shard, shards)  # a bad shard id fails before the checkpoint is read
-    _, ckpt, sha = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
     root, rels = open_source(images)
     lo, hi = shard_range(len(rels), shard, shards)
-    encoder, device, bf16 = _encoder(ckpt, options)
-    vecs, kept, skipped = embed_files(encoder, root, rels[lo:hi], architecture(ckpt)["image_size"], device, bf16,
+    encoder, device, bf16 = placed_encoder(ckpt, options)
+    vecs, kept, skipped = embed_files(encoder, root, rels[lo:hi], ckpt.architecture.image_size, device, bf16,
                                       options.batch_size, options.progress)
     meta = {"format": FORMAT, "version": VERSION, "shard": shard, "shards": shards, "range": [lo, hi],
-            "root": str(root), "files": len(rels), "files_sha256": files_digest(rels), "checkpoint_sha256": sha,
+            "root": str(root), "files": len(rels), "files_sha256": files_digest(rels), "checkpoint_sha256": ckpt.sha256,
             "dim": int(encoder.low_dim)}
     buf = io.BytesIO()
     np.savez(buf, vectors=vecs.astype(np.float32), paths=np.array(kept, dtype=str),
@@ -125,15 +134,15 @@ def merge_shards(shard_dir: str | os.PathLike, shards: int, checkpoint_sha256: s
 def build_from_shards(
     checkpoint: str | os.PathLike, out_dir: str | os.PathLike, shards: int, shard_dir: str | os.PathLike | None = None,
     options: BuildOptions | None = None, overwrite: bool = False, keep_shards: bool = False,
-) -> dict:
+) -> Manifest:
     """Merge the shard files and build INDEX_DIR from them; return the manifest."""
     options = options or BuildOptions()
     out = Path(out_dir)
     shard_dir = Path(shard_dir) if shard_dir is not None else default_shard_dir(out)
     check_new(out, overwrite)
-    ckpt_path, ckpt, sha = load_checkpoint(checkpoint)
-    col = merge_shards(shard_dir, shards, sha)
-    manifest = write_new(out, col, ckpt, ckpt_path, sha, "embedded", options)
+    ckpt = load_checkpoint(checkpoint)
+    col = merge_shards(shard_dir, shards, ckpt.sha256)
+    manifest = write_new(out, col, ckpt, "embedded", options)
     if not keep_shards:
         for i in range(shards):
             shard_path(shard_dir, i, shards).unlink(missing_ok=True)

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from .images import ImageError, fit_square, is_image_name, load_image
+from .images import ImageError, fit_square, is_image_name, load_image, nchw
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 EVAL_SPLITS = ("test", "val", "validation")
@@ -270,7 +270,7 @@ def load_folder(
     if not kept:
         raise DataError(f"{root}: none of the {len(paths)} image files could be decoded")
     y, classes = infer_labels(kept, labels)
-    images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    images = nchw(arr)
     return ImageCollection(str(root), kept, images, y, classes, skipped)
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -104,3 +105,18 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- array layout
+# Decoded images are HWC uint8 arrays (PIL's layout); the networks take NCHW tensors. These two are
+# the one place that conversion is written.
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> contiguous (N, 3, H, W) uint8 tensor (the encoders' input layout)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def hwc(image: torch.Tensor) -> np.ndarray:
+    """One (3, H, W) uint8 tensor -> (H, W, 3) uint8 array (for PIL and figures)."""
+    return image.permute(1, 2, 0).numpy()

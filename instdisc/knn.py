@@ -1,5 +1,8 @@
 """The paper's weighted kNN classifier and 1-NN monitor, chunked so memory stays bounded.
 
+This is the one weighted-kNN implementation: the training monitor (``knn_accuracy``) and the
+evaluation package (``evaluation.metrics.rank_and_score``) both vote with :func:`weighted_knn_predict`.
+
 Similarities are computed for ``query_chunk`` queries against ``bank_chunk`` bank rows at a
 time and the running top-k is merged chunk by chunk, so the peak extra memory is
 ``query_chunk x (bank_chunk + k)`` floats whatever the bank size (1M rows included).
@@ -53,10 +56,25 @@ def topk_cosine(
 def weighted_vote(
     scores: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, k: int, temperature: float
 ) -> torch.Tensor:
-    """Class scores sum_{i in top-k, y_i = c} exp(s_i / tau): (Q, num_classes)."""
-    w = (scores[:, :k].double() / temperature).exp()
+    """Class scores sum_{i in top-k, y_i = c} exp(s_i / tau): (Q, num_classes), float64.
+
+    ``scores`` (Q, K) best first; neighbours labelled -1 (unknown) get weight 0; k is clipped to K.
+    """
+    k = min(int(k), scores.shape[1])
+    labels = neighbour_labels[:, :k].long()
+    w = (scores[:, :k].double() / temperature).exp().masked_fill(labels < 0, 0.0)
     votes = torch.zeros(scores.shape[0], num_classes, dtype=torch.float64)
-    return votes.scatter_add_(1, neighbour_labels[:, :k], w)
+    return votes.scatter_add_(1, labels.clamp(min=0), w)
+
+
+def weighted_knn_predict(
+    scores: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, ks: Sequence[int], temperature: float
+) -> dict[int, torch.Tensor]:
+    """The weighted vote's predicted class (arg-max, ties to the lower class id) for each k in ``ks``.
+
+    k is clipped to the neighbours given (the returned keys are the clipped values)."""
+    return {kk: weighted_vote(scores, neighbour_labels, num_classes, kk, temperature).argmax(1)
+            for kk in sorted({min(int(k), scores.shape[1]) for k in ks})}
 
 
 @torch.no_grad()
@@ -89,8 +107,8 @@ def knn_predict(
             exclude = new_pos[exclude.cpu().long()]
         bank, labels = bank[keep.to(bank.device)], labels[keep]
     scores, index = topk_cosine(queries, bank, max(ks), exclude=exclude, **chunks)
-    nl = labels[index]
-    return {k: weighted_vote(scores, nl, num_classes, k, temperature).argmax(1) for k in ks}
+    preds = weighted_knn_predict(scores, labels[index], num_classes, ks, temperature)
+    return {k: preds[min(int(k), scores.shape[1])] for k in ks}
 
 
 def knn_accuracy(

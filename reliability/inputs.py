@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from instdisc.images import hwc
+
 from .corpus import KIND_OF, KINDS, Corpus, exif_upright
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +103,7 @@ def training_decode_checks(corpus: Corpus, image_size: int = 32) -> dict:
         coll = load_folder(corpus.root, image_size, use_cache=False, progress=False)
     i = coll.paths.index(corpus.kinds["exif-rotated jpeg"])
     return {"paths": coll.paths, "skipped": dict(coll.skipped),
-            "exif_upright": exif_upright(coll.images[i].permute(1, 2, 0).numpy())}
+            "exif_upright": exif_upright(hwc(coll.images[i]))}
 
 
 # ---------------------------------------------------------------- index building
@@ -118,7 +120,7 @@ def through_ingest(corpus: Corpus, checkpoint: Path, out: Path) -> tuple[list[Ou
 
     m = json.loads((out / "manifest.json").read_text())
     with SearchIndex.open(out, device="cpu") as idx:
-        kept = sorted(r.path for r in idx._store.rows())
+        kept = sorted(idx.paths())
         facts.update(count=len(idx), expected=len(corpus.expected_valid()),
                      paths_match=kept == corpus.expected_valid(), exif=_exif_vector_check(idx, corpus))
     return _from_skip_list(corpus, "ingest", kept, {p: why for p, why in m["skipped"]}), facts
@@ -157,7 +159,7 @@ def through_add(corpus: Corpus, checkpoint: Path, out: Path) -> tuple[list[Outco
     from index.search import SearchIndex
 
     with SearchIndex.open(out, device="cpu") as idx:
-        kept = [r.path for r in idx._store.rows()]  # the root moved up to the corpus: a/... and odd/...
+        kept = idx.paths()  # the root moved up to the corpus: a/... and odd/...
     return _from_skip_list(corpus, "add", kept, dict(last["unreadable"])), facts
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from webapp.handlers import percentile
+from evaluation.stats import percentile
 
 REQUEST_TIMEOUT = 300.0  # seconds; a queued query waits its turn, it must not count as an error early
 

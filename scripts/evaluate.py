@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from evaluation.run import BASELINES, EvalOptions, evaluate
 from index.errors import IndexDirError
-from index.evaluate import BASELINES, EvalOptions, evaluate
 from instdisc.checkpoint import CheckpointError
 from instdisc.data import DataError
 from instdisc.images import ImageError

@@ -387,3 +387,28 @@ def test_launch_serves_only_the_image_root_and_caps_uploads(h: SearchHandlers, m
     assert seen["max_file_size"] == "10mb"
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
     assert "pixelated" in seen["css"]
+
+
+def test_fallbacks_log_and_show_what_went_wrong(shapes_index: Path, caplog):
+    """A broken index must not look like an empty one: the fallback is logged and shown (issue 20.8)."""
+    from index.search import SearchIndex
+
+    idx = SearchIndex.open(shapes_index, device="cpu")
+    h = SearchHandlers(idx)
+
+    def broken_labels():
+        raise RuntimeError("database disk image is malformed")
+
+    def missing_file(id):
+        raise FileNotFoundError(f"no such file: train/circle/{id:04d}.png")
+
+    idx.labels = broken_labels
+    idx.image_path = missing_file
+    with caplog.at_level("WARNING", logger="webapp.handlers"):
+        assert h.labels() == []
+        items = h.gallery_items(idx.get([0, 1]))
+    assert "the label list could not be read" in caplog.text and "cannot be shown" in caplog.text
+    assert "⚠️ **Problem:** the label list could not be read" in h.info_markdown()
+    assert "database disk image is malformed" in h.info_markdown()
+    assert all("⚠️ cannot show: no such file" in caption for _, caption in items)
+    idx.close()

@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from index import metrics as M
+from evaluation import metrics as M
+from evaluation.baselines import pixel_features
+from evaluation.near_duplicates import strong_augment
+from evaluation.run import EvalOptions, evaluate, query_folder
+from evaluation.stats import latency_summary
 from index.build import BuildOptions, build
-from index.evaluate import EvalOptions, evaluate, gallery_vectors, query_folder, strong_augment
-from instdisc.knn import knn_accuracy, weighted_vote
+from index.faiss_util import stored_vectors
+from instdisc.knn import knn_accuracy, weighted_knn_predict, weighted_vote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,14 +85,14 @@ def test_weighted_vote_of_a_known_neighbourhood() -> None:
     scores = torch.tensor([[0.9, 0.8, 0.7]])
     labels = torch.tensor([[0, 1, 1]])
     # tau = 0.1: class 0 gets e^9 = 8103, class 1 e^8 + e^7 = 4078 -> 0
-    assert M.weighted_knn_predict(scores, labels, 2, [1, 3], 0.1) == {1: torch.tensor([0]), 3: torch.tensor([0])}
+    assert weighted_knn_predict(scores, labels, 2, [1, 3], 0.1) == {1: torch.tensor([0]), 3: torch.tensor([0])}
     # tau = 1: e^0.9 = 2.46 < e^0.8 + e^0.7 = 4.24 -> the two weaker neighbours win at k = 3
-    p = M.weighted_knn_predict(scores, labels, 2, [1, 2, 3], 1.0)
+    p = weighted_knn_predict(scores, labels, 2, [1, 2, 3], 1.0)
     assert [int(p[k]) for k in (1, 2, 3)] == [0, 0, 1]  # k=2: e^0.9 > e^0.8
     # agrees with the library's vote, and an unlabelled neighbour (-1) never votes
     v = weighted_vote(scores, labels, 2, 3, 1.0)
     assert v[0].tolist() == pytest.approx([math.exp(0.9), math.exp(0.8) + math.exp(0.7)])
-    p = M.weighted_knn_predict(scores, torch.tensor([[-1, 1, 0]]), 2, [1, 3], 0.1)
+    p = weighted_knn_predict(scores, torch.tensor([[-1, 1, 0]]), 2, [1, 3], 0.1)
     assert int(p[3]) == 1  # e^8 (class 1) beats e^7 (class 0); the -1 neighbour is ignored
 
 
@@ -132,16 +136,17 @@ def test_rank_and_score_matches_library_knn_and_brute_force_ap() -> None:
 
 def test_pixels_rank_of_targets_ann_recall_latency() -> None:
     imgs = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
-    feats, mean = M.pixel_features(imgs, 32)
+    feats, mean = pixel_features(imgs, 32)
     assert feats.shape == (6, 3 * 32 * 32) and torch.allclose(feats.norm(dim=1), torch.ones(6), atol=1e-5)
-    q, _ = M.pixel_features(imgs[:2], 32, mean)
+    q, _ = pixel_features(imgs[:2], 32, mean)
     assert torch.allclose(q, feats[:2], atol=1e-6)  # queries use the gallery's mean
     gallery = _unit([[1, 0], [0, 1], [-1, 0]])
     ranks = M.rank_of_targets(_unit([[1, 0.1], [1, 0.2]]), gallery, torch.tensor([0, 1]))
     assert ranks.tolist() == [0, 1]
     assert M.ann_recall(np.array([[1, 2, -1], [4, 5, 6]]), np.array([[1, 2, 3], [6, 5, 4]])) == pytest.approx(5 / 6)
-    lat = M.latency_summary([0.001] * 99 + [0.1])
-    assert lat["p50_ms"] == pytest.approx(1.0) and lat["p99_ms"] > 1.0 and lat["calls"] == 100
+    lat = latency_summary([0.001] * 99 + [0.1])
+    assert lat["p50_ms"] == pytest.approx(1.0) and lat["p99_ms"] > 1.0 and lat["n"] == 100
+    assert lat["max_ms"] == pytest.approx(100.0) and lat["p90_ms"] == pytest.approx(1.0)
 
 
 def test_strong_augment_is_seeded_and_changes_the_image() -> None:
@@ -153,21 +158,21 @@ def test_strong_augment_is_seeded_and_changes_the_image() -> None:
     assert not np.array_equal(np.asarray(a), np.asarray(img))
 
 
-def test_gallery_vectors_lossless_only() -> None:
+def test_stored_vectors_lossless_only() -> None:
     x = F.normalize(torch.randn(300, 8), dim=1).numpy()
     ids = np.arange(300, dtype=np.int64) * 3 + 1
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
     flat.add_with_ids(x, ids)
     order = ids[::-1].copy()
-    assert np.allclose(gallery_vectors(flat, order), x[::-1], atol=1e-6)
+    assert np.allclose(stored_vectors(flat, order), x[::-1], atol=1e-6)
     ivf = faiss.index_factory(8, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
     ivf.train(x)
     ivf.add_with_ids(x, ids)
-    assert np.allclose(gallery_vectors(ivf, ids), x, atol=1e-6)
+    assert np.allclose(stored_vectors(ivf, ids), x, atol=1e-6)
     pq = faiss.index_factory(8, "IVF4,PQ4x4", faiss.METRIC_INNER_PRODUCT)
     pq.train(x)
     pq.add_with_ids(x, ids)
-    assert gallery_vectors(pq, ids) is None  # compressed: the caller re-embeds the images
+    assert stored_vectors(pq, ids) is None  # compressed: the caller re-embeds the images
 
 
 def test_query_folder_takes_the_evaluation_split(shapes_root: Path, tmp_path: Path) -> None:
@@ -249,7 +254,7 @@ def test_unlabelled_queries_get_instance_and_speed_only(tiny_index: Path, shapes
     assert any("no class labels" in n for n in r["notes"])
     assert "knn_top1" not in r["methods"]["ours"] and "knn_top1" not in r["methods"]["pixels"]
     assert set(r["near_duplicate"]["methods"]) == {"ours", "pixels"}
-    assert r["ann"]["recall"] == pytest.approx(1.0) and r["speed"]["single_vector"]["calls"] == 3
+    assert r["ann"]["recall"] == pytest.approx(1.0) and r["speed"]["single_vector"]["n"] == 3
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Class-level" not in md and "Instance-level" in md and "no class labels" in md
     assert (tmp_path / "rep" / "retrieval_grid.png").is_file()

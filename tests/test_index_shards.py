@@ -48,7 +48,7 @@ def test_two_shards_merge_into_the_single_process_index(tiny_run, shapes_root, s
         written = embed_shard(ckpt, shapes_root, out / "shards", i, 2, OPTS)
         assert written == shard_path(out / "shards", i, 2) and written.is_file()
     m = build_from_shards(ckpt, out, 2, options=OPTS)
-    assert m["count"] == 340 and m["source"] == "embedded"
+    assert m.count == 340 and m.source == "embedded"
     assert not (out / "shards").exists()  # removed after the merge
     ids1, vecs1, rows1 = _contents(single_build)
     ids2, vecs2, rows2 = _contents(out)

@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from webapp.handlers import ANY, SearchHandlers, percentile
+from evaluation.stats import latency_summary
+from webapp.handlers import ANY, SearchHandlers
 
 
 def summary(ms: list[float]) -> dict:
-    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2), "p90_ms": round(percentile(ms, 90), 2),
-            "p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2)}
+    return latency_summary(ms=ms, digits=2)
 
 
 def query_files(h: SearchHandlers, n: int) -> list[Path]:
     """``n`` files of the index's own collection, spread evenly over it (a fixed sample)."""
-    paths = h._all_paths() or []
+    paths = h.all_paths() or []
     pick = np.linspace(0, len(paths) - 1, min(n, len(paths))).astype(int) if paths else []
     return [h.index.root / paths[i] for i in pick]
 

@@ -23,7 +23,7 @@ index building accept (EXIF rotation, 16-bit, CMYK, palette, alpha, animation, b
 from __future__ import annotations
 
 import base64
-import math
+import logging
 import os
 import statistics
 import threading
@@ -47,6 +47,9 @@ THUMB_SIZE = 128  # gallery tile, px: small images are upscaled to it with NEARE
 LARGE_THUMB = 256  # bigger images are shrunk to fit this box (LANCZOS)
 QUERY_THUMB = 224  # a collection image shown as the query ("more like this")
 SMALL_IMAGE = 64  # a collection whose images are at most this big is shown pixelated
+
+
+log = logging.getLogger(__name__)
 
 
 class QueryError(ValueError):
@@ -117,45 +120,46 @@ class SearchHandlers:
         self._example_ids: list[int] | None = None
         self._small: bool | None = None
         self.latencies_ms: list[float] = []  # end-to-end handler times, for the p50 in the status line
+        self.problems: list[str] = []  # what went wrong reading the collection, shown in the info panel
+
+    def report_problem(self, what: str, error: BaseException) -> None:
+        """Log a failure behind a fallback and keep it for the info panel, so a broken index never looks
+        like an empty one."""
+        log.warning("%s: %s: %s", what, type(error).__name__, error, exc_info=error)
+        msg = f"{what} ({type(error).__name__}: {error})"
+        if msg not in self.problems:
+            self.problems.append(msg)
 
     # ------------------------------------------------------------------ collection facts
-
-    @property
-    def manifest(self) -> dict:
-        return getattr(self.index, "manifest", None) or {}
 
     def labels(self) -> list[str]:
         if self._label_list is None:
             try:
                 self._label_list = sorted(str(x) for x in (self.index.labels() or []))
-            except Exception:
+            except Exception as e:  # a broken metadata database: say so instead of showing an empty filter
+                self.report_problem("the label list could not be read", e)
                 self._label_list = []
         return self._label_list
 
-    def _all_paths(self, limit: int = 250_000) -> list[str] | None:
-        """Every stored relative path, for the folder filter (None when unavailable or too many)."""
+    def all_paths(self, limit: int = 250_000) -> list[str] | None:
+        """Every stored relative path, for the folder filter (None when there are too many to list)."""
         if len(self.index) > limit:
             return None
-        paths = getattr(self.index, "paths", None)
-        if isinstance(paths, list | tuple):
-            return [str(p) for p in paths]
-        store = getattr(self.index, "_store", None)  # index.store.MetadataStore
-        if store is not None and hasattr(store, "rows"):
-            return [r.path for r in store.rows()]
-        return None
+        return self.index.paths()
 
     def folders(self, max_depth: int = 2, max_choices: int = 300) -> list[str]:
         """Folder prefixes (up to ``max_depth`` levels) that hold images, for the folder filter."""
         if self._folder_list is None:
             found: set[str] = set()
             try:
-                for p in self._all_paths() or []:
+                for p in self.all_paths() or []:
                     parts = p.split("/")[:-1]
                     for d in range(1, min(max_depth, len(parts)) + 1):
                         found.add("/".join(parts[:d]))
                     if len(found) > max_choices:
                         break
-            except Exception:  # the filter still accepts typed-in folders
+            except Exception as e:  # the filter still accepts typed-in folders
+                self.report_problem("the folder list could not be read", e)
                 found = set()
             self._folder_list = sorted(found)[:max_choices]
         return self._folder_list
@@ -187,7 +191,8 @@ class SearchHandlers:
                         q = rng.standard_normal((max_examples, dim)).astype(np.float32)
                         for hits in self.index.search_vectors(q, 1):
                             ids.extend(h.id for h in hits[:1] if h.id not in ids)
-                except Exception:
+                except Exception as e:
+                    self.report_problem("no examples: searching the index for them failed", e)
                     ids = []
             self._example_ids = ids
         return self._example_ids
@@ -202,8 +207,8 @@ class SearchHandlers:
                         sides.append(max(h.width, h.height))
                     else:
                         sides.append(max(self._source_thumb(h.id).size))
-            except Exception:
-                pass
+            except Exception as e:
+                self.report_problem("the size of the collection's images could not be read", e)
             self._small = bool(sides) and statistics.median(sides) <= SMALL_IMAGE
         return self._small
 
@@ -211,44 +216,31 @@ class SearchHandlers:
 
     def info_markdown(self) -> str:
         """Model (architecture, epochs, recorded kNN accuracy) and index (type, size, device)."""
-        m = self.manifest
-        arch = next((m[k] for k in ("architecture", "arch") if isinstance(m.get(k), dict)), {})
-        ckpt = m.get("checkpoint") if isinstance(m.get("checkpoint"), dict) else {}
-        name = arch.get("arch") or (m.get("arch") if isinstance(m.get("arch"), str) else None) or "?"
-        details = ", ".join(x for x in (
-            f"width {arch['width']}" if arch.get("width") else "",
-            f"{arch['low_dim']}-d features" if arch.get("low_dim") else "",
-            f"{arch['image_size']}px input" if arch.get("image_size") else "") if x)
-        model = f"**{name}**" + (f" ({details})" if details else "")
-        epochs = next((v for v in (ckpt.get("epoch"), m.get("epochs"), m.get("epoch")) if v is not None), None)
-        if epochs is not None:
-            model += f" · trained {epochs} epochs"
-        knn = m.get("knn_top1")
-        if isinstance(knn, int | float):
-            model += f" · recorded kNN top-1 {knn * 100 if knn <= 1 else knn:.1f}%"
-        else:
-            model += " · kNN accuracy not recorded"
-        info = m.get("index") if isinstance(m.get("index"), dict) else {}
-        index_type = info.get("type") or m.get("index_type") or "?"
+        m = self.index.manifest
+        arch = m.architecture
+        details = f" (width {arch.width}, {arch.low_dim}-d features, {arch.image_size}px input)" if arch else ""
+        model = f"**{arch.arch if arch else '?'}**{details} · trained {m.checkpoint.epoch} epochs"
+        model += (f" · recorded kNN top-1 {m.knn_top1 * 100:.1f}%" if m.knn_top1 is not None
+                  else " · kNN accuracy not recorded")
+        info = m.index
         extra = []
-        if info.get("factory") and info.get("factory") != "Flat":
-            extra.append(f"`{info['factory']}`")
-        if isinstance(info.get("params"), dict) and info["params"]:
-            extra.append(", ".join(f"{k}={v}" for k, v in info["params"].items()))
-        if isinstance(info.get("recall_at_10"), int | float) and index_type != "flat":
-            extra.append(f"recall@10 {info['recall_at_10']:.3f}")
-        itxt = str(index_type) + (f" ({'; '.join(extra)})" if extra else "")
-        count = m.get("count", len(self.index))
-        device = getattr(self.index, "device", "cpu")
-        device_txt = {"faiss-gpu": "GPU (FAISS)", "torch-cuda": "GPU (torch)", "cpu": "CPU"}.get(device, device)
+        if info.factory != "Flat":
+            extra.append(f"`{info.factory}`")
+        if info.params:
+            extra.append(", ".join(f"{k}={v}" for k, v in info.params.items()))
+        if info.type != "flat":
+            extra.append(f"recall@{info.recall_k} {info.recall_at_10:.3f}")
+        itxt = info.type + (f" ({'; '.join(extra)})" if extra else "")
+        device_txt = {"faiss-gpu": "GPU (FAISS)", "torch-cuda": "GPU (torch)", "cpu": "CPU"}.get(self.index.device,
+                                                                                               self.index.device)
         labels = self.labels()
         lab_txt = f"{len(labels)} labels" if labels else "no labels"
-        ckpt_path = ckpt.get("path") or (m.get("checkpoint") if isinstance(m.get("checkpoint"), str) else None)
-        ckpt_txt = f" · checkpoint `{Path(ckpt_path).parent.name}/{Path(ckpt_path).name}`" if ckpt_path else ""
+        ckpt = Path(m.checkpoint.path)
         return (
-            f"**Model** — {model}{ckpt_txt}<br>"
-            f"**Index** — {itxt}, {int(count):,} images, {lab_txt}, search on {device_txt}<br>"
+            f"**Model** — {model} · checkpoint `{ckpt.parent.name}/{ckpt.name}`<br>"
+            f"**Index** — {itxt}, {m.count:,} images, {lab_txt}, search on {device_txt}<br>"
             f"images under `{self.root}`"
+            + "".join(f"<br>⚠️ **Problem:** {p}" for p in self.problems)
         )
 
     # ------------------------------------------------------------------ query decoding
@@ -362,13 +354,20 @@ class SearchHandlers:
                 self._thumbs.popitem(last=False)
         return img
 
-    def thumbnail(self, id: int, size: int | None = None) -> Image.Image:
-        """The gallery tile of collection image ``id`` (grey tile if the file went missing)."""
+    def tile(self, id: int, size: int | None = None) -> tuple[Image.Image, str | None]:
+        """(gallery tile of collection image ``id``, None), or (a grey tile, why) when its file cannot be
+        read -- logged, and the caller shows the reason with the tile."""
         size = size or self.thumb_size
         try:
-            return make_thumbnail(self._source_thumb(id), size)
-        except (ImageError, OSError, ValueError):
-            return Image.new("RGB", (size, size), (200, 200, 200))
+            return make_thumbnail(self._source_thumb(id), size), None
+        except (ImageError, OSError, ValueError, KeyError) as e:
+            why = str(e).replace(str(self.root) + os.sep, "")
+            log.warning("image %s cannot be shown: %s", id, why)
+            return Image.new("RGB", (size, size), (200, 200, 200)), why
+
+    def thumbnail(self, id: int, size: int | None = None) -> Image.Image:
+        """The gallery tile of collection image ``id`` (grey tile if the file went missing, see :meth:`tile`)."""
+        return self.tile(id, size)[0]
 
     @staticmethod
     def caption(hit) -> str:
@@ -379,7 +378,12 @@ class SearchHandlers:
         return " · ".join(parts)
 
     def gallery_items(self, hits) -> list[tuple[Image.Image, str]]:
-        return [(self.thumbnail(h.id), self.caption(h)) for h in hits]
+        """(tile, caption) per hit; a hit whose file cannot be read says so in its caption."""
+        out = []
+        for h in hits:
+            img, why = self.tile(h.id)
+            out.append((img, self.caption(h) if why is None else f"{self.caption(h)} · ⚠️ cannot show: {why}"))
+        return out
 
     def status(self, res: SearchResult) -> str:
         filt = []
@@ -525,7 +529,9 @@ class SearchHandlers:
     def example_items(self) -> list[tuple[Image.Image, str]]:
         out = []
         for h in self.index.get(self.example_ids()):
-            out.append((self.thumbnail(h.id), h.label or Path(h.path).name))
+            img, why = self.tile(h.id)
+            name = h.label or Path(h.path).name
+            out.append((img, name if why is None else f"{name} · ⚠️ cannot show: {why}"))
         return out
 
     @staticmethod
@@ -546,9 +552,3 @@ def _file_size(path: str) -> int | None:
         return os.path.getsize(path)
     except OSError:
         return None
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    s = sorted(values)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]

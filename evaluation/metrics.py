@@ -1,6 +1,6 @@
 """Retrieval and classification metrics: pure functions of vectors, labels and rankings.
 
-Nothing here reads files or opens an index; :mod:`index.evaluate` feeds these with the
+Nothing here reads files or opens an index; :mod:`evaluation.run` feeds these with the
 embeddings of an index and a query collection. Conventions:
 
 - vectors are L2-normalised rows, similarity is the inner product (cosine);
@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from instdisc.knn import weighted_vote
+from instdisc.knn import weighted_knn_predict
 
 PR_LEVELS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())  # recall levels of the PR curve
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)  # kNN-vs-k curve (clipped to the gallery)
@@ -119,29 +118,6 @@ def ranks_in(sorted_scores: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def weighted_knn_predict(
-    scores: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, ks: Sequence[int], temperature: float
-) -> dict[int, torch.Tensor]:
-    """The paper's weighted vote over the top-k neighbours (scores best first), for each k.
-
-    Class c scores sum_{i <= k, y_i = c} exp(s_i / tau); the prediction is the arg-max (ties go to
-    the lower class id). Neighbours with label -1 get weight 0. k is clipped to the neighbours given.
-    One k: ``instdisc.knn.weighted_vote``; several: one cumulative sum over the neighbours.
-    """
-    labelled = neighbour_labels >= 0
-    s = scores.masked_fill(~labelled, float("-inf")) if not bool(labelled.all()) else scores
-    nl = neighbour_labels.clamp(min=0).long()
-    k_max = scores.shape[1]
-    ks = sorted({min(int(k), k_max) for k in ks})
-    if len(ks) == 1:
-        return {ks[0]: weighted_vote(s, nl, num_classes, ks[0], temperature).argmax(1)}
-    w = (s[:, : ks[-1]].double() / temperature).exp()
-    one_hot = torch.zeros(s.shape[0], ks[-1], num_classes, dtype=torch.float64)
-    one_hot.scatter_(2, nl[:, : ks[-1], None], w[:, :, None])
-    votes = one_hot.cumsum(1)
-    return {k: votes[:, k - 1].argmax(1) for k in ks}
-
-
 def ann_recall(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean |found_i ∩ exact_i| / |exact_i| over queries (ids; negative ids never count)."""
     found, exact = np.asarray(found), np.asarray(exact)
@@ -166,29 +142,6 @@ def rank_of_targets(
         own = s.gather(1, t)
         out.append((s > own).sum(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
-    """p50 / p99 / mean of per-call times, in milliseconds."""
-    t = np.asarray(seconds, dtype=np.float64) * 1000.0
-    if t.size == 0:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"), "calls": 0}
-    return {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
-            "mean_ms": float(t.mean()), "calls": int(t.size)}
-
-
-def pixel_features(images: torch.Tensor, size: int = 32, mean: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw-pixel baseline: (N, 3, S, S) uint8 -> resized to ``size`` (area) if larger, flattened,
-    the gallery mean subtracted, L2-normalised. Returns (features, mean); pass the gallery's mean
-    when featurising queries."""
-    x = images.float().div(255.0)
-    if x.shape[-1] > size or x.shape[-2] > size:
-        x = F.interpolate(x, size=(size, size), mode="area")
-    x = x.flatten(1)
-    if mean is None:
-        mean = x.mean(0)
-    return F.normalize(x - mean, dim=1), mean
 
 
 # ---------------------------------------------------------------- the class-level pass
@@ -239,7 +192,8 @@ def rank_and_score(
     """Exact cosine ranking of every query against the whole gallery, and every class metric.
 
     Per chunk of queries: one (chunk x gallery) similarity matrix; a top-k for the weighted
-    kNN (neighbours among labelled gallery entries only, as ``instdisc.knn``) and the returned
+    kNN (neighbours among labelled gallery entries only, voted by ``instdisc.knn.weighted_knn_predict``,
+    the one implementation the training monitor uses too) and the returned
     ``top_ids``; one sort of each row's scores, in which the scores of the query's relevant
     items (same class) are located to get their full-ranking ranks (:func:`hit_rank_stats`).
     Queries with label -1 contribute only ``top_ids``.
