@@ -56,6 +56,10 @@ def _search(d: dict) -> list[str]:
     return [head, *rows]
 
 
+def _ips(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
 def _train(d: dict) -> list[str]:
     head = ("| width | variant | images/s | × best reference | ms/step | data | augment | forward | backward | "
             "optimizer | bank update |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -67,8 +71,7 @@ def _train(d: dict) -> list[str]:
         b = r.get("breakdown_ms", {})
         parts = " | ".join(common.fmt(b.get(k)) for k in ("data", "augment", "forward", "backward", "optimizer",
                                                            "bank_update"))
-        ips = r["images_per_s"]
-        shown = f"{ips:,.0f}" if ips >= 100 else f"{ips:.1f}"
+        shown = _ips(r["images_per_s"])
         rows.append(f"| {r['width']} | {r['variant']} | {shown} | {common.fmt(r.get('vs_best_reference'))} | "
                     f"{r['step_ms']:,.0f} | {parts} |")
     return [head, *rows]
@@ -152,6 +155,141 @@ def _gpu(d: dict) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- the summary: one row per headline, all derived
+
+
+def _load(name: str) -> dict | None:
+    path = common.RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _row(rows: list[dict], **match) -> dict:
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise KeyError(f"expected one result row with {match}, found {len(found)}")
+    return found[0]
+
+
+def _x(v: float) -> str:
+    return f"{v:.1f}×" if v < 100 else f"{v:,.0f}×"
+
+
+def _src(*names: str) -> str:
+    return ", ".join(f"[{n}.json](benchmarks/results/{n}.json)" for n in names)
+
+
+def _summary_training(tt: dict) -> list[str]:
+    res = tt["results"]
+    rows = []
+    for width, label in ((64, "ResNet18 (width 64)"), (16, "`cpu-cifar` encoder (width 16)")):
+        ours = _row(res, width=width, variant="ours")
+        refs = [r for r in res if r["width"] == width and r["variant"].startswith("reference")]
+        ref = max(refs, key=lambda r: r["images_per_s"])
+        comp = next((r for r in res if r["width"] == width and r["variant"] == "ours + torch.compile"), None)
+        ratio = ours["images_per_s"] / ref["images_per_s"]
+        ours_txt = _ips(ours["images_per_s"])
+        ratio_txt = f"**{_x(ratio)}**"
+        if comp and comp["images_per_s"] > 1.02 * ours["images_per_s"]:  # a gain, not noise
+            ours_txt += f"; {_ips(comp['images_per_s'])} with `--compile`"
+            ratio_txt += f"; {_x(comp['images_per_s'] / ref['images_per_s'])} compiled"
+        b = ours["breakdown_ms"]
+        net = b["forward"] + b["backward"]
+        why = (f"forward + backward alone are {net:,.0f} of our {ours['step_ms']:,.0f} ms step, so at most "
+               f"{_x(ref['step_ms'] / net)} the reference's")
+        if ours.get("profile"):
+            top = ours["profile"]["ops"][0]
+            why += f"; `{top['op']}` is {100 * top['share']:.1f} % of the profiled step"
+        aim = "≥ 3× — met" if ratio >= 3 else f"≥ 3× — not met: {why}"
+        what = "PIL + DataLoader, fp32" if "0 workers" in ref["variant"] else "PIL, 2 workers"
+        rows.append(f"| training, {label}, images/s | {ours_txt} | {_ips(ref['images_per_s'])} ({what}) | "
+                    f"{ratio_txt} | {aim} | {_src('train_throughput')} |")
+    return rows
+
+
+def _summary_objective(oc: dict) -> list[str]:
+    res = oc["results"]
+    big, small = max(r["n"] for r in res if "ms_per_step" in r and r["objective"] == "softmax"), min(
+        r["n"] for r in res)
+    nce = _row(res, n=big, precision="fp32", objective="nce m=4096")
+    soft = _row(res, n=big, precision="fp32", objective="softmax")
+    nce_s = _row(res, n=small, precision="fp32", objective="nce m=4096")
+    soft_s = _row(res, n=small, precision="fp32", objective="softmax")
+    return [f"| objective step at {big / 1e6:.2f}M rows (fp32, median) | NCE m=4096: {nce['ms_per_step']:,.0f} ms | "
+            f"full softmax: {soft['ms_per_step']:,.0f} ms | NCE {_x(soft['ms_per_step'] / nce['ms_per_step'])} "
+            f"cheaper | — (at {small // 1000}k the softmax is {_x(nce_s['ms_per_step'] / soft_s['ms_per_step'])} "
+            f"cheaper) | {_src('objective_cost')} |"]
+
+
+def _summary_knn(ks: dict) -> list[str]:
+    res = ks["results"]
+    rows = []
+    for n in sorted({r["n"] for r in res}):
+        ch, nv = _row(res, n=n, method="chunked"), _row(res, n=n, method="naive")
+        q = ch["queries"]
+        naive = f"naive: {nv['seconds_for_all_queries']:,.1f} s"
+        if nv["extrapolated"]:
+            naive += (f" (extrapolated from {nv['ran_queries']:,} queries), needs "
+                      f"{nv['similarity_matrix_gib']:.1f} GiB")
+            tail = "naive cannot run here"
+        else:
+            naive += f", +{nv['peak_extra_mib']:,.0f} MiB"
+            tail = f"{nv['peak_extra_mib'] / ch['peak_extra_mib']:.1f}× less memory"
+        size = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n // 1000}k"
+        rows.append(f"| kNN eval, {q // 1000}k queries × {size} rows (k = 200) | chunked: "
+                    f"{ch['seconds_for_all_queries']:,.1f} s, +{ch['peak_extra_mib']:,.0f} MiB | {naive} | "
+                    f"{nv['naive_over_chunked_time']:.2f}× the speed, {tail} | — | {_src('knn_speed')} |")
+    return rows
+
+
+def _summary_search(name: str, aim: str) -> list[str]:
+    d = _load(name)
+    if d is None:
+        return [f"| search (`{name}`) | *not measured yet* ||||| |"]
+    n = max(r["n"] for r in d["results"])
+    res = [r for r in d["results"] if r["n"] == n]
+    auto, npy, flat = _row(res, index="auto"), _row(res, index="numpy brute force"), _row(res, index="flat")
+    knob = ", ".join(f"{k} {v}" for k, v in auto["params"].items())
+    built = f", built in {auto['build_total_s'] / 60:.1f} min" if auto["build_total_s"] >= 60 else ""
+    if aim != "—":  # "p50 <= 5 ms at recall >= 0.95"
+        met = auto["single_p50_ms"] <= 5 and auto["recall_at_10"] >= 0.95
+        aim += " — met" if met else " — not met"
+    return [f"| search, {n / 1e6:.0f}M vectors, `auto` ({auto['factory']}{', ' + knob if knob else ''}) | p50 "
+            f"{auto['single_p50_ms']:.2g} ms, recall@10 {auto['recall_at_10']:.3f} on fresh queries{built} | numpy "
+            f"brute force p50 {npy['single_p50_ms']:,.0f} ms, FAISS Flat {flat['single_p50_ms']:,.0f} ms | "
+            f"{_x(npy['single_p50_ms'] / auto['single_p50_ms'])} vs numpy | {aim} | {_src(name)} |"]
+
+
+def _summary_app(al: dict) -> list[str]:
+    res = sorted(al["results"], key=lambda r: r["clients"])
+    clients = " / ".join(str(r["clients"]) for r in res)
+    p50 = " / ".join(f"{r['p50_ms']:,.0f} ms" for r in res)
+    return [f"| app, upload → results, {clients} clients | p50 {p50}, {sum(r['failed'] for r in res)} errors | — | "
+            f"— | section 5 | {_src('app_latency')} |"]
+
+
+def _summary(_: dict | None = None) -> list[str]:
+    head = "| item | ours | baseline, same run | ratio | aim | from |\n|---|---|---|---|---|---|"
+    rows = [head]
+    parts = (("train_throughput", _summary_training), ("objective_cost", _summary_objective),
+             ("knn_speed", _summary_knn), ("app_latency", _summary_app))
+    for name, fn in parts[:3]:
+        d = _load(name)
+        rows += fn(d) if d else [f"| `{name}` | *not measured yet* ||||| |"]
+    rows += _summary_search("search_scale", "p50 ≤ 5 ms at recall ≥ 0.95")
+    rows += _summary_search("search_scale_10m", "—")
+    d = _load("app_latency")
+    rows += _summary_app(d) if d else ["| app latency | *not measured yet* ||||| |"]
+    gpu = _load("gpu_check")
+    if gpu is None:
+        rows.append("| GPU: paper-cifar in ≤ 10 min on one H100 | not measured: `gpu_check.json` is missing | | | | "
+                    "script ready: `benchmarks/gpu_check.py` |")
+    else:
+        pr = gpu["projection"]
+        rows.append(f"| GPU ({gpu['machine'].get('gpu')}): projected paper-cifar | {pr['total_minutes']} min | | | "
+                    f"≤ 10 min on one H100 | {_src('gpu_check')} |")
+    return rows
+
+
 # benchmark[:view] -> rows; a result file renders by the benchmark that wrote it, so a second file of
 # one benchmark (a rerun on a quiet machine, the 10M run) needs no entry of its own
 RENDER = {"search_scale": _search, "train_throughput": _train, "train_throughput:profile": _profile,
@@ -160,6 +298,8 @@ RENDER = {"search_scale": _search, "train_throughput": _train, "train_throughput
 
 
 def render(name: str) -> str:
+    if name == "summary":  # several files: each row links the one it comes from
+        return "\n".join(_summary()) + "\n"
     base, _, view = name.partition(":")
     path = common.RESULTS / f"{base}.json"
     if not path.exists():

@@ -82,7 +82,10 @@ def inputs_report(work: Path, http: bool = True) -> dict:
 # ---------------------------------------------------------------- faults
 
 
-def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
+def _fault_setup(work: Path) -> dict:
+    """The shared start of every fault scenario: data, an uninterrupted training run (timed and watched),
+    an index of half the data, the uninterrupted ``--add`` of the other half (watched), and what a
+    reader sees of each."""
     shutil.rmtree(work, ignore_errors=True)
     data = work / "data"
     write_ordinary(data, 48)
@@ -91,8 +94,6 @@ def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
     if train_ref["returncode"] != 0:
         raise RuntimeError("uninterrupted training run failed")
     reference = ref_run / "checkpoint.pt"
-    results = [faults.kill_checkpoint_write(data, work, phase, reference) for phase in PHASES]
-
     base = work / "base"
     _build(reference, base, data / "a")
     ref_add = faults.copy_index(base, work / "ref-add")
@@ -100,7 +101,14 @@ def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
                                   "--no-progress"], ref_add)
     if add_ref["returncode"] != 0:
         raise RuntimeError("uninterrupted --add failed")
-    before, after_add = faults.snapshot(base), faults.snapshot(ref_add)
+    return {"data": data, "reference": reference, "train_ref": train_ref, "base": base, "add_ref": add_ref,
+            "before": faults.snapshot(base), "after_add": faults.snapshot(ref_add)}
+
+
+def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
+    st = _fault_setup(work)
+    data, reference, base, before, after_add = st["data"], st["reference"], st["base"], st["before"], st["after_add"]
+    results = [faults.kill_checkpoint_write(data, work, phase, reference) for phase in PHASES]
     ref_full = work / "ref-full"
     _build(reference, ref_full, data)
     full = faults.snapshot(ref_full)
@@ -121,8 +129,7 @@ def faults_report(work: Path, timed: int = 6, seed: int = 0) -> dict:
                         "flat"]
                 results.append(faults.kill_index_write(args, d, target, phase, "no index yet", full,
                                                        "build_index (first build)"))
-    timed_results = timed_report(work, data, reference, base, before, after_add, timed, seed, train_ref,
-                                 add_ref) if timed else {}
+    timed_results = timed_report(work, st, timed, seed) if timed else {}
     return {"injected": results, "injected_survived": sum(r["survived"] for r in results),
             "injected_total": len(results), "timed": timed_results, "machine": machine()}
 
@@ -132,8 +139,12 @@ def _window(ref: dict) -> float:
     return max(0.05, ref["ran_s"] - (ref["first_write_s"] or 0.0))
 
 
-def timed_report(work: Path, data: Path, reference: Path, base: Path, before: dict, after_add: dict, n: int,
-                 seed: int, train_ref: dict, add_ref: dict, epochs: int = 3) -> dict:
+def timed_only_report(work: Path, n: int = 6, seed: int = 0) -> dict:
+    """Only the timed kills (``scripts/reliability.py --part timed``): minutes instead of the injected matrix's hour."""
+    return {"timed": timed_report(work, _fault_setup(work), n, seed), "machine": machine()}
+
+
+def timed_report(work: Path, st: dict, n: int, seed: int, epochs: int = 3) -> dict:
     """Seeded random SIGKILLs from outside, each after the killed run's first write, at a delay drawn
     from the window between an uninterrupted run's first write and its end: training from scratch
     (then resumed and compared with the uninterrupted checkpoint) and ``--add`` on a fresh copy of
@@ -141,6 +152,8 @@ def timed_report(work: Path, data: Path, reference: Path, base: Path, before: di
     (:func:`faults.count_timed`) count only those as survived."""
     from instdisc.checkpoint import CheckpointError, load
 
+    data, reference, base, before, after_add = st["data"], st["reference"], st["base"], st["before"], st["after_add"]
+    train_ref, add_ref = st["train_ref"], st["add_ref"]
     rng = random.Random(seed)
     run = work / "timed-run"
 
