@@ -64,8 +64,59 @@ def test_tar_archive_with_splits_and_decode_cache(tmp_path):
     assert train.paths == ["cat/1.png", "dog/1.png", "dog/2.png"]
     assert ev is not None and ev.paths == ["cat/9.png", "dog/9.png"] and ev.labels.tolist() == [0, 1]
     assert Path(train.root, train.paths[0]).is_file()  # extracted: every row maps to a real file
-    again, _ = load_splits(arc, 8, progress=False)  # second load comes from the decode cache
-    assert np.array_equal(again.images.numpy(), train.images.numpy())
+    with _no_decoding():  # the second load must come from the decode cache: decoding again fails the test
+        again, ev2 = load_splits(arc, 8, progress=False)
+    assert np.array_equal(again.images.numpy(), train.images.numpy()) and again.paths == train.paths
+    assert np.array_equal(ev2.images.numpy(), ev.images.numpy())
+
+
+class _no_decoding:
+    """Within the block any call of ``instdisc.data.decode_all`` is an error."""
+
+    def __enter__(self):
+        import instdisc.data as data
+
+        self._data, self._orig = data, data.decode_all
+
+        def refuse(*a, **k):
+            raise AssertionError("decoded again instead of reading the decode cache")
+
+        data.decode_all = refuse
+
+    def __exit__(self, *exc):
+        self._data.decode_all = self._orig
+        return False
+
+
+def test_decode_cache_is_hit_and_invalidated_when_a_file_changes(tmp_path, monkeypatch):
+    import instdisc.data as data
+
+    monkeypatch.setenv("INSTDISC_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    _write_images(root, ["a/1.png", "a/2.png", "b/3.png"])
+    calls = []
+    real = data.decode_all
+    monkeypatch.setattr(data, "decode_all", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    first = load_folder(root, 8, progress=False)
+    assert len(calls) == 1 and len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 1
+    assert np.array_equal(load_folder(root, 8, progress=False).images.numpy(), first.images.numpy())
+    assert len(calls) == 1  # hit: nothing decoded
+
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(root / "a" / "2.png")  # the same name, new pixels
+    changed = load_folder(root, 8, progress=False)
+    assert len(calls) == 2  # the file's size/mtime changed: decoded again, not the stale pixels
+    assert changed.images[1].float().mean(dim=(1, 2)).tolist() == [255.0, 0.0, 0.0]
+    assert np.array_equal(changed.images[[0, 2]].numpy(), first.images[[0, 2]].numpy())
+
+    _write_images(root, ["b/4.png"])  # a new file: a new list, a new key
+    assert load_folder(root, 8, progress=False).paths == ["a/1.png", "a/2.png", "b/3.png", "b/4.png"]
+    assert len(calls) == 3
+    assert load_folder(root, 16, progress=False).images.shape[-1] == 16 and len(calls) == 4  # another size
+
+    for npy in (tmp_path / "cache" / "decoded").glob("*.npy"):  # a damaged cache is re-decoded, not trusted
+        npy.write_bytes(b"garbage")
+    again = load_folder(root, 16, progress=False)
+    assert len(calls) == 5 and again.images.shape == (4, 3, 16, 16)
 
 
 def test_missing_and_wrong_sources_give_clear_errors(tmp_path):
