@@ -127,17 +127,21 @@ def through_ingest(corpus: Corpus, checkpoint: Path, out: Path) -> tuple[list[Ou
 
 
 def _exif_vector_check(idx, corpus: Corpus) -> dict:
-    """The indexed vector of the EXIF-rotated JPEG is that of its upright pixels, not of the stored ones."""
-    from instdisc.images import load_image
+    """The indexed vector of the EXIF-rotated JPEG is that of its upright pixels, not of the stored ones.
 
+    The upright reference is made here, independently of the product's loader: the stored pixels
+    rotated by hand as orientation 6 says (90 degrees clockwise), so a loader that ignored EXIF
+    would index the stored pixels and fail this check."""
     f = corpus.root / corpus.kinds["exif-rotated jpeg"]
-    upright = load_image(f)
     with Image.open(f) as im:
+        assert im.getexif().get(0x0112) == 6, "the corpus file lost its orientation tag"
         stored = im.convert("RGB")  # no EXIF transpose
+    upright = stored.transpose(Image.Transpose.ROTATE_270)  # PIL rotates counter-clockwise: 270 = 90 clockwise
     hits = idx.search_images([upright, stored], 1)
     up, st = hits[0][0], hits[1][0]
     rel = corpus.kinds["exif-rotated jpeg"]
-    return {"upright_finds_it": up.path == rel and up.score > 0.999, "upright_score": round(up.score, 5),
+    return {"reference_is_upright": exif_upright(np.asarray(upright)),
+            "upright_finds_it": up.path == rel and up.score > 0.999, "upright_score": round(up.score, 5),
             "stored_pixels_score": round(st.score, 5) if st.path == rel else None}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -204,7 +205,9 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--index", str(tiny_index), "--queries",
            str(shapes_root), "--out", str(out), "--ks", "1", "20", "--limit", "40", "--baselines", "reembed",
            "pixels", "random", "imagenet", *FAST]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    no_hub = tmp_path / "empty-torch-home"  # whatever weights this machine has cached, the run sees none
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env={**os.environ, "TORCH_HOME": str(no_hub)})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "weighted kNN top-1 (k=200)" in p.stdout
     r = json.loads((out / "report.json").read_text())

@@ -67,7 +67,8 @@ def test_build_index_script_ingests_and_adds_the_corpus(tiny_run: Path, corpus, 
     outcomes, facts = inputs.through_ingest(corpus, tiny_run / "checkpoint.pt", tmp_path / "index")
     _all_handled(outcomes)
     assert facts["count"] == len(corpus.expected_valid()) and facts["paths_match"]
-    assert facts["exif"]["upright_finds_it"]  # the indexed vector is the upright image's
+    assert facts["exif"]["reference_is_upright"]  # the hand-rotated reference: yellow on top
+    assert facts["exif"]["upright_finds_it"]  # the indexed vector is the upright image's, not the stored one's
     assert facts["exif"]["stored_pixels_score"] is None or facts["exif"]["stored_pixels_score"] < 0.999
 
     outcomes, facts = inputs.through_add(corpus, tiny_run / "checkpoint.pt", tmp_path / "index-add")
