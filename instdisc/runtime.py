@@ -49,8 +49,9 @@ def compile_module(module: nn.Module, device: torch.device) -> None:
 
     Measured on the 2-core AMX CPU: +9 % training images/s for the width-16 encoder (791 vs 725),
     none for width 64 (154.1 vs 154.0); first compiled step 2.4 s / 31 s (width 16 / 64, warm
-    inductor cache) -- benchmarks/results/train_throughput.json, BENCHMARKS.md section 1. Inductor's CPU backend builds C++, so without
-    a compiler this fails here, with a clear message, instead of at the first training step.
+    inductor cache) -- benchmarks/results/train_throughput.json, BENCHMARKS.md section 1.
+    Inductor's CPU backend builds C++, so without a compiler this fails here, with a clear
+    message, instead of at the first training step.
     """
     if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
         raise ValueError("--compile on the CPU needs a C++ compiler (g++, or $CXX) for torch.compile's "
