@@ -23,6 +23,9 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+# Area range of the multi-crop lever's small crops (TrainConfig.small_crops): SwAV's small crops
+# cover 5-14 % of an ImageNet photo; a 32 px CIFAR image has little to spare, so they are larger here.
+SMALL_CROP_SCALE = (0.1, 0.5)
 
 
 @dataclass(frozen=True)

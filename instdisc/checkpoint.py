@@ -56,11 +56,14 @@ def load(path: str | os.PathLike) -> dict:
 
 
 def encoder_from(ckpt: dict) -> Encoder:
-    """The trained encoder (eval mode, CPU) of a loaded checkpoint."""
+    """The trained encoder (eval mode, CPU) of a loaded checkpoint: the weight average where the run kept one."""
     cfg = TrainConfig.from_dict(ckpt["config"])
-    enc = Encoder(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim)
-    prefix = "encoder."
-    state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    enc = Encoder.from_config(cfg)
+    if "ema_encoder" in ckpt:  # runs with cfg.ema > 0 export, index and query with the averaged weights
+        state = ckpt["ema_encoder"]
+    else:
+        prefix = "encoder."
+        state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
     try:
         enc.load_state_dict(state)
     except RuntimeError as e:

@@ -15,12 +15,31 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         help_text = f"default {default!r}"
-        if isinstance(default, bool):
+        if f.metadata.get("parse") == "duration":
+            group.add_argument(flag, type=parse_duration, default=None,
+                               help="a duration: 90s, 20m, 1.5h or seconds (default: off, train --epochs)")
+        elif isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(default, tuple):
             group.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
         else:
             group.add_argument(flag, type=type(default), default=None, help=help_text)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'20m' -> 1200.0; '90s', '1.5h' and plain seconds too (argparse turns the ValueError into a usage error)."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if unit else t) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 90s, 20m, 1.5h)") from None
+    if value <= 0 or value != value:
+        raise argparse.ArgumentTypeError(f"a time budget must be positive, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace, preset_name: str) -> TrainConfig:

@@ -6,7 +6,7 @@ default lives only here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,19 @@ class TrainConfig:
     schedule: str = "step"  # step (x0.1 at lr_steps) | cosine
     lr_steps: tuple[int, ...] = (120, 160)
     warmup_epochs: int = 0
+    # learning-efficiency levers (issue 14): each off by default (the paper's method), each measured
+    # per CPU-minute by experiments/efficiency.py (REPRODUCTION.md, "Beyond the paper")
+    views: int = 1  # full-size augmented views per image; 2: each view's positive is the other view (Ye et al. 2019)
+    small_crops: int = 0  # extra low-resolution crops per image, positive = the image's full view (multi-crop)
+    small_crop_size: int = 16  # side of those crops in pixels
+    self_distill: float = 0.0  # weight of KL(sqrt-renormalised softmax || softmax) (Cao & Wu 2024); softmax only
+    bank_update: str = "momentum"  # momentum (paper) | gradient: the positive row moves by its loss gradient
+    crop_size: int = 0  # training crop side; 0: image_size (smaller crops = cheaper steps, eval stays at image_size)
+    nesterov: bool = False
+    ema: float = 0.0  # >0: per-step decay of an average of the encoder's weights, used to evaluate and export
+    flip_embed: bool = False  # embed for eval/bank export/index/queries as the average with the mirror image
+    refresh_bank: bool = False  # after the last epoch, re-embed the training set so the exported bank is fresh
+    time_budget: float = field(default=0.0, metadata={"parse": "duration"})  # seconds; >0: epochs planned to fit
     # evaluation
     knn_k: int = 200
     knn_every: int = 1  # epochs between kNN evaluations (0: only at the end)
@@ -64,6 +77,18 @@ PRESETS: dict[str, dict] = {
     # bf16 autocast, the bank filled from the untrained encoder, a cosine schedule.
     "cpu-cifar": {
         "width": 16,
+        "epochs": 45,
+        "lr": 0.06,
+        "schedule": "cosine",
+        "bank_init": "encoder",
+    },
+    # Photos of 64 px and up (the tinyimagenet stand-in for a user's folder): the ImageNet stem
+    # (7x7 stride 2 + max-pool) takes a 64 px image to 16x16 maps, so a half-width ResNet18 costs
+    # about what the quarter-width CIFAR encoder costs at 32 px.
+    "cpu-photos": {
+        "width": 32,
+        "cifar_stem": False,
+        "image_size": 64,
         "epochs": 45,
         "lr": 0.06,
         "schedule": "cosine",

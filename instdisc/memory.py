@@ -12,13 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+UPDATE_RULES = ("momentum", "gradient")
+
 
 class MemoryBank(nn.Module):
-    def __init__(self, num_instances: int, dim: int, momentum: float = 0.5) -> None:
+    """N x d unit rows. ``rule``: how a batch's features enter the bank (see :meth:`update`)."""
+
+    def __init__(self, num_instances: int, dim: int, momentum: float = 0.5, rule: str = "momentum") -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"memory momentum must be in [0, 1), got {momentum}")
+        if rule not in UPDATE_RULES:
+            raise ValueError(f"unknown bank update {rule!r}; choose one of {UPDATE_RULES}")
         self.momentum = momentum
+        self.rule = rule
         self.register_buffer("features", torch.zeros(num_instances, dim))
 
     def __len__(self) -> int:
@@ -36,8 +43,20 @@ class MemoryBank(nn.Module):
         self.features[idx.to(self.features.device)] = F.normalize(feats.float(), dim=1).to(self.features)
 
     @torch.no_grad()
-    def update(self, idx: torch.Tensor, feats: torch.Tensor) -> None:
-        """v_i <- normalise(m v_i + (1 - m) f_i) for the batch's instances."""
+    def update(self, idx: torch.Tensor, feats: torch.Tensor, positive_prob: torch.Tensor | None = None) -> None:
+        """Move the batch's rows towards their new features.
+
+        ``momentum`` (the paper): v_i <- normalise(m v_i + (1 - m) f_i).
+        ``gradient`` (Cao & Wu 2024, as we read it): treat v_i as a parameter of the softmax and step
+        along -dL/dv_i = (1 - P(i|f_i)) f_i / tau; with the step scaled so that an unlearnt instance
+        (P = 0) moves exactly as the momentum rule moves it, v_i <- normalise(m v_i + (1 - m)(1 - P) f_i):
+        rows the encoder already discriminates stay put instead of being overwritten by one view.
+        """
         idx = idx.to(self.features.device)
-        mixed = self.momentum * self.features[idx] + (1.0 - self.momentum) * feats.detach().float()
+        f = feats.detach().float()
+        if self.rule == "gradient":
+            if positive_prob is None:
+                raise ValueError("the gradient bank update needs each positive's probability")
+            f = f * (1.0 - positive_prob.detach().float().to(f.device)).view(-1, 1)
+        mixed = self.momentum * self.features[idx] + (1.0 - self.momentum) * f
         self.features[idx] = F.normalize(mixed, dim=1)

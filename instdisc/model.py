@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from .config import TrainConfig
+
 ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
     "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
@@ -61,15 +63,31 @@ class ResNetTrunk(tv_resnet.ResNet):
 
 
 class Encoder(nn.Module):
-    """Image batch (float, normalised) -> unit-length ``low_dim`` embedding."""
+    """Image batch (float, normalised) -> unit-length ``low_dim`` embedding.
+
+    ``flip_average``: in eval mode the embedding is the normalised sum of the image's and its
+    mirror's embeddings (test-time flip), so the bank export, the index and every query are
+    embedded alike; training (one augmented view) is unchanged.
+    """
 
     def __init__(
-        self, arch: str = "resnet18", width: int = 64, cifar_stem: bool = True, low_dim: int = 128
+        self, arch: str = "resnet18", width: int = 64, cifar_stem: bool = True, low_dim: int = 128,
+        flip_average: bool = False,
     ) -> None:
         super().__init__()
         self.trunk = ResNetTrunk(arch, width, cifar_stem)
         self.head = nn.Linear(self.trunk.out_dim, low_dim)
         self.low_dim = low_dim
+        self.flip_average = flip_average
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Encoder:
+        """The one place an encoder is built from a training configuration."""
+        return cls(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim, cfg.flip_embed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_average and not self.training:
+            b = x.shape[0]
+            z = self.head(self.trunk(torch.cat([x, x.flip(3)]))).float()  # 2B x low_dim
+            return F.normalize(F.normalize(z[:b], dim=1) + F.normalize(z[b:], dim=1), dim=1)
         return F.normalize(self.head(self.trunk(x)).float(), dim=1)

@@ -1,38 +1,89 @@
-"""The three objectives compared in the paper's Table 1.
+"""The three objectives compared in the paper's Table 1, behind one interface.
 
-All take the batch's L2-normalised features ``f`` (B x d), the instance indices ``idx`` and
-the memory bank, and return a scalar loss; gradients flow into ``f`` only (the bank is a
-buffer). Each is checked in ``tests/test_objectives.py`` against a direct computation.
+Every objective takes the batch's L2-normalised features ``f`` (B x d), the instance indices
+``idx`` and the memory bank, and returns an :class:`ObjectiveOutput`; gradients flow into
+``f`` (and into ``positive`` when given) only -- the bank is a buffer. ``positive`` (B x d)
+replaces the bank row of each instance as its positive (the other augmented view, or the full
+view for a small crop: the multi-view levers of issue 14); ``None`` is the paper's single-view
+method. Each is checked in ``tests/test_objectives.py`` against a direct computation.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TrainConfig
 from .distributed import log_mean_exp
 from .memory import MemoryBank
 
 
-class NonParametricSoftmax(nn.Module):
-    """-log [exp(v_i . f / tau) / sum_j exp(v_j . f / tau)] over all N bank rows."""
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # scalar
+    positive_prob: torch.Tensor  # (B,) detached P(i | f_i): the gradient bank update's step size is 1 - P
 
-    def __init__(self, num_instances: int, dim: int, temperature: float) -> None:
-        super().__init__()
-        self.temperature = temperature
+
+class Objective(nn.Module):
+    """The shared interface: ``forward(f, idx, bank, noise, positive)``; ``sample_noise`` draws nothing."""
+
+    def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:
+        return None
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
-    ) -> torch.Tensor:
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
+        positive: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+def _with_positive(logits: torch.Tensor, idx: torch.Tensor, f: torch.Tensor, positive: torch.Tensor | None,
+                   temperature: float) -> torch.Tensor:
+    """Column ``idx`` of ``logits`` (B x N) replaced by f . positive / tau where a positive is given."""
+    if positive is None:
+        return logits
+    pos = (f * positive).sum(1, keepdim=True) / temperature  # B x 1
+    return logits.scatter(1, idx.view(-1, 1), pos.to(logits.dtype))
+
+
+class NonParametricSoftmax(Objective):
+    """-log [exp(v_i . f / tau) / sum_j exp(v_j . f / tau)] over all N bank rows.
+
+    ``self_distill`` > 0 adds Cao & Wu's (2024) self-distillation term, as we read it: the KL
+    divergence from the square-root-renormalised softmax q = sqrt(p) / sum sqrt(p) (a detached,
+    flatter target, the same as the softmax at 2 tau) to p. Every bank row then gets a gradient
+    in proportion to its similarity, not only the positive, which is updated once an epoch.
+    """
+
+    def __init__(self, temperature: float, self_distill: float = 0.0) -> None:
+        super().__init__()
+        if self_distill < 0:
+            raise ValueError(f"self_distill must be >= 0, got {self_distill}")
+        self.temperature = temperature
+        self.self_distill = self_distill
+
+    def forward(
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
+        positive: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        idx = idx.to(f.device)
         # 1/tau scales the B x d features, not the B x N logits: the same numbers, N/d times fewer divisions
-        logits = (f / self.temperature) @ bank.features.t()
-        return F.cross_entropy(logits, idx.to(f.device))
+        logits = (f / self.temperature) @ bank.features.t()  # B x N
+        logits = _with_positive(logits, idx, f, positive, self.temperature)
+        log_p = F.log_softmax(logits.float(), dim=1)  # B x N
+        loss = F.nll_loss(log_p, idx)
+        if self.self_distill:
+            with torch.no_grad():
+                q = F.softmax(logits.float() / 2, dim=1)  # sqrt(p), renormalised
+            loss = loss + self.self_distill * (q * (q.clamp_min(1e-30).log() - log_p)).sum(1).mean()
+        return ObjectiveOutput(loss, log_p.detach().gather(1, idx.view(-1, 1)).squeeze(1).exp())
 
 
-class NCE(nn.Module):
+class NCE(Objective):
     """Noise-contrastive estimation with m uniform noise rows (Pn = 1/N).
 
     The normaliser Z is a constant fixed from the first batch, as in the paper
@@ -43,7 +94,7 @@ class NCE(nn.Module):
     """
 
     def __init__(
-        self, num_instances: int, dim: int, temperature: float, num_noise: int, z_momentum: float | None = None
+        self, num_instances: int, temperature: float, num_noise: int, z_momentum: float | None = None
     ) -> None:
         super().__init__()
         if num_instances < 2:
@@ -60,15 +111,20 @@ class NCE(nn.Module):
         return noise + (noise >= idx.cpu().view(-1, 1)).long()
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``noise``: pre-drawn noise rows (B x m); data-parallel training draws them for the global
-        batch and gives each rank its slice, so a sample's noise does not depend on the rank count."""
-        noise = (self.sample_noise(idx, gen) if noise is None else noise).to(f.device)
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
+        positive: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        """``noise``: the noise rows (B x m) drawn by :meth:`sample_noise`; data-parallel training draws
+        them for the global batch and gives each rank its slice, so a sample's noise does not depend on
+        the rank count."""
+        if noise is None:
+            raise ValueError("NCE needs noise rows: draw them with sample_noise(idx, generator)")
+        noise = noise.to(f.device)
         rows = torch.cat([idx.to(f.device).view(-1, 1), noise], 1)  # B x (m+1), positive first
         weights = bank.features[rows]  # B x (m+1) x d
         log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature)  # log exp(s/tau)
+        if positive is not None:
+            log_s = torch.cat([(f * positive).sum(1, keepdim=True) / self.temperature, log_s[:, 1:]], 1)
         with torch.no_grad():
             # over every rank's batch when data-parallel, so all ranks hold the same Z
             batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)
@@ -83,32 +139,41 @@ class NCE(nn.Module):
         log_denominator = torch.logaddexp(log_p, torch.full_like(log_p, log_m_pn))
         data = log_p[:, 0] - log_denominator[:, 0]
         noise_term = (log_m_pn - log_denominator[:, 1:]).sum(1)
-        return -(data + noise_term).mean()
+        return ObjectiveOutput(-(data + noise_term).mean(), log_p[:, 0].detach().exp().clamp(max=1.0))
 
 
-class ParametricSoftmax(nn.Module):
-    """The baseline: a learned N-way linear classifier on the features, P = softmax(W f)."""
+class ParametricSoftmax(Objective):
+    """The baseline: a learned N-way linear classifier on the features, P = softmax(W f).
 
-    def __init__(self, num_instances: int, dim: int, temperature: float) -> None:
+    It has no bank and no positive feature, so the multi-view levers do not apply to it.
+    """
+
+    def __init__(self, num_instances: int, dim: int) -> None:
         super().__init__()
         self.classifier = nn.Linear(dim, num_instances, bias=False)
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, gen: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return F.cross_entropy(self.classifier(f), idx.to(f.device))
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
+        positive: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        idx = idx.to(f.device)
+        log_p = F.log_softmax(self.classifier(f).float(), dim=1)
+        return ObjectiveOutput(F.nll_loss(log_p, idx), log_p.detach().gather(1, idx.view(-1, 1)).squeeze(1).exp())
 
 
 OBJECTIVES = ("softmax", "nce", "parametric")
 
 
-def build_objective(
-    name: str, num_instances: int, dim: int, temperature: float, nce_k: int, z_momentum: float | None
-) -> nn.Module:
-    if name == "softmax":
-        return NonParametricSoftmax(num_instances, dim, temperature)
-    if name == "nce":
-        return NCE(num_instances, dim, temperature, nce_k, z_momentum)
-    if name == "parametric":
-        return ParametricSoftmax(num_instances, dim, temperature)
-    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+def build_objective(cfg: TrainConfig, num_instances: int) -> Objective:
+    """The objective a configuration names, with only the arguments it uses."""
+    if cfg.self_distill and cfg.objective != "softmax":
+        raise ValueError("self_distill needs the full softmax (objective softmax)")
+    if cfg.objective == "softmax":
+        return NonParametricSoftmax(cfg.temperature, cfg.self_distill)
+    if cfg.objective == "nce":
+        return NCE(num_instances, cfg.temperature, cfg.nce_k, cfg.z_momentum if cfg.z_momentum >= 0 else None)
+    if cfg.objective == "parametric":
+        if cfg.views > 1 or cfg.small_crops:
+            raise ValueError("the parametric softmax has no positive feature: views/small_crops need softmax or nce")
+        return ParametricSoftmax(num_instances, cfg.low_dim)
+    raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES}")

@@ -6,6 +6,10 @@ seeded by (seed, epoch); every other random draw (augmentation, NCE noise) comes
 global step. Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and
 stops, and ``resume`` continues from that step as if nothing had happened.
 
+With ``time_budget`` the first steps are timed and the epochs planned to fit (instdisc.budget);
+the plan is saved, so a resumed run keeps it. With ``ema`` the weight average evaluates,
+refreshes the bank and is exported; with ``refresh_bank`` the bank is re-embedded once at the end.
+
 Data-parallel (``torchrun``, see :mod:`instdisc.distributed`): ``batch_size`` is the global
 batch. Every rank draws the same global batch and its augmentation and noise parameters from
 the same generator, then encodes only its contiguous slice; DDP averages the gradients, the
@@ -18,12 +22,13 @@ and can be resumed with another number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,13 +37,16 @@ from tqdm import tqdm
 
 from . import checkpoint
 from . import distributed as ddp
-from .augment import BatchAugment
+from .augment import SMALL_CROP_SCALE, AugmentConfig, BatchAugment
+from .budget import CALIBRATION_STEPS, WARMUP_STEPS, Measured, Plan, plan_epochs, replan_after_first_epoch
 from .config import TrainConfig
 from .data import DataError, ImageCollection
+from .ema import WeightEMA
 from .embed import embed
 from .fsutil import atomic_write_text
 from .knn import knn_accuracy
-from .method import InstDisc
+from .method import InstDisc, StepOutput
+from .model import Encoder
 from .runtime import autocast, compile_module, pick_device, use_bf16
 
 
@@ -87,6 +95,8 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the "
                              f"{self.world} processes")
+        if cfg.crop_size > train.image_size:
+            raise ValueError(f"crop_size {cfg.crop_size} is larger than the images ({train.image_size} px)")
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         model = InstDisc(cfg, len(train))
@@ -96,22 +106,33 @@ class Trainer:
         if cfg.compile:
             compile_module(self.model.encoder, self.device)
         self.model.bank.reset_random(self.gen)
+        self.ema = WeightEMA(self.model.encoder, cfg.ema) if cfg.ema > 0 else None
         self.parallel = ddp.data_parallel(self.model, self.device)  # the model itself in one process
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
         )
-        self.augment = BatchAugment(cfg.image_size)
+        self.augment = BatchAugment(cfg.crop_size or cfg.image_size)
+        self.small_augment = (BatchAugment(cfg.small_crop_size, AugmentConfig(crop_scale=SMALL_CROP_SCALE))
+                              if cfg.small_crops else None)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # seconds in training steps
+        self.wall = 0.0  # seconds in fit() altogether (bank fill, steps, monitor, refresh), across resumes
         self.bank_ready = False
+        self.refreshed = False
+        self.plan = ""  # the time budget's plan, once made
         self.epoch_loss = [0.0, 0]  # running (sum, steps) of the current epoch, for exact resume
         self._stop_requested = False
+        self._eval_seconds = 0.0
+        self._first_plan: Plan | None = None  # set by the budget's first plan, refined after epoch 1
+        self._refresh_estimate = 0.0
+        self._clock = time.time()
 
     # ------------------------------------------------------------ state
 
     def state(self) -> dict:
-        return {
+        st = {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -119,12 +140,19 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "bank_ready": self.bank_ready,
+            "refreshed": self.refreshed,
+            "plan": self.plan,
             "epoch_loss": list(self.epoch_loss),
             "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state()},
             "dataset": self.train_set.meta(),
             "history": self.history,
             "elapsed": self.elapsed,
+            "wall": self.wall_seconds(),
         }
+        if self.ema is not None:
+            st["ema_encoder"] = self.ema.module.state_dict()
+            st["ema_updates"] = int(self.ema.updates)
+        return st
 
     def save(self) -> Path:
         """Write the checkpoint (rank 0 only: every rank holds the same state)."""
@@ -132,6 +160,9 @@ class Trainer:
         if self.is_main:
             checkpoint.save(path, self.state())
         return path
+
+    def wall_seconds(self) -> float:
+        return self.wall + (time.time() - self._clock)
 
     @classmethod
     def resume(
@@ -163,13 +194,19 @@ class Trainer:
         t = cls(cfg, train, evalset, out, device, progress)
         t.model.load_state_dict(ckpt["model"])
         t.optimizer.load_state_dict(ckpt["optimizer"])
+        if t.ema is not None and "ema_encoder" in ckpt:
+            t.ema.module.load_state_dict(ckpt["ema_encoder"])
+            t.ema.updates.fill_(int(ckpt.get("ema_updates", 0)))
         t.epoch, t.step_in_epoch, t.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         t.bank_ready = ckpt.get("bank_ready", True)
+        t.refreshed = bool(ckpt.get("refreshed", False)) and t.epoch >= cfg.epochs
+        t.plan = str(ckpt.get("plan", ""))
         t.epoch_loss = list(ckpt.get("epoch_loss", [0.0, 0]))
         t.gen.set_state(ckpt["rng"]["gen"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         t.history = list(ckpt.get("history", []))
         t.elapsed = float(ckpt.get("elapsed", 0.0))
+        t.wall = float(ckpt.get("wall", t.elapsed))
         # metrics.jsonl becomes the checkpoint's history again: a run killed after logging an epoch but
         # before checkpointing it would otherwise log that epoch twice (or leave a line cut short)
         if t.is_main:
@@ -178,17 +215,26 @@ class Trainer:
 
     # ------------------------------------------------------------ pieces
 
+    @property
+    def inference_encoder(self) -> Encoder:
+        """What evaluates and exports: the weight average when kept, else the live encoder."""
+        return self.ema.module if self.ema is not None else self.model.encoder
+
     def features(self, coll: ImageCollection) -> torch.Tensor:
-        return embed(self.model.encoder, coll.images, self.device, self.bf16)
+        return embed(self.inference_encoder, coll.images, self.device, self.bf16)
 
     def warm_start_bank(self) -> None:
         """Fill the bank from the untrained encoder instead of random vectors (bank_init=encoder).
 
         Data-parallel: each rank embeds its contiguous shard and the shards are all-gathered.
         """
+        self.fill_bank(self.model.encoder)
+
+    def fill_bank(self, encoder: Encoder) -> None:
+        """Every bank row <- ``encoder``'s embedding of its image (warm start, final refresh)."""
         n = len(self.train_set)
         lo, hi = ddp.shard_range(n, self.rank, self.world)
-        local = embed(self.model.encoder, self.train_set.images[lo:hi], self.device, self.bf16)
+        local = embed(encoder, self.train_set.images[lo:hi], self.device, self.bf16)
         feats = ddp.all_gather_rows(local.to(self.device), n)
         self.model.bank.fill(torch.arange(n), feats)
 
@@ -199,9 +245,13 @@ class Trainer:
         """
         if self.eval_set is None:
             return {}
+        t0 = time.time()
         if self.world > 1:
-            return ddp.broadcast_object(self._knn() if self.is_main else None)  # type: ignore[return-value]
-        return self._knn()
+            out = ddp.broadcast_object(self._knn() if self.is_main else None)
+        else:
+            out = self._knn()
+        self._eval_seconds = time.time() - t0
+        return out  # type: ignore[return-value]
 
     def _knn(self) -> dict:
         q = self.features(self.eval_set)
@@ -227,23 +277,140 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:  # noqa: ANN001
         self._stop_requested = True
 
-    def _local_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(augmented images, instance indices, noise rows) of this rank's slice of the global batch ``idx``.
+    def _local_batch(
+        self, idx: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(augmented views, small crops, instance indices, noise rows) of this rank's slice of the
+        global batch ``idx``.
 
         Every random parameter is drawn for the whole global batch, in the order a single process
         draws them, so one process gets exactly the batch it always got and sample j gets the same
         augmentation and noise on any number of ranks.
         """
         size = self.train_set.image_size
-        draw = self.augment.sample(len(idx), size, size, self.gen)
+        draws = [self.augment.sample(len(idx), size, size, self.gen) for _ in range(self.cfg.views)]
         noise = self.model.sample_noise(idx, self.gen)
+        small_draws = ([self.small_augment.sample(len(idx), size, size, self.gen) for _ in range(self.cfg.small_crops)]
+                       if self.small_augment is not None else [])
         if self.world > 1:
             b = len(idx) // self.world
             lo, hi = self.rank * b, (self.rank + 1) * b
-            idx, draw = idx[lo:hi], draw.rows(lo, hi)
+            idx = idx[lo:hi]
+            draws, small_draws = [d.rows(lo, hi) for d in draws], [d.rows(lo, hi) for d in small_draws]
             noise = None if noise is None else noise[lo:hi]
-        x = self.augment.apply(self.train_set.images[idx].to(self.device, non_blocking=True), draw)
-        return x.contiguous(memory_format=torch.channels_last), idx, noise
+        images = self.train_set.images[idx].to(self.device, non_blocking=True)
+        views = [self.augment.apply(images, d).contiguous(memory_format=torch.channels_last) for d in draws]
+        small = None
+        if small_draws:
+            small = torch.cat([self.small_augment.apply(images, d) for d in small_draws])  # type: ignore[union-attr]
+            small = small.contiguous(memory_format=torch.channels_last)
+        return views, small, idx, noise
+
+    def _step(self, batch_idx: torch.Tensor, lr: float) -> float:
+        """One optimiser step on a global batch, then the bank update; returns the batch's mean loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views, small, idx, noise = self._local_batch(batch_idx)
+        with autocast(self.device, self.bf16):
+            out: StepOutput = self.parallel(views, idx, noise, small)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model.encoder)
+        gathered = StepOutput(out.loss, ddp.all_gather_cat(out.features), ddp.all_gather_cat(out.positive_prob))
+        self.model.update_bank(ddp.all_gather_cat(idx.to(out.features.device)), gathered)
+        self.global_step += 1
+        return ddp.mean_value(out.loss)
+
+    def _plan(self, step_seconds: float) -> None:
+        """Replace ``cfg.epochs`` (and scale a step schedule) so that the run fits ``time_budget``."""
+        cfg = self.cfg
+        n = len(self.train_set)
+        refresh_s = 0.0
+        if cfg.refresh_bank:  # time a small embedding batch to predict the final re-embedding
+            probe = self.train_set.images[: min(n, 256)]
+            t0 = time.time()
+            embed(self.inference_encoder, probe, self.device, self.bf16)
+            refresh_s = (time.time() - t0) * n / max(1, len(probe))
+        m = Measured(step_seconds, steps_per_epoch(n, cfg.batch_size),
+                     self._eval_seconds if self.eval_set is not None else 0.0, cfg.knn_every, refresh_s,
+                     self.wall_seconds())
+        self._refresh_estimate = refresh_s
+        self._first_plan = plan_epochs(cfg.time_budget, m)
+        self._apply_plan(self._first_plan)
+
+    def _apply_plan(self, plan: Plan) -> None:
+        cfg = self.cfg
+        plan = ddp.broadcast_object(plan) if self.world > 1 else plan  # every rank follows rank 0's plan
+        steps = tuple(max(1, round(s * plan.epochs / cfg.epochs)) for s in cfg.lr_steps)
+        self.cfg = replace(cfg, epochs=plan.epochs, lr_steps=steps)
+        self.plan = plan.reason  # type: ignore[union-attr]
+        if self.progress:
+            tqdm.write(f"time budget {cfg.time_budget / 60:.1f} min: {self.plan}")
+
+    def _prepare_bank(self) -> None:
+        """Bank start (random or the untrained encoder's features) and the epoch-0 monitor, once."""
+        cfg = self.cfg
+        if cfg.bank_init == "encoder":
+            self.warm_start_bank()
+        elif cfg.bank_init != "random":
+            raise ValueError(f"bank_init must be random or encoder, got {cfg.bank_init!r}")
+        self.bank_ready = True
+        if not self.history and self.eval_set is not None:
+            self._log({"epoch": 0, **self.evaluate(), "wall": self.wall_seconds()})
+
+    def _end_epoch(self, done_steps: int, seconds: float) -> None:
+        """Log the epoch (loss, lr, speed, kNN), refresh the bank after the last one, checkpoint."""
+        cfg = self.cfg
+        spe = steps_per_epoch(len(self.train_set), cfg.batch_size)
+        bs = min(cfg.batch_size, len(self.train_set))
+        self.elapsed += seconds
+        self.epoch += 1
+        self.step_in_epoch = 0
+        row = {
+            "epoch": self.epoch,
+            "loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
+            "lr": lr_at(cfg, self.epoch - 1 + (spe - 1) / spe),
+            "images_per_s": done_steps * bs / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+        self.epoch_loss = [0.0, 0]
+        last = self.epoch == cfg.epochs
+        if last and cfg.refresh_bank and not self.refreshed:
+            self.fill_bank(self.inference_encoder)
+            self.refreshed = True
+        if self.eval_set is not None and (last or (cfg.knn_every and self.epoch % cfg.knn_every == 0)):
+            row.update(self.evaluate())
+        row["elapsed"] = self.elapsed
+        row["wall"] = self.wall_seconds()
+        self._log(row)
+        self.save()
+        if self.progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
+            tqdm.write(f"epoch {self.epoch}/{cfg.epochs}: {shown}")
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM only set a flag; the loop stops at the next step with a checkpoint."""
+        handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                handlers[sig] = signal.signal(sig, self._request_stop)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            yield
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _stop(self, step: int, t0: float) -> None:
+        self.step_in_epoch = step
+        self.elapsed += time.time() - t0
+        self.save()
+        ddp.barrier()  # the checkpoint is complete before any rank exits
+        raise Interrupted(f"stopped at epoch {self.epoch + 1}, step {step}; checkpoint saved")
 
     # ------------------------------------------------------------ loop
 
@@ -255,88 +422,50 @@ class Trainer:
 
         ``on_step(global_step, loss)`` sees every step's loss (the global batch's mean).
         """
-        cfg, model = self.cfg, self.model
         n = len(self.train_set)
-        spe = steps_per_epoch(n, cfg.batch_size)
-        bs = min(cfg.batch_size, n)
+        spe, bs = steps_per_epoch(n, self.cfg.batch_size), min(self.cfg.batch_size, n)
         if bs % self.world:
             raise ValueError(f"the global batch of {bs} images does not split over {self.world} processes")
-        handlers = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                handlers[sig] = signal.signal(sig, self._request_stop)
-            except ValueError:  # not the main thread
-                pass
-        steps_this_call = 0
-        try:
+        self._clock = time.time()
+        steps_this_call, calib_t0 = 0, time.time()
+        with self._stop_on_signals():
             if not self.bank_ready:
-                if cfg.bank_init == "encoder":
-                    self.warm_start_bank()
-                elif cfg.bank_init != "random":
-                    raise ValueError(f"bank_init must be random or encoder, got {cfg.bank_init!r}")
-                self.bank_ready = True
-                if not self.history and self.eval_set is not None:
-                    self._log({"epoch": 0, **self.evaluate()})
-            model.train()
-            while self.epoch < cfg.epochs:
-                order = self._order(self.epoch)
-                t0 = time.time()
-                bar = tqdm(range(self.step_in_epoch, spe), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                self._prepare_bank()
+            self.model.train()
+            while self.epoch < self.cfg.epochs:
+                order, t0 = self._order(self.epoch), time.time()
+                bar = tqdm(range(self.step_in_epoch, spe), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            disable=not self.progress, unit="step", leave=False)
                 for step in bar:
                     limit = stop_after_steps is not None and steps_this_call >= stop_after_steps
-                    stop = self._stop_requested or limit
-                    if ddp.any_true(stop):  # every rank stops at the same step
-                        self.step_in_epoch = step
-                        self.elapsed += time.time() - t0
-                        self.save()
-                        ddp.barrier()  # the checkpoint is complete before any rank exits
-                        raise Interrupted(f"stopped at epoch {self.epoch + 1}, step {step}; checkpoint saved")
-                    lr = lr_at(cfg, self.epoch + step / spe)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    x, idx, noise = self._local_batch(order[step * bs : (step + 1) * bs])
-                    with autocast(self.device, self.bf16):
-                        loss, feats = self.parallel(x, idx, self.gen, noise)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    feats = feats.detach()
-                    model.update_bank(ddp.all_gather_cat(idx.to(feats.device)), ddp.all_gather_cat(feats))
-                    self.global_step += 1
+                    if ddp.any_true(self._stop_requested or limit):  # every rank stops at the same step
+                        self._stop(step, t0)
+                    if steps_this_call == WARMUP_STEPS:
+                        calib_t0 = time.time()  # the budget's calibration starts after the warm-up steps
+                    lr = lr_at(self.cfg, self.epoch + step / spe)
+                    loss = self._step(order[step * bs : (step + 1) * bs], lr)
                     steps_this_call += 1
-                    loss_value = ddp.mean_value(loss)
                     if on_step is not None:
-                        on_step(self.global_step, loss_value)
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"loss became {loss_value} at epoch {self.epoch + 1} step {step}")
-                    self.epoch_loss = [self.epoch_loss[0] + loss_value, self.epoch_loss[1] + 1]
+                        on_step(self.global_step, loss)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"loss became {loss} at epoch {self.epoch + 1} step {step}")
+                    self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
+                    calibrated = steps_this_call == WARMUP_STEPS + CALIBRATION_STEPS
+                    if self.cfg.time_budget > 0 and not self.plan and calibrated:
+                        self._plan((time.time() - calib_t0) / CALIBRATION_STEPS)
+                        bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
                     rate = (step - self.step_in_epoch + 1) * bs / max(1e-9, time.time() - t0)
-                    bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.4f}")
-                seconds = time.time() - t0
-                self.elapsed += seconds
-                done_steps = spe - self.step_in_epoch
-                self.epoch += 1
-                self.step_in_epoch = 0
-                row = {
-                    "epoch": self.epoch,
-                    "loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
-                    "lr": lr_at(cfg, self.epoch - 1 + (spe - 1) / spe),
-                    "images_per_s": done_steps * bs / max(seconds, 1e-9),
-                    "seconds": seconds,
-                }
-                self.epoch_loss = [0.0, 0]
-                last = self.epoch == cfg.epochs
-                if self.eval_set is not None and (last or (cfg.knn_every and self.epoch % cfg.knn_every == 0)):
-                    row.update(self.evaluate())
-                row["elapsed"] = self.elapsed
-                self._log(row)
-                self.save()
-                if self.progress:
-                    shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
-                    tqdm.write(f"epoch {self.epoch}/{cfg.epochs}: {shown}")
-        finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.4f}")
+                if self.cfg.time_budget > 0 and not self.plan:  # fewer steps so far than the calibration needs
+                    self._plan((time.time() - t0) / max(1, spe - self.step_in_epoch))
+                epoch_t0 = self.wall_seconds() - (time.time() - t0)
+                self._end_epoch(spe - self.step_in_epoch, time.time() - t0)
+                if self._first_plan is not None and self.epoch == 1 and self.cfg.epochs > 1:
+                    self._apply_plan(replan_after_first_epoch(
+                        self.cfg.time_budget, self._first_plan, self.wall_seconds() - epoch_t0, self.wall_seconds(),
+                        self._refresh_estimate))
+                    self._first_plan = None
+        self.wall = self.wall_seconds()
+        self._clock = time.time()
         ddp.barrier()  # rank 0 has written the last checkpoint before any rank exits
         return self.history

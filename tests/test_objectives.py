@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from instdisc.config import TrainConfig
 from instdisc.memory import MemoryBank
 from instdisc.objectives import NCE, NonParametricSoftmax, ParametricSoftmax, build_objective
 
@@ -22,7 +23,7 @@ def _setup(n=7, d=5, b=3, seed=0):
 def test_softmax_matches_direct_formula():
     bank, f, idx = _setup()
     tau = 0.1
-    loss = NonParametricSoftmax(7, 5, tau)(f, idx, bank)
+    loss = NonParametricSoftmax(tau)(f, idx, bank).loss
     ref = 0.0
     for r in range(f.shape[0]):
         num = math.exp(float(bank.features[idx[r]] @ f[r].detach()) / tau)
@@ -39,11 +40,10 @@ def test_softmax_matches_direct_formula():
 def test_nce_matches_direct_formula_and_excludes_positive():
     n, m, tau = 50, 6, 0.07
     bank, f, idx = _setup(n=n)
-    nce = NCE(n, 5, tau, m)
-    gen = torch.Generator().manual_seed(3)
+    nce = NCE(n, tau, m)
     noise = nce.sample_noise(idx, torch.Generator().manual_seed(3))
     assert not (noise == idx.view(-1, 1)).any()
-    loss = nce(f, idx, bank, gen)
+    loss = nce(f, idx, bank, noise).loss
     # Reference: Z from this first batch = mean(exp(s/tau)) * N over positive + noise scores.
     rows = torch.cat([idx.view(-1, 1), noise], 1)
     s = torch.stack([torch.stack([bank.features[j] @ f[r] for j in rows[r]]) for r in range(3)]).detach()
@@ -64,20 +64,22 @@ def test_nce_matches_direct_formula_and_excludes_positive():
     p2 = torch.exp(s2) / z
     ref_t = -(torch.log(p2[:, 0] / (p2[:, 0] + m * pn)) + torch.log(m * pn / (p2[:, 1:] + m * pn)).sum(1)).mean()
     (g_ref,) = torch.autograd.grad(ref_t, f2)
-    (g,) = torch.autograd.grad(nce(f, idx, bank, torch.Generator().manual_seed(3)), f)
+    (g,) = torch.autograd.grad(nce(f, idx, bank, noise).loss, f)
     assert torch.allclose(g, g_ref, atol=1e-4)
 
 
 def test_nce_z_fixed_vs_running_average():
     bank, f, idx = _setup(n=40)
-    fixed, ema = NCE(40, 5, 0.1, 5), NCE(40, 5, 0.1, 5, z_momentum=0.5)
-    fixed(f, idx, bank, torch.Generator().manual_seed(0))
-    ema(f, idx, bank, torch.Generator().manual_seed(0))
+    fixed, ema = NCE(40, 0.1, 5), NCE(40, 0.1, 5, z_momentum=0.5)
+    noise = fixed.sample_noise(idx, torch.Generator().manual_seed(0))
+    fixed(f, idx, bank, noise)
+    ema(f, idx, bank, noise)
     z0 = fixed.log_z.item()
     assert ema.log_z.item() == pytest.approx(z0)
     f_other = F.normalize(torch.randn(3, 5, generator=torch.Generator().manual_seed(9)), dim=1)
-    fixed(f_other, idx, bank, torch.Generator().manual_seed(1))
-    ema(f_other, idx, bank, torch.Generator().manual_seed(1))
+    noise = fixed.sample_noise(idx, torch.Generator().manual_seed(1))
+    fixed(f_other, idx, bank, noise)
+    ema(f_other, idx, bank, noise)
     assert fixed.log_z.item() == z0  # the paper: constant after the first batch
     assert ema.log_z.item() != pytest.approx(z0)  # the running average moves
     assert "log_z" in fixed.state_dict()  # saved with checkpoints
@@ -85,8 +87,8 @@ def test_nce_z_fixed_vs_running_average():
 
 def test_parametric_softmax_is_linear_classifier_cross_entropy():
     bank, f, idx = _setup()
-    obj = ParametricSoftmax(7, 5, 0.1)
-    loss = obj(f, idx, bank)
+    obj = ParametricSoftmax(7, 5)
+    loss = obj(f, idx, bank).loss
     logits = f @ obj.classifier.weight.t()
     assert loss.item() == pytest.approx(F.cross_entropy(logits, idx).item(), rel=1e-6)
     loss.backward()
@@ -97,13 +99,14 @@ def test_objectives_do_not_write_the_bank():
     for name in ("softmax", "nce", "parametric"):
         bank, f, idx = _setup(n=20)
         before = bank.features.clone()
-        build_objective(name, 20, 5, 0.1, 4, None)(f, idx, bank, torch.Generator().manual_seed(0)).backward()
+        obj = build_objective(TrainConfig(objective=name, low_dim=5, nce_k=4), 20)
+        obj(f, idx, bank, obj.sample_noise(idx, torch.Generator().manual_seed(0))).loss.backward()
         assert torch.equal(bank.features, before)
 
 
 def test_unknown_objective_is_rejected():
     with pytest.raises(ValueError, match="unknown objective"):
-        build_objective("triplet", 10, 5, 0.1, 4, None)
+        build_objective(TrainConfig(objective="triplet"), 10)
 
 
 
@@ -118,14 +121,14 @@ def test_softmax_under_bf16_autocast_stays_close_to_fp64(tau):
     idx = torch.randint(0, n, (b,), generator=g)
     # features near their own rows, as in a trained model, so the positive dominates the softmax
     f0 = F.normalize(bank.features[idx] + 0.6 * F.normalize(torch.randn(b, d, generator=g), dim=1), dim=1)
-    obj = NonParametricSoftmax(n, d, tau)
+    obj = NonParametricSoftmax(tau)
 
     f64 = f0.double().requires_grad_(True)
     ref = F.cross_entropy(f64 @ bank.features.double().t() / tau, idx)
     (g64,) = torch.autograd.grad(ref, f64)
     f = f0.clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = obj(f, idx, bank)
+        loss = obj(f, idx, bank).loss
     (gb,) = torch.autograd.grad(loss, f)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(ref.item(), rel=5e-3)

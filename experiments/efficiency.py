@@ -1,0 +1,307 @@
+"""Learning per CPU-minute (issue 14): every lever trained under the same wall-clock budgets.
+
+    python experiments/efficiency.py [--dataset cifar10 photos] [--budgets 420 2700] [--variants plain two-view ...]
+                                     [--report REPRODUCTION.md] [--quick]
+
+A run is a preset with some ``TrainConfig`` levers switched on and a ``time_budget``: the
+trainer times its first steps and plans as many epochs of a finished cosine schedule as fit
+(instdisc.budget), counting its per-epoch kNN monitor and, where used, the final bank
+refresh. So every variant gets the same wall time on this machine, whatever its cost per
+step. The curve (weighted kNN and 1-NN of the test split against the memory bank, per epoch,
+against wall seconds) comes from the run's metrics; at the end every run is scored the same
+way: its inference encoder (the weight average where kept, flip-averaged where set) embeds
+the test split, and the gallery is the exported bank (what the index serves) and, as a
+second column, the training split re-embedded. Raw pixels and the untrained encoder are
+scored on the same queries and gallery.
+
+Resumable: a finished run writes ``results/efficiency/runs/DATASET-VARIANT-BUDGET.json`` and
+is skipped next time; an interrupted one resumes from ``runs/efficiency/...``. The summary
+(``results/efficiency/efficiency.json``, ``.md``, ``.png``) is rebuilt from every run JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from evaluation.baselines import pixel_features
+from evaluation.metrics import rank_and_score
+from instdisc.config import TrainConfig, preset
+from instdisc.data import ImageCollection, load_splits
+from instdisc.embed import embed
+from instdisc.fsutil import atomic_write_text
+from instdisc.model import Encoder
+from instdisc.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+KNN_TEMPERATURE = 0.1  # vote weights exp(s / 0.1) for every run, so variants compare embeddings
+RESULTS = ROOT / "results" / "efficiency"
+RUNS = ROOT / "runs" / "efficiency"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: Path
+    preset: str  # the preset every variant starts from
+    image_size: int
+
+
+DATASETS = {
+    "cifar10": Dataset("cifar10", SHARED / "cifar10-jpeg.tar.gz", "cpu-cifar", 32),
+    "photos": Dataset("photos", SHARED / "tinyimagenet-subset.tar.gz", "cpu-photos", 64),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict = field(default_factory=dict)
+    what: str = ""
+
+
+# One lever per variant against the plain method (the preset as the paper defines the method),
+# then the combinations that the single-lever runs justify. See REPRODUCTION.md "Beyond the paper".
+VARIANTS = [
+    Variant("plain", {}, "the preset unchanged (the paper's method, CPU-sized)"),
+    Variant("two-view", {"views": 2}, "two views, each the other's positive (Ye et al. 2019), symmetric"),
+    Variant("multicrop", {"small_crops": 2}, "+2 small 16 px crops per image, positive = the full view"),
+    Variant("self-distill", {"self_distill": 1.0, "bank_update": "gradient"},
+            "Cao & Wu 2024: sqrt-softmax self-distillation + gradient bank update"),
+    Variant("ema-flip-refresh", {"ema": 0.995, "flip_embed": True, "refresh_bank": True},
+            "weight EMA, flip-averaged embeddings, bank re-embedded at the end"),
+    Variant("b256-nesterov", {"batch_size": 256, "lr": 0.12, "nesterov": True},
+            "batch 256 with lr scaled x2, Nesterov momentum"),
+    Variant("crop24", {"crop_size": 24}, "train on 24 px crops (0.56x the FLOPs), embed at 32 px"),
+]
+VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def score(queries: torch.Tensor, q_labels: torch.Tensor, gallery: torch.Tensor, g_labels: torch.Tensor,
+          num_classes: int) -> dict:
+    """Weighted kNN (k = 200), 1-NN and full-ranking mAP, in per cent."""
+    r = rank_and_score(queries, q_labels, gallery, g_labels, num_classes, KNN_TEMPERATURE, knn_ks=(1, 200),
+                       pr_ks=(1,), curve_ks=(1, 200))
+    return {"knn": 100 * r.knn[200], "nn1": 100 * r.knn[1], "map": 100 * r.map}
+
+
+def baselines(ds: Dataset, train: ImageCollection, test: ImageCollection) -> dict:
+    """Raw pixels and the untrained encoder of the dataset's preset, scored like every run."""
+    path = RESULTS / "runs" / f"{ds.name}-baselines.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    nc = len(train.classes)
+    g_pix, mean = pixel_features(train.images)
+    q_pix, _ = pixel_features(test.images, mean=mean)
+    cfg = preset(ds.preset)
+    torch.manual_seed(cfg.seed)
+    enc = Encoder.from_config(cfg).eval()
+    out = {
+        "name": f"{ds.name}-baselines", "dataset": ds.name,
+        "pixels": score(q_pix, test.labels, g_pix, train.labels, nc),
+        "random_init": score(embed(enc, test.images), test.labels, embed(enc, train.images), train.labels, nc),
+    }
+    atomic_write_text(path, json.dumps(out, indent=1))
+    return out
+
+
+def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test: ImageCollection,
+            progress: bool) -> dict:
+    name = f"{ds.name}-{v.name}-{int(budget)}"
+    out_json = RESULTS / "runs" / f"{name}.json"
+    if out_json.exists():
+        return json.loads(out_json.read_text())
+    run_dir = RUNS / name
+    knn_every = 1 if budget <= 900 else 3  # ~8-15 points per curve, the monitor within the budget
+    cfg = preset(ds.preset, **v.overrides, time_budget=budget, knn_every=knn_every)
+    load_before = loadavg()
+    t0 = time.time()
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        trainer = Trainer.resume(ckpt, train, test, run_dir, progress=progress)
+    else:
+        trainer = Trainer(cfg, train, test, run_dir, progress=progress)
+    history = trainer.fit()
+    train_wall = trainer.wall_seconds()
+    nc = len(train.classes)
+    q = trainer.features(test)
+    final = {"bank": score(q, test.labels, trainer.model.bank.features, train.labels, nc),
+             "reembedded": score(q, test.labels, trainer.features(train), train.labels, nc)}
+    result = {
+        "name": name, "dataset": ds.name, "variant": v.name, "what": v.what, "budget_s": budget,
+        "overrides": v.overrides, "config": trainer.cfg.to_dict(), "plan": trainer.plan,
+        "epochs": trainer.cfg.epochs, "train_wall_s": round(train_wall, 1),
+        "eval_wall_s": round(time.time() - t0 - train_wall, 1) if not ckpt.exists() else None,
+        "curve": [{"epoch": r["epoch"], "wall_s": r.get("wall"), "knn": 100 * r["knn_top1"],
+                   "nn1": 100 * r["knn_1nn"]} for r in history if "knn_top1" in r],
+        "images_per_s": [round(r["images_per_s"], 1) for r in history if "images_per_s" in r],
+        "final": final, "loadavg_before": load_before, "loadavg_after": loadavg(), "machine": machine(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    atomic_write_text(out_json, json.dumps(result, indent=1))
+    return result
+
+
+def summarise() -> dict:
+    runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "runs").glob("*.json"))]
+    base = {r["dataset"]: r for r in runs if r["name"].endswith("-baselines")}
+    rows = [r for r in runs if not r["name"].endswith("-baselines")]
+    return {"baselines": base, "runs": rows}
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for ds in sorted({r["dataset"] for r in summary["runs"]}):
+        b = summary["baselines"].get(ds)
+        lines += [f"**{ds}** (test split against the training split; kNN k = 200, vote exp(s/0.1); per cent)", "",
+                  "| variant | budget | epochs | wall (min) | kNN bank | 1-NN bank | mAP bank | kNN re-embedded "
+                  "| mAP re-embedded | what |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        if b:
+            for key, label in (("pixels", "raw pixels"), ("random_init", "untrained encoder")):
+                m = b[key]
+                lines.append(f"| {label} | – | – | – | {m['knn']:.1f} | {m['nn1']:.1f} | {m['map']:.1f} | – | – | |")
+        for r in sorted((r for r in summary["runs"] if r["dataset"] == ds), key=lambda r: (r["budget_s"], r["name"])):
+            fb, fr = r["final"]["bank"], r["final"]["reembedded"]
+            lines.append(f"| {r['variant']} | {r['budget_s'] / 60:.0f} min | {r['epochs']} | "
+                         f"{r['train_wall_s'] / 60:.1f} | {fb['knn']:.1f} | {fb['nn1']:.1f} | {fb['map']:.1f} | "
+                         f"{fr['knn']:.1f} | {fr['map']:.1f} | {r['what']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in summary["runs"]})
+    if not datasets:
+        return
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(16, 4.2 * len(datasets)), squeeze=False)
+    colours = {v.name: f"C{i}" for i, v in enumerate(VARIANTS)}
+    for row, ds in zip(axes, datasets, strict=True):
+        b = summary["baselines"].get(ds)
+        for ax, key, label in zip(row, ("knn", "nn1", "map"), ("weighted kNN (k=200)", "1-NN", "mAP"), strict=True):
+            for r in (r for r in summary["runs"] if r["dataset"] == ds):
+                c = colours.get(r["variant"], "k")
+                if key != "map":
+                    pts = [(p["wall_s"] / 60, p[key]) for p in r["curve"] if p["wall_s"] is not None]
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), "-o", ms=2.5, color=c,
+                                label=f"{r['variant']} ({r['budget_s'] / 60:.0f} min)")
+                ax.plot([r["train_wall_s"] / 60], [r["final"]["bank"][key]], "*", ms=11, color=c)
+            if b:
+                ax.axhline(b["pixels"][key], color="grey", ls="--", label="raw pixels")
+                ax.axhline(b["random_init"][key], color="grey", ls=":", label="untrained encoder")
+            ax.set_title(f"{ds}: {label} vs wall time (star: final, bank gallery)")
+            ax.set_xlabel("wall minutes (training incl. monitor)")
+            ax.set_ylabel("%")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_summary(report: Path | None) -> dict:
+    summary = summarise()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / "efficiency.json", json.dumps(summary, indent=1))
+    md = markdown(summary)
+    atomic_write_text(RESULTS / "efficiency.md", md + "\n")
+    plot(summary, RESULTS / "efficiency.png")
+    if report is not None:
+        fill_report(report, md)
+    return summary
+
+
+def fill_report(report: Path, table_md: str) -> None:
+    """Replace the text between the efficiency markers of ``report`` with the generated tables."""
+    start, end = "<!-- efficiency:start -->", "<!-- efficiency:end -->"
+    text = report.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{report}: needs the markers {start} and {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(report, f"{head}{start}\n{table_md}\n{end}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS, RUNS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", nargs="+", choices=sorted(DATASETS), default=["cifar10"])
+    p.add_argument("--budgets", nargs="+", type=float, default=[420.0], help="seconds of training per run")
+    p.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS],
+                   help=f"from {[v.name for v in VARIANTS]}, or NAME=field:value,field:value for a combination")
+    p.add_argument("--report", type=Path, default=None, help="fill this file's efficiency markers with the tables")
+    p.add_argument("--summary-only", action="store_true", help="rebuild the summary from the run JSONs")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1,000 training images, tiny budgets")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default results/efficiency)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.out is not None:
+        RESULTS, RUNS = args.out, args.out / "checkpoints"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    (RESULTS / "runs").mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        variants = [parse_variant(s) for s in args.variants]
+        for name in args.dataset:
+            ds = DATASETS[name]
+            train, test = load_splits(ds.source, ds.image_size, "auto", progress=args.progress)
+            if args.quick:
+                train, test = train.subset(range(0, len(train), len(train) // 1000)), test.subset(range(0, 500))
+            baselines(ds, train, test)
+            for budget in args.budgets:
+                for v in variants:
+                    r = run_one(ds, v, budget, train, test, args.progress)
+                    fb = r["final"]["bank"]
+                    print(f"{r['name']}: {r['epochs']} epochs in {r['train_wall_s'] / 60:.1f} min, kNN {fb['knn']:.1f} "
+                          f"1-NN {fb['nn1']:.1f} mAP {fb['map']:.1f} (re-embedded kNN "
+                          f"{r['final']['reembedded']['knn']:.1f})", flush=True)
+    write_summary(args.report)
+    return 0
+
+
+def parse_variant(spec: str) -> Variant:
+    """A listed variant by name, or ``NAME=field:value,...`` for a combination of levers."""
+    if "=" not in spec:
+        if spec not in VARIANT_BY_NAME:
+            raise SystemExit(f"unknown variant {spec!r}; choose from {sorted(VARIANT_BY_NAME)} or NAME=field:value")
+        return VARIANT_BY_NAME[spec]
+    name, body = spec.split("=", 1)
+    types = {f: type(getattr(TrainConfig(), f)) for f in TrainConfig.__dataclass_fields__}
+    overrides: dict = {}
+    for item in body.split(","):
+        key, value = item.split(":", 1)
+        if key not in types:
+            raise SystemExit(f"{spec}: {key!r} is not a TrainConfig field")
+        t = types[key]
+        overrides[key] = (value.lower() in ("1", "true", "yes")) if t is bool else t(value)
+    replace(TrainConfig(), **overrides)  # validates the field names and types
+    return Variant(name, overrides, "combination: " + ", ".join(f"{k} {v}" for k, v in overrides.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

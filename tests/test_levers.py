@@ -1,0 +1,232 @@
+"""The learning-efficiency levers (issue 14) against direct computations, and in the real loop.
+
+Each lever is a TrainConfig option that is off by default; here every one is checked for what
+it computes (a reference written out independently), and a tiny run with all of them on must
+train, resume bit-identically and export what the index uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instdisc import checkpoint
+from instdisc.budget import Measured, plan_epochs, replan_after_first_epoch
+from instdisc.cli import parse_duration
+from instdisc.config import TrainConfig, preset
+from instdisc.data import load_splits
+from instdisc.ema import WeightEMA
+from instdisc.memory import MemoryBank
+from instdisc.method import InstDisc
+from instdisc.model import Encoder
+from instdisc.objectives import NCE, NonParametricSoftmax
+from instdisc.train import Interrupted, Trainer
+
+
+def _bank(n: int = 9, d: int = 6, seed: int = 0) -> MemoryBank:
+    bank = MemoryBank(n, d)
+    bank.reset_random(torch.Generator().manual_seed(seed))
+    return bank
+
+
+def _unit(b: int, d: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(b, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_softmax_positive_override_is_the_other_views_similarity():
+    bank, tau = _bank(), 0.1
+    f, pos = _unit(3, 6, 1).requires_grad_(True), _unit(3, 6, 2).requires_grad_(True)
+    idx = torch.tensor([4, 0, 8])
+    out = NonParametricSoftmax(tau)(f, idx, bank, positive=pos)
+    ref = 0.0
+    for r in range(3):
+        logits = [float(bank.features[j] @ f[r]) / tau for j in range(9)]
+        logits[idx[r]] = float(pos[r] @ f[r]) / tau  # the positive column holds the other view
+        ref += -(logits[idx[r]] - math.log(sum(math.exp(x) for x in logits)))
+    assert out.loss.item() == pytest.approx(ref / 3, rel=1e-5)
+    out.loss.backward()
+    assert pos.grad is not None and pos.grad.abs().sum() > 0  # symmetric: the positive learns too
+    p_ref = math.exp(-ref / 3)  # not per-row; check the per-row probability directly instead
+    assert 0 < p_ref < 1
+    for r in range(3):
+        logits = (f[r].detach() @ bank.features.t()) / tau
+        logits[idx[r]] = float(pos[r] @ f[r]) / tau
+        assert out.positive_prob[r].item() == pytest.approx(torch.softmax(logits, 0)[idx[r]].item(), rel=1e-5)
+
+
+def test_nce_positive_override_replaces_only_the_positive_score():
+    bank = _bank(n=30)
+    f, pos, idx = _unit(3, 6, 1), _unit(3, 6, 2), torch.tensor([4, 0, 8])
+    nce_a, nce_b = NCE(30, 0.1, 5), NCE(30, 0.1, 5)
+    noise = nce_a.sample_noise(idx, torch.Generator().manual_seed(0))
+    # the positive = the bank row itself must give exactly the paper's loss
+    same = nce_a(f, idx, bank, noise, positive=bank.features[idx]).loss
+    plain = nce_b(f, idx, bank, noise).loss
+    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+    other = NCE(30, 0.1, 5)(f, idx, bank, noise, positive=pos).loss
+    assert other.item() != pytest.approx(plain.item())
+
+
+def test_self_distillation_is_kl_from_the_square_root_softmax():
+    bank, tau, lam = _bank(), 0.1, 0.7
+    f, idx = _unit(3, 6, 3).requires_grad_(True), torch.tensor([1, 2, 3])
+    base = NonParametricSoftmax(tau)(f, idx, bank).loss
+    both = NonParametricSoftmax(tau, self_distill=lam)(f, idx, bank).loss
+    kl = 0.0
+    for r in range(3):
+        p = torch.softmax(f[r].detach().double() @ bank.features.double().t() / tau, 0)
+        q = p.sqrt() / p.sqrt().sum()  # the square-root-renormalised distribution
+        kl += float((q * (q.log() - p.log())).sum())
+    assert (both - base).item() == pytest.approx(lam * kl / 3, rel=1e-4)
+    (g_both,) = torch.autograd.grad(both, f)
+    assert g_both.abs().sum() > 0
+    with pytest.raises(ValueError, match="self_distill"):
+        NonParametricSoftmax(tau, self_distill=-1)
+
+
+def test_gradient_bank_update_scales_the_step_by_one_minus_p():
+    feats = _unit(2, 6, 5)
+    idx = torch.tensor([1, 3])
+    momentum, gradient = _bank(), _bank()
+    gradient.rule = "gradient"
+    before = gradient.features.clone()
+    momentum.update(idx, feats)
+    gradient.update(idx, feats, positive_prob=torch.tensor([0.0, 1.0]))
+    assert torch.allclose(gradient.features[1], momentum.features[1], atol=1e-6)  # P = 0: the paper's rule
+    assert torch.allclose(gradient.features[3], before[3], atol=1e-6)  # P = 1: already discriminated, stays
+    with pytest.raises(ValueError, match="probability"):
+        gradient.update(idx, feats)
+    with pytest.raises(ValueError, match="unknown bank update"):
+        MemoryBank(4, 2, rule="copy")
+
+
+def test_two_views_and_small_crops_in_the_method():
+    cfg = TrainConfig(width=8, views=2, small_crops=2, small_crop_size=8, precision="fp32")
+    torch.manual_seed(0)
+    model = InstDisc(cfg, 10)
+    model.bank.reset_random(torch.Generator().manual_seed(0))
+    idx = torch.tensor([0, 3, 7, 9])
+    g = torch.Generator().manual_seed(1)
+    v1, v2 = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g)
+    small = torch.randn(8, 3, 8, 8, generator=g)
+    out = model([v1, v2], idx, None, small)
+    # reference: the same encoder in the same mode, terms written out one by one
+    f = model.encoder(torch.cat([v1, v2])).view(2, 4, -1)
+    c = model.encoder(small).view(2, 4, -1)
+    obj = model.objective
+    terms = [obj(f[0], idx, model.bank, positive=f[1]).loss, obj(f[1], idx, model.bank, positive=f[0]).loss,
+             obj(c[0], idx, model.bank, positive=f[0]).loss, obj(c[1], idx, model.bank, positive=f[0]).loss]
+    assert out.loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    assert torch.allclose(out.features, F.normalize(f.detach().mean(0), dim=1), atol=1e-5)
+    assert out.features.shape == (4, cfg.low_dim) and out.positive_prob.shape == (4,)
+    with pytest.raises(ValueError, match="parametric"):
+        InstDisc(TrainConfig(objective="parametric", views=2), 10)
+
+
+def test_weight_ema_follows_the_formula_and_warms_up():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ema = WeightEMA(net, decay=0.9)
+    w0 = ema.module.weight.clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)  # t = 0: d = min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.module.weight, 0.1 * w0 + 0.9 * net.weight, atol=1e-6)
+    for _ in range(200):
+        ema.update(net)
+    assert torch.allclose(ema.module.weight, net.weight, atol=1e-4)
+    with pytest.raises(ValueError):
+        WeightEMA(net, 1.0)
+
+
+def test_flip_averaged_encoder_is_mirror_invariant_in_eval_only():
+    torch.manual_seed(0)
+    enc = Encoder("resnet18", 8, True, 16, flip_average=True).eval()
+    x = torch.randn(3, 3, 16, 16)
+    a, b = enc(x), enc(x.flip(3))
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+    plain = Encoder("resnet18", 8, True, 16).eval()
+    plain.load_state_dict(enc.state_dict())
+    assert not torch.allclose(plain(x), plain(x.flip(3)), atol=1e-3)
+    enc.train()
+    assert enc(x).shape == (3, 16)  # training sees one view, no averaging
+
+
+def test_time_budget_plan_fits_and_says_why():
+    m = Measured(step_seconds=0.1, steps_per_epoch=100, eval_seconds=5.0, eval_every=1, refresh_seconds=20.0,
+                 spent_seconds=30.0)
+    plan = plan_epochs(600.0, m)
+    # (600 * 0.97 - 30 - 20) / (10 + 5) = 35.4 -> 35 epochs
+    assert plan.epochs == 35 and plan.seconds <= 600.0
+    assert "35 epochs" in plan.reason and "100 steps" in plan.reason
+    small = plan_epochs(600.0, Measured(0.1, 2, 0.0, 0, 0.0, 1.0))
+    assert small.epochs == 2905  # a small collection gets many epochs
+    huge = plan_epochs(60.0, Measured(1.0, 1000, 0.0, 0, 0.0, 0.0))
+    assert huge.epochs == 1 and "overrun" in huge.reason
+    again = replan_after_first_epoch(600.0, plan, epoch_wall_seconds=20.0, spent_seconds=50.0, refresh_seconds=20.0)
+    assert again.epochs == 1 + math.floor((582 - 50 - 20) / 20)
+    with pytest.raises(ValueError):
+        plan_epochs(0, m)
+
+
+@pytest.mark.parametrize("text,seconds", [("20m", 1200.0), ("90s", 90.0), ("1.5h", 5400.0), ("45", 45.0)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-5m", "0", "m"])
+def test_parse_duration_rejects_nonsense(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
+
+
+LEVERS = dict(views=2, small_crops=1, small_crop_size=16, self_distill=0.5, bank_update="gradient",
+              nesterov=True, ema=0.9, flip_embed=True, refresh_bank=True, crop_size=24)
+
+
+def test_all_levers_train_resume_exactly_and_export_the_average(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=2, batch_size=32, precision="fp32", **LEVERS)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    full = Trainer(cfg, train, ev, tmp_path / "full", device="cpu", progress=False)
+    history = full.fit()
+    assert history[-1]["epoch"] == 2 and full.refreshed
+    part = Trainer(cfg, train, ev, tmp_path / "part", device="cpu", progress=False)
+    with pytest.raises(Interrupted):
+        part.fit(stop_after_steps=9)
+    resumed = Trainer.resume(tmp_path / "part" / "checkpoint.pt", train, ev, device="cpu", progress=False)
+    resumed.fit()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k, v in full.ema.module.state_dict().items():
+        assert torch.equal(v, resumed.ema.module.state_dict()[k]), k
+    # the bank was refreshed by the averaged, flip-averaged encoder: the index gets those rows
+    ckpt = checkpoint.load(tmp_path / "full" / "checkpoint.pt")
+    enc = checkpoint.encoder_from(ckpt)
+    assert enc.flip_average
+    for k, v in full.ema.module.state_dict().items():
+        assert torch.equal(enc.state_dict()[k], v), k
+    fresh = full.features(train)
+    assert torch.allclose(checkpoint.bank_from(ckpt), fresh, atol=1e-5)
+
+
+def test_time_budget_run_plans_its_epochs(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=1000, batch_size=32, precision="fp32", time_budget=20.0)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    t = Trainer(cfg, train, ev, tmp_path, device="cpu", progress=False)
+    history = t.fit()
+    assert t.plan and "epochs" in t.plan
+    assert t.cfg.epochs == history[-1]["epoch"] < 1000
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert saved["plan"] == t.plan and saved["config"]["epochs"] == t.cfg.epochs
+    assert history[-1]["wall"] < 20.0 * 2  # the plan held (it adapts to the speed it measures)
+
+
+def test_crop_larger_than_images_is_refused(shapes_root, tmp_path):
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    with pytest.raises(ValueError, match="crop_size"):
+        Trainer(preset("tiny", crop_size=48), train, ev, tmp_path, device="cpu", progress=False)
