@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks import common
+from evaluation.stats import latency_summary
 
 
 def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, max_seconds: float) -> dict:
@@ -63,7 +64,7 @@ def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, 
         c.close()
     return {"clients": clients, "requests": len(lat), "failed": len(errors), "errors": errors[:3],
             "requests_per_s": round(len(lat) / wall, 2), "wall_s": round(wall, 2),
-            **common.latency_summary(lat)}
+            **latency_summary(lat)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,8 @@ from index.auto import (
     FLAT_MAX_VECTORS,
     build_vector_index,
     parse_bytes,
-    recall_at_k,
 )
-from index.faiss_util import search_params
+from index.faiss_util import recall_at_k, search_params
 from index.synthetic import clustered_unit_vectors
 
 

@@ -14,7 +14,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -199,24 +198,6 @@ def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[f
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), without needing numpy."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    pos = (len(s) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def latency_summary(seconds: Sequence[float]) -> dict:
-    """p50 / p99 / mean in milliseconds."""
-    ms = [s * 1000 for s in seconds]
-    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
-            "mean_ms": round(statistics.fmean(ms), 3)}
 
 
 # ---------------------------------------------------------------- memory

@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from benchmarks import common
+from evaluation.stats import latency_summary
 from index.synthetic import clustered_unit_vectors
 
 K = 10
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                        for i in range(min(args.singles, nq))]
                 rec.add({"n": n, "index": name, "threshold": thr, "queries": nq, "batch_s": round(batch, 3),
                          "batch_qps": round(nq / batch, 1), **{f"single_{k}": v for k, v in
-                                                                common.latency_summary(one).items()}})
+                                                                latency_summary(one).items()}})
                 rec.save(partial=True)
         faiss.cvar.distance_compute_blas_threshold = shipped
         del flat, ivf, data, x

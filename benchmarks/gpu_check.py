@@ -28,6 +28,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.train_throughput import load_images, run_variant
+from evaluation.stats import latency_summary
 from index.synthetic import clustered_unit_vectors
 from instdisc.config import preset
 from instdisc.embed import embed
@@ -55,7 +56,7 @@ def search_speed(n: int, device: torch.device, queries: int, singles: int) -> di
     topk_cosine(q, bank, 10)
     batch_s = time.perf_counter() - t0
     return {"n": n, "queries": queries, "batch_qps": round(queries / batch_s, 1),
-            **{f"single_{k}": v for k, v in common.latency_summary(lat).items()}}
+            **{f"single_{k}": v for k, v in latency_summary(lat).items()}}
 
 
 def knn_monitor_seconds(device: torch.device, bf16: bool, n_bank: int, n_test: int, width: int) -> float:

@@ -118,17 +118,6 @@ def ranks_in(sorted_scores: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def ann_recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean |found_i ∩ exact_i| / |exact_i| over queries (ids; negative ids never count)."""
-    found, exact = np.asarray(found), np.asarray(exact)
-    if exact.size == 0:
-        return float("nan")
-    hits = 0
-    for f, t in zip(found, exact, strict=True):
-        hits += len(np.intersect1d(f[f >= 0], t[t >= 0]))
-    return hits / float((exact >= 0).sum())
-
-
 def rank_of_targets(
     queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, query_chunk: int = 256
 ) -> torch.Tensor:

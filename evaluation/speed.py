@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from index.faiss_util import recall_at_k
 from index.search import SearchIndex
 from instdisc.data import ImageCollection
 
-from .metrics import ann_recall
 from .options import EvalOptions
 from .stats import latency_summary
 
@@ -29,7 +29,7 @@ def ann_and_batched(idx: SearchIndex, q: np.ndarray, exact_top: np.ndarray, o: E
         elapsed += time.perf_counter() - t
         for j, h in enumerate(hits):
             found[i + j, : len(h)] = [x.id for x in h]
-    ann = {"k": k, "queries": len(q), "recall": ann_recall(found, exact_top),
+    ann = {"k": k, "queries": len(q), "recall": recall_at_k(found, exact_top),
            "index_type": idx.manifest.index.type, "params": idx.manifest.index.params,
            "build_time_recall": idx.manifest.index.recall_at_10,
            "build_time_recall_queries": idx.manifest.index.recall_query_kind}

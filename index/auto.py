@@ -31,7 +31,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .faiss_util import KNOBS, METRIC, apply_knobs, create_index, gpu_available, index_kind, search_params
+from .faiss_util import (
+    KNOBS,
+    METRIC,
+    apply_knobs,
+    create_index,
+    gpu_available,
+    index_kind,
+    recall_at_k,
+    search_params,
+)
 from .manifest import IndexInfo
 
 FLAT_MAX_VECTORS = 1_000_000
@@ -232,13 +241,6 @@ class TuneResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean |found ∩ truth| / k over queries (ids; -1 never counts)."""
-    k = truth.shape[1]
-    hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True))
-    return hits / (k * len(truth))
 
 
 def tune(

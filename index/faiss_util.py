@@ -99,6 +99,17 @@ def index_ids(index: faiss.Index) -> np.ndarray | None:
     return None
 
 
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean |found_i ∩ exact_i| / |exact_i| over queries, of ids (negative ids never count): how much
+    of exact search's top-k an approximate search returns. Tuning and evaluation both measure this."""
+    found, exact = np.asarray(found), np.asarray(exact)
+    valid = int((exact >= 0).sum())
+    if valid == 0:
+        return float("nan")
+    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, exact, strict=True))
+    return hits / valid
+
+
 def gpu_available() -> bool:
     try:
         return faiss.get_num_gpus() > 0

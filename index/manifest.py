@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -221,11 +220,6 @@ class Manifest:
 
     def write(self, index_dir: str | os.PathLike) -> None:
         atomic_write_text(Path(index_dir) / MANIFEST, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-
-    def __getitem__(self, key: str) -> Any:
-        """Transitional: ``manifest["key"]`` for callers not yet moved to attributes (reliability/faults.py)."""
-        warnings.warn("Manifest is typed: use attributes, not manifest[key]", DeprecationWarning, stacklevel=2)
-        return getattr(self, key)
 
 
 def read_manifest(index_dir: str | os.PathLike) -> Manifest:

@@ -155,8 +155,8 @@ def snapshot(index_dir: Path, queries: np.ndarray | None = None) -> dict | str:
         if queries is None:
             queries = fixed_queries(idx.dim)
         hits = idx.search_vectors(queries, 5)
-        return {"generation": idx.manifest["generation"], "count": len(idx),
-                "ids": idx._store.ids().tolist(),
+        return {"generation": idx.manifest.generation, "count": len(idx),
+                "ids": idx.ids().tolist(),
                 "answers": [[(h.id, h.path, round(h.score, 3)) for h in row] for row in hits]}
     finally:
         idx.close()

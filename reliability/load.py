@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from evaluation.stats import percentile
+from evaluation.stats import latency_summary
 
 REQUEST_TIMEOUT = 300.0  # seconds; a queued query waits its turn, it must not count as an error early
 
@@ -96,11 +95,7 @@ def _status_kb(pid: int, key: str) -> float | None:
 
 
 def _summary(ms: list[float]) -> dict:
-    if not ms:
-        return {"n": 0}
-    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1), "p90_ms": round(percentile(ms, 90), 1),
-            "p99_ms": round(percentile(ms, 99), 1), "max_ms": round(max(ms), 1),
-            "mean_ms": round(statistics.fmean(ms), 1)}
+    return latency_summary(ms=ms, digits=1) if ms else {"n": 0}
 
 
 def run_load(

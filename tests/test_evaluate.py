@@ -24,7 +24,7 @@ from evaluation.near_duplicates import strong_augment
 from evaluation.run import EvalOptions, evaluate, query_folder
 from evaluation.stats import latency_summary
 from index.build import BuildOptions, build
-from index.faiss_util import stored_vectors
+from index.faiss_util import recall_at_k, stored_vectors
 from instdisc.knn import knn_accuracy, weighted_knn_predict, weighted_vote
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,9 @@ def test_pixels_rank_of_targets_ann_recall_latency() -> None:
     gallery = _unit([[1, 0], [0, 1], [-1, 0]])
     ranks = M.rank_of_targets(_unit([[1, 0.1], [1, 0.2]]), gallery, torch.tensor([0, 1]))
     assert ranks.tolist() == [0, 1]
-    assert M.ann_recall(np.array([[1, 2, -1], [4, 5, 6]]), np.array([[1, 2, 3], [6, 5, 4]])) == pytest.approx(5 / 6)
+    assert recall_at_k(np.array([[1, 2, -1], [4, 5, 6]]), np.array([[1, 2, 3], [6, 5, 4]])) == pytest.approx(5 / 6)
+    assert recall_at_k(np.array([[1, 9]]), np.array([[1, -1]])) == 1.0  # a short exact list counts its real ids
+    assert math.isnan(recall_at_k(np.zeros((0, 3)), np.zeros((0, 3))))
     lat = latency_summary([0.001] * 99 + [0.1])
     assert lat["p50_ms"] == pytest.approx(1.0) and lat["p99_ms"] > 1.0 and lat["n"] == 100
     assert lat["max_ms"] == pytest.approx(100.0) and lat["p90_ms"] == pytest.approx(1.0)

@@ -18,6 +18,7 @@ from index.backends import FaissBackend, TorchFlatBackend
 from index.build import BuildOptions, add, build, labels_and_splits, remove
 from index.errors import IndexDirError, UnsafePathError
 from index.layout import open_dir
+from index.manifest import Manifest
 from index.search import SearchIndex, safe_join
 from index.store import MetadataStore, write_db
 from index.synthetic import clustered_unit_vectors
@@ -302,19 +303,22 @@ def test_image_path_refuses_traversal(bank_index: Path, tmp_path: Path) -> None:
     for bad in ("../x.png", "a/../../x.png", "/etc/passwd", ""):
         with pytest.raises(UnsafePathError, match="escape"):
             safe_join(root, bad)
-    si = SearchIndex.open(bank_index, device="cpu")
-    try:
-        evil = tmp_path / "evil.sqlite"
-        rows = si._store.rows()
-        rows[5].path = "../../../../etc/passwd"
-        write_db(evil, rows, si._store.info)
-        si._store.close()
-        si._store = MetadataStore(evil)
-        with pytest.raises(UnsafePathError):
+    # a tampered metadata database on disk (its size recorded, so only the stored path is wrong)
+    d = copy_index(bank_index, tmp_path)
+    m = Manifest.read(d)
+    db = d / m.files.db
+    store = MetadataStore(db)
+    rows, info = store.rows(), store.info
+    store.close()
+    rows[5].path = "../../../../etc/passwd"
+    write_db(db, rows, info)
+    m.files.db_bytes = db.stat().st_size
+    m.write(d)
+    with SearchIndex.open(d, device="cpu") as si:
+        assert si.paths()[5] == "../../../../etc/passwd"
+        with pytest.raises(UnsafePathError, match="escape"):
             si.image_path(5)
         assert si.image_path(6).is_file()
-    finally:
-        si.close()
 
 
 # ---------------------------------------------------------------- the script end to end

@@ -51,7 +51,7 @@ def test_add_replaces_a_file_whose_content_changed(built: dict):
     assert after["count"] == before["count"] == 16  # replaced, not duplicated
     with SearchIndex.open(idx, device="cpu") as s:
         hit = s.search_images([new], 1)[0][0]
-        paths = sorted(row.path for row in s._store.rows())
+        paths = sorted(s.paths())
     assert hit.path == rel and hit.score > 0.999  # the stored vector is the new content's
     assert paths == sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
     # a second --add of the unchanged folder changes nothing
