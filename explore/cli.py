@@ -1,0 +1,113 @@
+"""Command lines of ``scripts/find_duplicates.py`` and ``scripts/explore.py`` (argument parsing and
+printing only; the work is in :class:`explore.explorer.Explorer` and :mod:`explore.reports`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION
+from .errors import ExploreError
+from .explorer import CalibrationOptions, Explorer
+from .neighbours import K
+from .projection import METHODS
+from .reports import write_clusters, write_duplicates, write_map
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="index folder made by scripts/build_index.py")
+    p.add_argument("--out", required=True, help="report folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seeds sampling, k-means and projections (default 0)")
+    p.add_argument("--device", default="cpu", help="device for re-embedding edited images (default cpu)")
+
+
+def _duplicate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", default="auto",
+                   help="cosine similarity for a duplicate pair, or 'auto' (calibrated on the index; default)")
+    p.add_argument("--guard", type=float, default=None,
+                   help="every two members of a group must score at least this (default 2*t^2-1: chains break)")
+    p.add_argument("--k", type=int, default=K, help=f"neighbours considered per image (default {K})")
+    p.add_argument("--samples", type=int, default=SAMPLES,
+                   help=f"auto: images edited to calibrate the threshold (default {SAMPLES})")
+    p.add_argument("--target-precision", type=float, default=TARGET_PRECISION,
+                   help=f"auto: the expected precision to reach (default {TARGET_PRECISION})")
+    p.add_argument("--prevalence", type=float, default=PREVALENCE,
+                   help=f"auto: share of images assumed to have a copy (default {PREVALENCE})")
+
+
+def _open(args) -> Explorer:
+    return Explorer.open(args.index, device=args.device, seed=args.seed, k=getattr(args, "k", K))
+
+
+def _run(fn, args) -> int:
+    try:
+        fn(args)
+    except ExploreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _duplicates(args) -> None:
+    t0 = time.perf_counter()
+    ex = _open(args)
+    opened = time.perf_counter() - t0
+    opts = CalibrationOptions(args.samples, args.target_precision, args.prevalence)
+    dup = ex.duplicates(args.threshold, args.guard, opts)
+    if dup.calibration is not None:
+        print(dup.calibration.summary())
+    paths = write_duplicates(args.out, ex.collection, dup)
+    total = time.perf_counter() - t0
+    print(f"{len(dup.groups)} groups, {dup.images_in_groups} images, threshold {dup.threshold:.4f}, "
+          f"chain guard {dup.guard:.4f}, {len(ex.collection)} vectors ({dup.graph_method} kNN); "
+          f"{total:.1f} s ({opened:.1f} s opening the index)")
+    for p in paths.values():
+        print(f"  {p}")
+
+
+def _clusters(args) -> None:
+    ex = _open(args)
+    c = ex.clusters(args.clusters)
+    paths = write_clusters(args.out, ex.collection, c)
+    agree = f", purity {c.purity:.3f}, NMI {c.nmi:.3f} on {c.labelled} labelled" if c.purity is not None else ""
+    print(f"{c.k} clusters ({c.chosen_by}), largest {c.sizes[0]}, smallest {c.sizes[-1]}{agree}; {c.seconds:.1f} s")
+    for p in paths.values():
+        print(f"  {p}")
+
+
+def _map(args) -> None:
+    ex = _open(args)
+    proj = ex.map(args.method)
+    c = ex.clusters(args.clusters)
+    paths = write_map(args.out, ex.collection, proj, c)
+    print(f"{proj.method} map of {len(proj.rows)} points, coloured by {c.k} clusters; {proj.seconds:.1f} s")
+    for p in paths.values():
+        print(f"  {p}")
+
+
+def find_duplicates_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Duplicate and near-duplicate groups of an index: groups.json, "
+                                "duplicates.csv (keep/remove per file), contact_sheet.png. See docs/explore.md.")
+    _common(p)
+    _duplicate_args(p)
+    return _run(_duplicates, p.parse_args(argv))
+
+
+def explore_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Explore an index: duplicates, clusters, a 2-D map. See docs/explore.md.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("duplicates", help="the same as scripts/find_duplicates.py")
+    _common(d)
+    _duplicate_args(d)
+    d.set_defaults(fn=_duplicates)
+    for name, fn, helptext in (("clusters", _clusters, "k-means clusters: clusters.json, clusters.png"),
+                               ("map", _map, "2-D map: map.png, map.json")):
+        s = sub.add_parser(name, help=helptext)
+        _common(s)
+        s.add_argument("--clusters", default="auto", help="k, or 'auto' (silhouette on a sample; default)")
+        if name == "map":
+            s.add_argument("--method", default=METHODS[0], choices=METHODS, help="projection (default pca)")
+        s.set_defaults(fn=fn)
+    args = p.parse_args(argv)
+    return _run(args.fn, args)

@@ -1,0 +1,114 @@
+"""The exploration jobs of one collection, each computed once and cached (per index generation).
+
+What the CLI and the app call: ``Explorer.open(index_dir)`` (or ``Explorer.for_index(si)``
+for an already opened index) then ``graph()``, ``calibration()``, ``duplicates(threshold)``,
+``clusters(k)`` and ``map(method)``. Grouping itself is not cached: from the cached kNN graph
+it takes milliseconds to seconds, which lets the app regroup on every slider move.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .cache import ResultCache
+from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calibrate
+from .clusters import Clustering, cluster
+from .collection import Collection, from_index
+from .errors import ExploreError
+from .grouping import Group, chain_guard, group_duplicates
+from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
+from .projection import Projection, project
+
+
+@dataclass
+class CalibrationOptions:
+    """What ``--threshold auto`` is calibrated for (defaults: :mod:`explore.calibrate`)."""
+
+    samples: int = SAMPLES
+    target_precision: float = TARGET_PRECISION
+    prevalence: float = PREVALENCE
+
+
+@dataclass
+class Duplicates:
+    """Duplicate groups at one threshold, and the calibration behind an ``auto`` threshold."""
+
+    threshold: float
+    guard: float
+    groups: list[Group]
+    calibration: Calibration | None = None
+    graph_method: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images_in_groups(self) -> int:
+        return sum(g.size for g in self.groups)
+
+
+def parse_threshold(value: str | float) -> float | str:
+    """'auto' or a cosine similarity in (0, 1]; a clear error otherwise."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ExploreError(f"--threshold must be 'auto' or a similarity such as 0.92, got {value!r}") from None
+    if not 0.0 < t <= 1.0:
+        raise ExploreError(f"--threshold must be in (0, 1] (cosine similarity), got {t}")
+    return t
+
+
+class Explorer:
+    """Cached exploration of one collection (see the module doc)."""
+
+    def __init__(self, collection: Collection, cache: ResultCache | None = None, seed: int = 0,
+                 k: int = K, exact_max: int = EXACT_MAX, featuriser: str = "index") -> None:
+        self.collection = collection
+        self.cache = cache or ResultCache(os.devnull, None)
+        self.seed = seed
+        self.k = k
+        self.exact_max = exact_max
+        self.featuriser = featuriser  # part of every cache key: vectors made another way are another result
+
+    @classmethod
+    def for_index(cls, si, **kw) -> Explorer:
+        """An explorer over an opened :class:`index.search.SearchIndex`, cached next to it."""
+        return cls(from_index(si), ResultCache(si.dir, si.manifest.generation), **kw)
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, device: str | None = "cpu", **kw) -> Explorer:
+        from index.search import SearchIndex
+
+        return cls.for_index(SearchIndex.open(index_dir, device=device), **kw)
+
+    def _params(self, **extra) -> dict:
+        return {"featuriser": self.featuriser, "seed": self.seed, "n": len(self.collection), **extra}
+
+    def graph(self) -> KnnGraph:
+        return self.cache.fetch("knn", self._params(k=self.k, exact_max=self.exact_max), KnnGraph,
+                                lambda: knn_graph(self.collection.vectors, self.k, self.exact_max, self.seed))
+
+    def calibration(self, options: CalibrationOptions | None = None) -> Calibration:
+        o = options or CalibrationOptions()
+        params = self._params(k=self.k, samples=o.samples, target=o.target_precision, prevalence=o.prevalence)
+        return self.cache.fetch("calibration", params, Calibration, lambda: calibrate(
+            self.collection, self.graph(), o.samples, o.target_precision, o.prevalence, seed=self.seed))
+
+    def duplicates(self, threshold: float | str = "auto", guard: float | None = None,
+                   options: CalibrationOptions | None = None) -> Duplicates:
+        """Groups at ``threshold`` (a number or 'auto'), chain guard ``guard`` (default 2t^2 - 1)."""
+        t = parse_threshold(threshold)
+        cal = self.calibration(options) if t == "auto" else None
+        t = cal.threshold if cal is not None else float(t)
+        g = chain_guard(t) if guard is None else float(guard)
+        graph = self.graph()
+        return Duplicates(t, g, group_duplicates(graph, self.collection.vectors, t, g), cal, graph.method)
+
+    def clusters(self, k: int | str = "auto") -> Clustering:
+        return self.cache.fetch("clusters", self._params(k=str(k)), Clustering, lambda: cluster(
+            self.collection.vectors, k, self.collection.labels, self.seed))
+
+    def map(self, method: str = "pca") -> Projection:
+        return self.cache.fetch("map", self._params(method=method), Projection, lambda: project(
+            self.collection.vectors, method, self.seed))

@@ -1,0 +1,102 @@
+"""Duplicate groups from the kNN graph: pairs above a threshold, joined with a chain guard.
+
+Plain connected components are what most duplicate finders do, and they fail on chains:
+a~b, b~c, c~d each above the threshold while a and d are unrelated puts a..d in one group,
+and on a large collection one chain can swallow thousands of images. Here pairs are joined
+best first and two groups merge only if *every* cross pair scores at least the guard. The
+default guard, ``2 t^2 - 1``, is the cosine of twice the threshold's angle: two edited copies
+of one original, each within the threshold of it, are always at least that similar (triangle
+inequality on the sphere), so real copy groups pass and a chain breaks after two links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import ExploreError
+from .neighbours import KnnGraph
+
+STATS_MAX = 512  # pairwise statistics of a group use at most this many members
+
+
+def chain_guard(threshold: float) -> float:
+    """The default guard for ``threshold`` (see the module doc)."""
+    return 2.0 * threshold * threshold - 1.0
+
+
+@dataclass
+class Group:
+    """One duplicate group; ``rows`` are collection rows, most connected first."""
+
+    rows: list[int]
+    min_score: float  # the least similar pair (>= the guard)
+    mean_score: float
+    max_score: float
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _edges(graph: KnnGraph, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges (a < b) scoring >= threshold, best first (ties by row numbers: deterministic)."""
+    n, k = graph.neighbours.shape
+    src = np.repeat(np.arange(n, dtype=np.int64), k)
+    dst = graph.neighbours.ravel()
+    s = graph.scores.ravel()
+    keep = (dst >= 0) & (s >= threshold)
+    a, b, s = np.minimum(src[keep], dst[keep]), np.maximum(src[keep], dst[keep]), s[keep]
+    pair = a * n + b
+    pair, first = np.unique(pair, return_index=True)
+    a, b, s = a[first], b[first], s[first]
+    order = np.lexsort((b, a, -s))
+    return a[order], b[order], s[order]
+
+
+def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, guard: float | None = None
+                     ) -> list[Group]:
+    """Groups of rows whose pairs score >= ``threshold``, any two members >= ``guard``; largest and
+    tightest first."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ExploreError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    guard = chain_guard(threshold) if guard is None else float(guard)
+    if guard > threshold:
+        raise ExploreError(f"the chain guard ({guard}) must not exceed the threshold ({threshold})")
+    if len(vectors) != len(graph.neighbours):
+        raise ExploreError(f"graph has {len(graph.neighbours)} rows, vectors {len(vectors)}")
+    owner: dict[int, int] = {}  # row -> group key
+    members: dict[int, list[int]] = {}
+    for a, b, _ in zip(*_edges(graph, threshold), strict=True):
+        a, b = int(a), int(b)
+        ga, gb = owner.get(a, a), owner.get(b, b)
+        if ga == gb:
+            continue
+        ma, mb = members.get(ga, [ga]), members.get(gb, [gb])
+        if (vectors[ma] @ vectors[mb].T).min() < guard:
+            continue
+        if len(ma) < len(mb):
+            ga, gb, ma, mb = gb, ga, mb, ma
+        ma.extend(mb)
+        members[ga] = ma
+        members.pop(gb, None)
+        for r in mb:
+            owner[r] = ga
+        owner[ga] = ga
+    groups = [_stats(rows, vectors) for rows in members.values()]
+    groups.sort(key=lambda g: (-g.size, -g.mean_score, g.rows[0]))
+    return groups
+
+
+def _stats(rows: list[int], vectors: np.ndarray) -> Group:
+    sub = vectors[rows[:STATS_MAX]]
+    sim = sub @ sub.T
+    order = np.argsort(-(sim.sum(axis=1)), kind="stable")  # most connected (the likely original) first
+    iu = np.triu_indices(len(sub), 1)
+    pairs = sim[iu]
+    ranked = [rows[i] for i in order] + rows[STATS_MAX:]
+    return Group(ranked, float(pairs.min()), float(pairs.mean()), float(pairs.max()))

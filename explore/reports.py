@@ -1,0 +1,137 @@
+"""Report folders written from exploration results: what ``find_duplicates.py`` and
+``explore.py clusters|map`` leave in ``--out``.
+
+* duplicates: ``groups.json`` (every group, largest first, with the threshold and its
+  calibration), ``duplicates.csv`` (one row per file: group, keep/remove, metadata) and
+  ``contact_sheet.png`` (the top groups);
+* clusters: ``clusters.json`` (sizes, central images, purity / NMI) and ``clusters.png``;
+* map: ``map.png`` (points coloured by cluster, thumbnails at sampled points) and ``map.json``
+  (every point's id, x, y, cluster and label: the data the app draws).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from instdisc.fsutil import atomic_write, atomic_write_text
+
+from .clusters import Clustering
+from .collection import Collection
+from .explorer import Duplicates
+from .keep import Member, suggest
+from .projection import Projection
+from .sheets import SheetRow, contact_sheet, map_picture
+
+SHEET_GROUPS = 20  # groups on the contact sheet
+SHEET_COLUMNS = 8  # images per sheet row
+CSV_COLUMNS = ("group", "action", "id", "path", "label", "split", "width", "height", "bytes", "score_to_kept")
+
+
+def _write_png(path: Path, img) -> None:
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def group_members(coll: Collection, dup: Duplicates) -> list[list[Member]]:
+    return [suggest(coll, g.rows) for g in dup.groups]
+
+
+def duplicates_csv(members: list[list[Member]]) -> str:
+    """One row per file in a group: the group number, keep/remove and the file's metadata."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for gi, group in enumerate(members):
+        for m in group:
+            w.writerow([gi, m.action, m.id, m.path, m.label or "", m.split or "", m.width or "", m.height or "",
+                        m.bytes if m.bytes is not None else "", f"{m.score_to_kept:.4f}"])
+    return buf.getvalue()
+
+
+def duplicates_json(dup: Duplicates, members: list[list[Member]]) -> dict:
+    return {
+        "threshold": dup.threshold, "guard": dup.guard, "graph": dup.graph_method,
+        "calibration": dup.calibration.to_dict() if dup.calibration else None,
+        "groups_found": len(dup.groups), "images_in_groups": dup.images_in_groups,
+        "files_to_remove": sum(len(g) - 1 for g in members), **dup.extra,
+        "groups": [{"group": gi, "size": g.size, "mean_score": g.mean_score, "min_score": g.min_score,
+                    "max_score": g.max_score, "members": [{k: v for k, v in asdict(m).items() if k != "row"}
+                                                          for m in ms]}
+                   for gi, (g, ms) in enumerate(zip(dup.groups, members, strict=True))],
+    }
+
+
+def group_sheet(coll: Collection, members: list[list[Member]], titles: list[str]):
+    rows = []
+    for title, ms in zip(titles, members, strict=True):
+        shown = ms[:SHEET_COLUMNS]
+        rows.append(SheetRow(title, [coll.load_image(m.row) for m in shown],
+                             [f"{m.action} {m.score_to_kept:.2f}" for m in shown]))
+    return contact_sheet(rows)
+
+
+def write_duplicates(out: str | Path, coll: Collection, dup: Duplicates) -> dict[str, Path]:
+    """groups.json, duplicates.csv and contact_sheet.png in ``out``; returns their paths."""
+    out = Path(out)
+    members = group_members(coll, dup)
+    paths = {"json": out / "groups.json", "csv": out / "duplicates.csv", "sheet": out / "contact_sheet.png"}
+    _write_json(paths["json"], duplicates_json(dup, members))
+    atomic_write_text(paths["csv"], duplicates_csv(members))
+    top = members[:SHEET_GROUPS]
+    titles = [f"group {i}: {len(ms)} images, mean {g.mean_score:.3f}" for i, (g, ms) in
+              enumerate(zip(dup.groups, top, strict=False))]
+    _write_png(paths["sheet"], group_sheet(coll, top, titles) if top else contact_sheet([]))
+    return paths
+
+
+def clusters_json(coll: Collection, c: Clustering) -> dict:
+    d = c.to_dict()
+    d["central"] = [[{"id": int(coll.ids[r]), "path": coll.paths[r], "label": coll.labels[r]} for r in rows]
+                    for rows in c.central]
+    return d
+
+
+def write_clusters(out: str | Path, coll: Collection, c: Clustering) -> dict[str, Path]:
+    """clusters.json and clusters.png (each cluster's most central images) in ``out``."""
+    out = Path(out)
+    paths = {"json": out / "clusters.json", "sheet": out / "clusters.png"}
+    _write_json(paths["json"], clusters_json(coll, c))
+    rows = []
+    for i, central in enumerate(c.central):
+        maj = c.majority[i] if i < len(c.majority) else None
+        title = f"cluster {i}: {c.sizes[i]} images" + (f", {maj[1]:.0%} {maj[0]}" if maj else "")
+        shown = central[:SHEET_COLUMNS]
+        rows.append(SheetRow(title, [coll.load_image(r) for r in shown],
+                             [coll.labels[r] or coll.paths[r] for r in shown]))
+    _write_png(paths["sheet"], contact_sheet(rows))
+    return paths
+
+
+def map_points(coll: Collection, p: Projection, c: Clustering | None) -> dict:
+    """Every mapped point: id, x, y, cluster (or -1), label -- the data the app's map draws."""
+    rows = p.rows
+    return {"method": p.method, "explained": p.explained, "seconds": p.seconds,
+            "ids": coll.ids[rows].tolist(), "x": np.round(p.xy[:, 0], 5).tolist(),
+            "y": np.round(p.xy[:, 1], 5).tolist(),
+            "cluster": (c.assignment[rows].tolist() if c is not None else [-1] * len(rows)),
+            "label": [coll.labels[r] for r in rows.tolist()]}
+
+
+def write_map(out: str | Path, coll: Collection, p: Projection, c: Clustering | None) -> dict[str, Path]:
+    """map.png and map.json in ``out``."""
+    out = Path(out)
+    paths = {"json": out / "map.json", "png": out / "map.png"}
+    _write_json(paths["json"], map_points(coll, p, c))
+    colour = c.assignment[p.rows] if c is not None else np.zeros(len(p.rows), np.int64)
+    img, _ = map_picture(p.xy, colour, lambda i: coll.load_image(int(p.rows[i])))
+    _write_png(paths["png"], img)
+    return paths

@@ -1,0 +1,15 @@
+"""Find duplicate and near-duplicate groups in an index.
+
+    python scripts/find_duplicates.py --index INDEX_DIR [--threshold auto|0.92] --out REPORT_DIR
+
+Writes groups.json, duplicates.csv (one row per file: group, keep/remove) and contact_sheet.png;
+``auto`` calibrates the threshold on the index and prints it with its expected precision/recall.
+See docs/explore.md.
+"""
+
+import sys
+
+from explore.cli import find_duplicates_main
+
+if __name__ == "__main__":
+    sys.exit(find_duplicates_main())
