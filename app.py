@@ -6,7 +6,8 @@ Build the index first (see README / docs/app.md):
 
     python scripts/build_index.py --checkpoint RUN_DIR/checkpoint.pt --out indexes/cifar10
 
-The handler logic lives in webapp/handlers.py, the layout in webapp/ui.py; see docs/app.md.
+Serves the Gradio page at / and the REST API at /api (docs at /api/docs) in one process;
+see docs/app.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     p.add_argument("--mmap", action="store_true", help="memory-map the index vectors instead of loading them")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for embedding queries (1 is fastest on a busy machine)")
+                   help="CPU threads for embedding (torch) and searching (FAISS) queries; 1 is fastest on a "
+                        "busy machine")
     args = p.parse_args(argv)
 
     index_dir = Path(args.index)
@@ -37,14 +39,13 @@ def main(argv: list[str] | None = None) -> int:
               f"  python scripts/build_index.py --checkpoint RUN_DIR/checkpoint.pt --out {index_dir}",
               file=sys.stderr)
         return 2
-    import torch  # imported late: torch/faiss take a while
-
+    from index.batcher import set_search_threads  # imported late: torch/faiss take a while
     from index.search import SearchIndex
     from webapp.handlers import SearchHandlers
-    from webapp.ui import launch
+    from webapp.server import launch
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_search_threads(args.threads)
     try:
         idx = SearchIndex.open(index_dir, checkpoint=args.checkpoint, device=args.device, mmap=args.mmap)
     except Exception as e:  # a missing/corrupt index or checkpoint: say so, no traceback

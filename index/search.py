@@ -195,15 +195,25 @@ class SearchIndex:
             return to_rgb(Image.fromarray(a))
         raise TypeError(f"cannot embed a {type(x).__name__}: pass PIL images, paths, bytes or uint8 arrays")
 
+    def prepare(self, images: list) -> np.ndarray:
+        """PIL images / paths / bytes / HxWx3 arrays -> (B, S, S, 3) uint8 encoder inputs (evaluation
+        transform). Separate from :meth:`embed_prepared` so request threads can do it in parallel and a
+        batcher runs only the forward pass."""
+        if not images:
+            return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        return np.stack([fit_square(self._to_pil(x), self.image_size) for x in images])
+
+    def embed_prepared(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 from :meth:`prepare` -> (B, d) float32 unit rows, in one forward pass per 256."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with self._embed_lock:
+            v = embed(self._encoder, nchw(pixels), self._enc_device, self._bf16, batch_size=256)
+        return normalise(v.numpy())
+
     def embed_images(self, images: list) -> np.ndarray:
         """PIL images / paths / bytes / HxWx3 arrays -> (B, d) float32 unit rows (evaluation transform)."""
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        arr = np.stack([fit_square(self._to_pil(x), self.image_size) for x in images])
-        x = nchw(arr)
-        with self._embed_lock:
-            v = embed(self._encoder, x, self._enc_device, self._bf16, batch_size=256)
-        return normalise(v.numpy())
+        return self.embed_prepared(self.prepare(images))
 
     # ------------------------------------------------------------ searching
 

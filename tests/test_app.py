@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webapp.handlers import ANY, QueryError, SearchHandlers, make_thumbnail
+from webapp.handlers import ANY, QueryError, SearchHandlers
+from webapp.render import make_thumbnail
+from webapp.render import status as status_line
 
 CAPTION = re.compile(r"^\d\.\d{3} · (circle|cross|square|triangle) · \d{4}\.png$")
 
@@ -56,7 +58,7 @@ def test_search_finds_the_image_itself_first(h: SearchHandlers, shapes_root: Pat
 
 def test_gallery_items_are_captioned_crisp_thumbnails(h: SearchHandlers, shapes_root: Path):
     res = h.search(payload(shapes_root / "train" / "square" / "0010.png"), k=12)
-    items = h.gallery_items(res.hits)
+    items = h.tiles.gallery(res.hits)
     assert len(items) == 12
     for (img, caption), hit in zip(items, res.hits, strict=True):
         assert CAPTION.match(caption), caption
@@ -64,8 +66,8 @@ def test_gallery_items_are_captioned_crisp_thumbnails(h: SearchHandlers, shapes_
         assert img.size == (128, 128)  # 32x32 upscaled 4x ...
         px = np.asarray(img)
         assert (px[0::4, 0::4] == px[3::4, 3::4]).all()  # ... with NEAREST: 4x4 blocks of one colour
-    status = h.status(res)
-    assert "**12** results" in status and "ms" in status and "0010.png" in status
+    line = status_line(res)
+    assert "**12** results" in line and "ms" in line and "0010.png" in line
 
 
 def test_thumbnail_of_a_large_image_is_shrunk_not_enlarged():
@@ -94,28 +96,28 @@ def test_label_and_folder_filters(h: SearchHandlers, shapes_root: Path):
     assert res.hits and all(x.path.startswith("train/") for x in res.hits)
     res = h.search(q, k=10, label="square", folder="test/square")
     assert len(res.hits) == 10 and all(x.path.startswith("test/square/") for x in res.hits)
-    assert "filter: label = square, folder = test/square/" in h.status(res)
+    assert "filter: label = square, folder = test/square/" in status_line(res)
     assert len(h.search(q, k=5, label=ANY, folder=ANY).hits) == 5  # "(any)" = no filter
     empty = h.search(q, k=5, label="circle", folder="test/square")
-    assert empty.hits == [] and "No images match this filter" in h.status(empty)
+    assert empty.hits == [] and "No images match this filter" in status_line(empty)
     with pytest.raises(QueryError, match=r"\.\."):
         h.search(q, k=5, folder="../etc")
 
 
 def test_choices_examples_and_small_image_detection(h: SearchHandlers):
-    assert h.label_choices() == [ANY, "circle", "cross", "square", "triangle"]
-    folders = h.folders()
+    assert h.facts.label_choices() == [ANY, "circle", "cross", "square", "triangle"]
+    folders = h.facts.folders()
     assert {"train", "test", "train/circle", "test/triangle"} <= set(folders)
-    ids = h.example_ids()
+    ids = h.facts.example_ids()
     assert len(ids) == 4
     assert sorted(x.label for x in h.index.get(ids)) == ["circle", "cross", "square", "triangle"]
-    items = h.example_items()
+    items = h.tiles.examples(h.facts.example_ids())
     assert [c for _, c in items] == ["circle", "cross", "square", "triangle"]
-    assert h.small_images()
+    assert h.facts.small_images()
 
 
 def test_info_panel_describes_model_and_index(h: SearchHandlers):
-    text = h.info_markdown()
+    text = h.facts.info_markdown()
     assert "resnet18" in text and "128-d" in text and "32px" in text
     assert "trained 2 epochs" in text
     assert re.search(r"recorded kNN top-1 \d+\.\d%|kNN accuracy not recorded", text)
@@ -145,7 +147,7 @@ def test_ui_search_then_refresh_then_more_like_this(h: SearchHandlers, shapes_ro
 
     # an example click searches that example
     _, g4, _, s4 = h.ui_select_example(0, 5, ANY, ANY)
-    assert s4["ids"][0] == h.example_ids()[0] and len(g4) == 5
+    assert s4["ids"][0] == h.facts.example_ids()[0] and len(g4) == 5
 
 
 def test_ui_refresh_without_a_query_changes_nothing(h: SearchHandlers):
@@ -358,10 +360,10 @@ def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
 
 def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path, monkeypatch, capsys):
     import app
-    import webapp.ui
+    import webapp.server
 
     seen = {}
-    monkeypatch.setattr(webapp.ui, "launch", lambda h, **kw: seen.update(kw, root=h.root))
+    monkeypatch.setattr(webapp.server, "launch", lambda h, **kw: seen.update(kw, root=h.root))
     assert app.main(["--index", str(shapes_index)]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860 and seen["share"] is False
     assert app.main(["--index", str(shapes_index), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
@@ -375,18 +377,25 @@ def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path,
     assert app.DEFAULT_INDEX == "indexes/cifar10"
 
 
-def test_launch_serves_only_the_image_root_and_caps_uploads(h: SearchHandlers, monkeypatch):
+def test_both_serving_paths_serve_only_the_image_root_and_cap_uploads(h: SearchHandlers, monkeypatch):
     import gradio as gr
 
-    from webapp.ui import launch
+    from webapp import server
+    from webapp.limits import MAX_QUERY_BYTES
 
+    assert server.gradio_settings(h)["allowed_paths"] == [str(h.root)]
+    assert server.gradio_settings(h)["max_file_size"] == "10mb" and MAX_QUERY_BYTES == 10 * 2**20
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
-    launch(h)
-    assert seen["allowed_paths"] == [str(h.root)]
-    assert seen["max_file_size"] == "10mb"
-    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
+    server.launch(h, share=True)  # the share-link path: Gradio's own server, same settings
+    assert seen["allowed_paths"] == [str(h.root)] and seen["max_file_size"] == "10mb"
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is True
     assert "pixelated" in seen["css"]
+    mounted = {}
+    monkeypatch.setattr(gr, "mount_gradio_app", lambda app, demo, **kw: mounted.update(kw) or app)
+    app = server.make_app(h)  # the default path: FastAPI + the mounted page
+    assert mounted["allowed_paths"] == [str(h.root)] and mounted["max_file_size"] == "10mb" and mounted["path"] == "/"
+    assert {"/api/search", "/api/health", "/api/images/{id}"} <= set(app.openapi()["paths"])
 
 
 def test_fallbacks_log_and_show_what_went_wrong(shapes_index: Path, caplog):
@@ -404,11 +413,11 @@ def test_fallbacks_log_and_show_what_went_wrong(shapes_index: Path, caplog):
 
     idx.labels = broken_labels
     idx.image_path = missing_file
-    with caplog.at_level("WARNING", logger="webapp.handlers"):
-        assert h.labels() == []
-        items = h.gallery_items(idx.get([0, 1]))
+    with caplog.at_level("WARNING", logger="webapp"):
+        assert h.facts.labels() == []
+        items = h.tiles.gallery(idx.get([0, 1]))
     assert "the label list could not be read" in caplog.text and "cannot be shown" in caplog.text
-    assert "⚠️ **Problem:** the label list could not be read" in h.info_markdown()
-    assert "database disk image is malformed" in h.info_markdown()
+    assert "⚠️ **Problem:** the label list could not be read" in h.facts.info_markdown()
+    assert "database disk image is malformed" in h.facts.info_markdown()
     assert all("⚠️ cannot show: no such file" in caption for _, caption in items)
     idx.close()

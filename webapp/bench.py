@@ -20,6 +20,7 @@ import numpy as np
 
 from evaluation.stats import latency_summary
 from webapp.handlers import ANY, SearchHandlers
+from webapp.render import status
 
 
 def summary(ms: list[float]) -> dict:
@@ -28,7 +29,7 @@ def summary(ms: list[float]) -> dict:
 
 def query_files(h: SearchHandlers, n: int) -> list[Path]:
     """``n`` files of the index's own collection, spread evenly over it (a fixed sample)."""
-    paths = h.all_paths() or []
+    paths = h.facts.all_paths() or []
     pick = np.linspace(0, len(paths) - 1, min(n, len(paths))).astype(int) if paths else []
     return [h.index.root / paths[i] for i in pick]
 
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = h.search({"path": str(f), "orig_name": f.name}, args.k, ANY, ANY)
         t1 = time.perf_counter()
-        h.gallery_items(res.hits)
-        h.status(res)
+        h.tiles.gallery(res.hits)
+        status(res)
         t2 = time.perf_counter()
         total.append((t2 - t0) * 1e3)
         embed.append(res.embed_ms)

@@ -1,8 +1,8 @@
 """The Gradio layout of the search app; all logic is in :mod:`webapp.handlers`.
 
-``build_demo(handlers)`` returns the :class:`gr.Blocks`; ``launch(...)`` starts it with the
-app's safety settings (127.0.0.1 unless told, files served only from the index's image
-root, upload size limit, share link only on request).
+``build_demo(handlers)`` returns the :class:`gr.Blocks`: one function per tab (``_search_tab``,
+``_api_tab``), so a new tab is one more function called inside the ``Blocks``. Serving it (with
+the REST API, safety settings and upload limit) is :mod:`webapp.server`'s job.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import math
 
 import gradio as gr
 
-from .handlers import ANY, DEFAULT_K, QueryError, SearchHandlers
-
-MAX_FILE_SIZE = "10mb"
+from .handlers import SearchHandlers
+from .limits import ANY, DEFAULT_K
+from .queries import QueryError
 
 BASE_CSS = """
 /* results and examples: a fixed number of columns that always fit, each tile an image with
@@ -65,15 +65,62 @@ for score, label, path in zip(res["scores"], res["labels"], res["paths"]):
 batch = client.predict([handle_file("a.png"), handle_file("b.jpg")], 10, api_name="/search_batch")
 # batch["results"][i] is like res above, or {"query": ..., "error": ...} for a bad image
 ```
-Paths in the answers are relative to the index's image root (ROOT).
+Paths in the answers are relative to the index's image root (ROOT). The same search is also a plain
+REST endpoint, `POST /api/search` (multipart `image` or `image_base64`; documented at `/api/docs`).
 """.replace("ROOT", root_hint)
 
 
-def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
-    small = h.small_images()
-    labels = h.labels()
-    folders = h.folders()
-    columns = 8 if small else 5
+def _search_tab(h: SearchHandlers, state: gr.State, columns: int) -> None:
+    """Query (upload, paste, webcam), k, filters, examples, results and the model-and-index panel."""
+    labels, folders = h.facts.labels(), h.facts.folders()
+
+    def on_result_select(evt: gr.SelectData, state, k, label, folder):
+        return h.ui_select_result(evt.index, state, k, label, folder)
+
+    def on_example_select(evt: gr.SelectData, k, label, folder):
+        return h.ui_select_example(evt.index, k, label, folder)
+
+    with gr.Tab("Search"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                query = gr.Image(label="Query", sources=["upload", "clipboard", "webcam"], type="filepath",
+                                 image_mode=None, format="png", height=240, elem_id="query")
+                k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="Number of results (k)", elem_id="k")
+                with gr.Row():
+                    label = gr.Dropdown([ANY, *labels], value=ANY, label="Label filter",
+                                        interactive=bool(labels), elem_id="label-filter")
+                    folder = gr.Dropdown([ANY, *folders], value=ANY, label="Folder filter",
+                                         allow_custom_value=True, elem_id="folder-filter",
+                                         info=None if folders else "type a folder, e.g. train/cat")
+                example_items = h.tiles.examples(h.facts.example_ids())
+                example_rows = max(1, math.ceil(len(example_items) / 5))
+                examples = gr.Gallery(example_items, label="Examples from the collection — click to search",
+                                      columns=5, height=50 + 82 * example_rows, allow_preview=False,
+                                      interactive=False, format="png", object_fit="contain",
+                                      elem_id="examples")
+            with gr.Column(scale=3):
+                status = gr.Markdown(h.ui_clear()[1], elem_id="status")
+                results = gr.Gallery(label="Results — click one for more like it", columns=columns,
+                                     height=640, allow_preview=False, interactive=False, format="png",
+                                     object_fit="contain", elem_id="results", buttons=[])
+        with gr.Accordion("Model and index", open=True):
+            gr.Markdown(h.facts.info_markdown(), elem_id="info")
+
+    ui = dict(api_visibility="private", show_progress="minimal", show_progress_on=[results])
+    query.upload(h.ui_search, [query, k, label, folder], [results, status, state], preprocess=False,
+                 trigger_mode="always_last", **ui)
+    query.clear(h.ui_clear, None, [results, status, state], **ui)
+    # k: "change" also covers a number typed into the slider's box ("release" does not)
+    for comp, event in ((k, "change"), (label, "input"), (folder, "input")):
+        getattr(comp, event)(h.ui_refresh, [state, k, label, folder], [results, status, state],
+                             trigger_mode="always_last", **ui)
+    results.select(on_result_select, [state, k, label, folder], [query, results, status, state], **ui)
+    examples.select(on_example_select, [k, label, folder], [query, results, status, state], **ui)
+
+
+def _api_tab(h: SearchHandlers) -> None:
+    """The named Gradio API endpoints (/search, /search_batch) with a form that runs them."""
+    labels, folders = h.facts.labels(), h.facts.folders()
 
     def search_api(image, k=DEFAULT_K, label=ANY, folder=ANY):
         """Search the index with one image; returns {query, k, took_ms, ids, scores, paths, labels, splits}."""
@@ -91,90 +138,34 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
         except QueryError as e:
             raise gr.Error(str(e)) from e
 
-    def on_result_select(evt: gr.SelectData, state, k, label, folder):
-        return h.ui_select_result(evt.index, state, k, label, folder)
+    with gr.Tab("API / batch"):
+        gr.Markdown(_api_doc(f"`{h.root}`"))
+        with gr.Row():
+            api_image = gr.Image(label="One image (/search)", sources=["upload", "clipboard"], type="filepath",
+                                 image_mode=None, format="png", height=200)
+            api_files = gr.File(label="Several images (/search_batch)", file_count="multiple",
+                                file_types=["image"], height=200)
+        with gr.Row():
+            api_k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="k")
+            api_label = gr.Dropdown([ANY, *labels], value=ANY, label="label", allow_custom_value=True)
+            api_folder = gr.Dropdown([ANY, *folders], value=ANY, label="folder", allow_custom_value=True)
+        with gr.Row():
+            one_btn = gr.Button("Search one image", variant="primary")
+            batch_btn = gr.Button("Search batch")
+        api_out = gr.JSON(label="Answer")
+    one_btn.click(search_api, [api_image, api_k, api_label, api_folder], api_out, api_name="search",
+                  preprocess=False)
+    batch_btn.click(search_batch_api, [api_files, api_k, api_label, api_folder], api_out,
+                    api_name="search_batch", preprocess=False)
 
-    def on_example_select(evt: gr.SelectData, k, label, folder):
-        return h.ui_select_example(evt.index, k, label, folder)
 
+def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
+    """The page: a title, then one tab per function; ``demo.app_css`` holds the CSS to serve it with."""
+    small = h.facts.small_images()
     with gr.Blocks(title=title) as demo:
         state = gr.State(None)
         gr.Markdown(f"## {title}\n{INTRO}")
-        with gr.Tab("Search"):
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=1, min_width=300):
-                    query = gr.Image(label="Query", sources=["upload", "clipboard", "webcam"], type="filepath",
-                                     image_mode=None, format="png", height=240, elem_id="query")
-                    k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="Number of results (k)",
-                                  elem_id="k")
-                    with gr.Row():
-                        label = gr.Dropdown([ANY, *labels], value=ANY, label="Label filter",
-                                            interactive=bool(labels), elem_id="label-filter")
-                        folder = gr.Dropdown([ANY, *folders], value=ANY, label="Folder filter",
-                                             allow_custom_value=True, elem_id="folder-filter",
-                                             info=None if folders else "type a folder, e.g. train/cat")
-                    example_items = h.example_items()
-                    example_rows = max(1, math.ceil(len(example_items) / 5))
-                    examples = gr.Gallery(example_items, label="Examples from the collection — click to search",
-                                          columns=5, height=50 + 82 * example_rows, allow_preview=False,
-                                          interactive=False, format="png", object_fit="contain",
-                                          elem_id="examples")
-                with gr.Column(scale=3):
-                    status = gr.Markdown(h.ui_clear()[1], elem_id="status")
-                    results = gr.Gallery(label="Results — click one for more like it", columns=columns,
-                                         height=640, allow_preview=False, interactive=False, format="png",
-                                         object_fit="contain", elem_id="results", buttons=[])
-            with gr.Accordion("Model and index", open=True):
-                gr.Markdown(h.info_markdown(), elem_id="info")
-
-        with gr.Tab("API / batch"):
-            gr.Markdown(_api_doc(f"`{h.root}`"))
-            with gr.Row():
-                api_image = gr.Image(label="One image (/search)", sources=["upload", "clipboard"], type="filepath",
-                                     image_mode=None, format="png", height=200)
-                api_files = gr.File(label="Several images (/search_batch)", file_count="multiple",
-                                    file_types=["image"], height=200)
-            with gr.Row():
-                api_k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="k")
-                api_label = gr.Dropdown([ANY, *labels], value=ANY, label="label", allow_custom_value=True)
-                api_folder = gr.Dropdown([ANY, *folders], value=ANY, label="folder", allow_custom_value=True)
-            with gr.Row():
-                one_btn = gr.Button("Search one image", variant="primary")
-                batch_btn = gr.Button("Search batch")
-            api_out = gr.JSON(label="Answer")
-
-        ui = dict(api_visibility="private", show_progress="minimal", show_progress_on=[results])
-        query.upload(h.ui_search, [query, k, label, folder], [results, status, state], preprocess=False,
-                     trigger_mode="always_last", **ui)
-        query.clear(h.ui_clear, None, [results, status, state], **ui)
-        # k: "change" also covers a number typed into the slider's box ("release" does not)
-        for comp, event in ((k, "change"), (label, "input"), (folder, "input")):
-            getattr(comp, event)(h.ui_refresh, [state, k, label, folder], [results, status, state],
-                                 trigger_mode="always_last", **ui)
-        results.select(on_result_select, [state, k, label, folder], [query, results, status, state], **ui)
-        examples.select(on_example_select, [k, label, folder], [query, results, status, state], **ui)
-        one_btn.click(search_api, [api_image, api_k, api_label, api_folder], api_out, api_name="search",
-                      preprocess=False)
-        batch_btn.click(search_batch_api, [api_files, api_k, api_label, api_folder], api_out,
-                        api_name="search_batch", preprocess=False)
+        _search_tab(h, state, columns=8 if small else 5)
+        _api_tab(h)
     demo.app_css = BASE_CSS + (PIXELATED_CSS if small else "")
     return demo
-
-
-def launch(h: SearchHandlers, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           prevent_thread_lock: bool = False, quiet: bool = False):
-    """Start the app: serves files only from the index's image root; uploads capped at 10 MB."""
-    demo = build_demo(h)
-    demo.queue(default_concurrency_limit=2)
-    return demo.launch(
-        server_name=host,
-        server_port=port,
-        share=bool(share),
-        allowed_paths=[str(h.root)],
-        max_file_size=MAX_FILE_SIZE,
-        css=demo.app_css,
-        show_error=True,
-        prevent_thread_lock=prevent_thread_lock,
-        quiet=quiet,
-        footer_links=["api"],
-    )
