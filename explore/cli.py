@@ -1,4 +1,4 @@
-"""Command lines of ``scripts/find_duplicates.py`` and ``scripts/explore.py`` (argument parsing and
+"""Command lines of ``scripts/find_duplicates.py`` and ``scripts/explore_index.py`` (argument parsing and
 printing only; the work is in :class:`explore.explorer.Explorer` and :mod:`explore.reports`)."""
 
 from __future__ import annotations

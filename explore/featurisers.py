@@ -1,0 +1,39 @@
+"""Embedders for collections that are not an index: raw pixels (the baseline) and a checkpoint's
+encoder (trained or random-init), each ``list[PIL] -> (B, d) unit rows`` like
+:meth:`index.search.SearchIndex.embed_images`, so calibration can re-embed edited images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from evaluation.baselines import pixel_features
+from instdisc.embed import embed
+from instdisc.images import fit_square, nchw
+
+from .collection import Embed
+
+
+def _batch(images: list[Image.Image], size: int) -> torch.Tensor:
+    return nchw(np.stack([fit_square(im.convert("RGB"), size) for im in images]))
+
+
+def pixel_embedder(gallery: list[Image.Image], size: int = 32) -> Embed:
+    """Raw pixels at ``size`` px, minus the gallery's mean pixel, L2-normalised (evaluation's baseline)."""
+    _, mean = pixel_features(_batch(gallery, size), size)
+
+    def featurise(images: list[Image.Image]) -> np.ndarray:
+        return pixel_features(_batch(images, size), size, mean)[0].numpy()
+
+    return featurise
+
+
+def encoder_embedder(encoder: torch.nn.Module, size: int) -> Embed:
+    """An instance-discrimination encoder on the CPU, evaluation transform (fit, centre crop)."""
+
+    def featurise(images: list[Image.Image]) -> np.ndarray:
+        v = embed(encoder, _batch(images, size), torch.device("cpu"))
+        return torch.nn.functional.normalize(v, dim=1).numpy()
+
+    return featurise

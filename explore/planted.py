@@ -1,0 +1,113 @@
+"""The duplicate finder's measured precision/recall: plant edited copies of known images in a
+collection, run the finder at its ``auto`` threshold, and count which planted pairs end up in
+one group.
+
+Pair-level: the reported pairs are all pairs inside the reported groups; a planted pair is
+found when original and copy share a group. Natural duplicates already in the collection (CIFAR-10
+has some between its splits) count as false, so the precision is a lower bound; groups holding
+both a train and a test image and no planted copy are counted and shown separately.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+from .collection import Collection, Embed
+from .edits import KINDS, edit
+from .explorer import CalibrationOptions, Duplicates, Explorer
+from .grouping import Group
+
+PLANTED = 200
+PLANT_SEED_OFFSET = 7_919  # copies are edited with seeds the calibration never draws
+
+
+@dataclass
+class PlantedResult:
+    """What the finder did with the planted copies."""
+
+    featuriser: str
+    images: int  # originals in the collection
+    planted: int
+    threshold: float
+    expected_precision: float
+    expected_recall: float
+    precision: float
+    recall: float
+    recall_by_edit: dict[str, float]
+    reported_pairs: int
+    groups: int
+    cross_split_groups: int  # train+test groups without a planted copy (natural near-duplicates)
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def planted_collection(images: list[Image.Image], labels: list[str | None], splits: list[str | None],
+                       paths: list[str], featurise: Embed, plant_rows: list[int], seed: int
+                       ) -> tuple[Collection, list[tuple[int, int, str]]]:
+    """``images`` plus one edited copy of each of ``plant_rows`` (edit kinds in turn); returns the
+    collection and (original row, copy row, kind) per copy."""
+    all_imgs, all_labels, all_splits, all_paths = list(images), list(labels), list(splits), list(paths)
+    pairs = []
+    for j, r in enumerate(plant_rows):
+        kind = KINDS[j % len(KINDS)]
+        all_imgs.append(edit(images[r], kind, random.Random(seed * 1_000_003 + PLANT_SEED_OFFSET + r)))
+        all_labels.append(labels[r])
+        all_splits.append("planted")
+        all_paths.append(f"planted/{kind}/{paths[r]}")
+        pairs.append((r, len(all_imgs) - 1, kind))
+    vectors = np.concatenate([featurise(all_imgs[i:i + 512]) for i in range(0, len(all_imgs), 512)])
+    coll = Collection(ids=np.arange(len(all_imgs), dtype=np.int64), vectors=vectors.astype(np.float32),
+                      paths=all_paths, labels=all_labels, splits=all_splits,
+                      widths=[im.width for im in all_imgs], heights=[im.height for im in all_imgs],
+                      load_image=lambda row: all_imgs[row], embed=featurise)
+    return coll, pairs
+
+
+def score_groups(groups: list[Group], pairs: list[tuple[int, int, str]], splits: list[str | None]) -> dict:
+    """Planted pairs found (same group), reported pairs, cross-split groups without planted copies."""
+    owner = {r: gi for gi, g in enumerate(groups) for r in g.rows}
+    found = [owner.get(a, -1) == owner.get(b, -2) for a, b, _ in pairs]
+    reported = sum(g.size * (g.size - 1) // 2 for g in groups)
+    cross = [gi for gi, g in enumerate(groups)
+             if {"train", "test"} <= {splits[r] for r in g.rows} and all(splits[r] != "planted" for r in g.rows)]
+    by_kind = {k: float(np.mean([f for f, (_, _, kk) in zip(found, pairs, strict=True) if kk == k]))
+               for k in KINDS if any(kk == k for _, _, kk in pairs)}
+    return {"found": int(sum(found)), "reported": reported, "recall_by_edit": by_kind, "cross_split": cross}
+
+
+def evaluate_planted(images: list[Image.Image], labels: list[str | None], splits: list[str | None],
+                     paths: list[str], featurise: Embed, name: str, planted: int = PLANTED,
+                     plant_split: str | None = "test", options: CalibrationOptions | None = None, seed: int = 0
+                     ) -> tuple[PlantedResult, Explorer, Duplicates]:
+    """Plant ``planted`` copies (of images of ``plant_split``), find duplicates at ``auto``, score."""
+    t0 = time.perf_counter()
+    pool = [i for i, s in enumerate(splits) if plant_split is None or s == plant_split]
+    rng = np.random.default_rng(seed + PLANT_SEED_OFFSET)
+    rows = sorted(rng.choice(pool, min(planted, len(pool)), replace=False).tolist())
+    coll, pairs = planted_collection(images, labels, splits, paths, featurise, rows, seed)
+    t1 = time.perf_counter()
+    ex = Explorer(coll, seed=seed, featuriser=name)
+    graph = ex.graph()
+    cal = ex.calibration(options)
+    t2 = time.perf_counter()
+    dup = ex.duplicates(cal.threshold)
+    dup.calibration = cal
+    t3 = time.perf_counter()
+    s = score_groups(dup.groups, pairs, coll.splits)
+    dup.extra = {"cross_split_groups": s["cross_split"]}
+    res = PlantedResult(
+        featuriser=name, images=len(images), planted=len(pairs), threshold=cal.threshold,
+        expected_precision=cal.precision, expected_recall=cal.recall,
+        precision=s["found"] / s["reported"] if s["reported"] else 1.0, recall=s["found"] / max(1, len(pairs)),
+        recall_by_edit=s["recall_by_edit"], reported_pairs=s["reported"], groups=len(dup.groups),
+        cross_split_groups=len(s["cross_split"]),
+        seconds={"featurise": t1 - t0, "knn_graph": graph.seconds, "calibration": cal.seconds,
+                 "grouping": t3 - t2, "total": t3 - t0})
+    return res, ex, dup

@@ -1,0 +1,247 @@
+"""Exploration (explore/): duplicate grouping with its chain guard, the auto threshold, clusters,
+the map, the per-generation cache and the two scripts -- on real FAISS, real images and a real
+index built with the tiny checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from explore_data import BIG_COPY, ORIGINAL, make_planted_folder
+from PIL import Image
+
+from explore import ExploreError, Explorer
+from explore.calibrate import expected_precision
+from explore.clusters import cluster, label_agreement
+from explore.featurisers import pixel_embedder
+from explore.grouping import chain_guard, group_duplicates
+from explore.neighbours import knn_graph
+from explore.planted import evaluate_planted
+from explore.projection import project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _background(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    return _unit(np.random.default_rng(seed).standard_normal((n, d)))
+
+
+@pytest.fixture(scope="module")
+def planted_index(tiny_run: Path, shapes_root: Path, tmp_path_factory) -> Path:
+    from index.build import BuildOptions, build
+
+    data = make_planted_folder(shapes_root, tmp_path_factory.mktemp("planted-data"))
+    out = tmp_path_factory.mktemp("planted-index")
+    build(tiny_run / "checkpoint.pt", out, images=data, options=BuildOptions(progress=False), overwrite=True)
+    return out
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def test_a_planted_group_is_found_and_nothing_else():
+    v = _background(300)
+    rng = np.random.default_rng(1)
+    copies = _unit(v[7] + 0.05 * rng.standard_normal((3, v.shape[1])))  # three near copies of row 7
+    v = np.concatenate([v, copies])
+    groups = group_duplicates(knn_graph(v, k=8), v, threshold=0.9)
+    assert [sorted(g.rows) for g in groups] == [[7, 300, 301, 302]]
+    g = groups[0]
+    assert g.rows[0] == 7  # the original is the most connected member
+    assert chain_guard(0.9) <= g.min_score < 0.9 < g.max_score < 1.0  # copy-to-copy pairs score lower
+    assert g.min_score <= g.mean_score <= g.max_score
+
+
+def test_an_unrelated_chain_is_not_merged():
+    # five points on a great circle, each 0.92 from the next: every link passes t = 0.9, the ends are unrelated
+    d, t, step = 64, 0.9, np.arccos(0.92)
+    e1, e2 = np.eye(d)[0], np.eye(d)[1]
+    chain = np.stack([np.cos(i * step) * e1 + np.sin(i * step) * e2 for i in range(5)]).astype(np.float32)
+    v = np.concatenate([chain, _background(200, d, seed=3)])
+    graph = knn_graph(v, k=8)
+    assert float(chain[0] @ chain[4]) < 0.1
+    # plain connected components (no guard) swallow the whole chain ...
+    assert sorted(group_duplicates(graph, v, t, guard=-1.0)[0].rows) == [0, 1, 2, 3, 4]
+    # ... the chain guard (2 t^2 - 1 = 0.62) keeps it apart: no group holds both ends or exceeds 3 links
+    groups = group_duplicates(graph, v, t)
+    assert chain_guard(t) == pytest.approx(0.62)
+    for g in groups:
+        assert not {0, 4} <= set(g.rows) and g.size <= 3 and g.min_score >= chain_guard(t)
+    assert sorted(len(g.rows) for g in groups) == [2, 3]
+
+
+def test_bad_thresholds_get_specific_errors(planted_index: Path):
+    v = _background(20)
+    g = knn_graph(v, k=4)
+    with pytest.raises(ExploreError, match="must not exceed the threshold"):
+        group_duplicates(g, v, 0.9, guard=0.95)
+    with pytest.raises(ExploreError, match=r"must be 'auto' or a similarity"):
+        Explorer.open(planted_index).duplicates("high")
+    with pytest.raises(ExploreError, match=r"must be in \(0, 1\]"):
+        Explorer.open(planted_index).duplicates(1.5)
+    with pytest.raises(ExploreError, match="at least 2 vectors"):
+        knn_graph(v[:1])
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_expected_precision_formula():
+    # prevalence 0.1, recall 0.5 -> 0.05 true pairs per image; 0.1 false neighbours per image -> 0.05 false pairs
+    assert expected_precision(np.array([0.5]), np.array([0.1]), 0.1)[0] == pytest.approx(0.5)
+    assert expected_precision(np.array([0.0]), np.array([0.0]), 0.1)[0] == 1.0
+
+
+def test_auto_threshold_predicts_the_planted_recall(shapes_root: Path):
+    files = sorted(shapes_root.rglob("*.png"))
+    imgs = [Image.open(f).convert("RGB") for f in files]
+    rel = [f.relative_to(shapes_root).as_posix() for f in files]
+    res, ex, _ = evaluate_planted(imgs, [p.split("/")[1] for p in rel], [p.split("/")[0] for p in rel], rel,
+                                  pixel_embedder(imgs), "pixels", planted=40)
+    cal = ex.calibration()
+    assert res.planted == 40 and res.threshold == cal.threshold and 0.85 < cal.threshold < 0.97
+    # colour and resize edits keep raw pixels close, a 70-90 % re-crop does not
+    assert cal.recall_by_edit["colour"] > 0.9 and cal.recall_by_edit["resize"] > 0.9
+    assert cal.recall_by_edit["crop"] < 0.5
+    # what calibration expected is what the finder then does with copies it never saw
+    assert abs(res.recall - cal.recall) < 0.1 and res.recall >= 0.7
+    assert res.precision >= 0.7
+    assert [p["recall"] for p in cal.curve] == sorted((p["recall"] for p in cal.curve), reverse=True)
+
+
+# ---------------------------------------------------------------- clusters and map
+
+
+def test_clusters_recover_separated_blobs_and_score_them():
+    rng = np.random.default_rng(0)
+    centres = _background(4, 32, seed=5)
+    lab = np.repeat(np.arange(4), 200)
+    v = _unit(centres[lab] + 0.1 * rng.standard_normal((800, 32)))
+    names = [f"class{i}" for i in lab]
+    c = cluster(v, 4, names)
+    assert c.k == 4 and sorted(c.sizes) == [200] * 4
+    assert c.purity == pytest.approx(1.0) and c.nmi == pytest.approx(1.0)
+    assert all(m[1] == 1.0 for m in c.majority)
+    assert all(len(rows) == 12 and len({int(lab[r]) for r in rows}) == 1 for rows in c.central)
+    auto = cluster(v, "auto", names)
+    assert auto.chosen_by == "silhouette" and auto.k == 4 and set(auto.k_scores) == {"4", "8", "16"}
+
+
+def test_purity_and_nmi_on_a_known_table():
+    # clusters [a a b] [b b b]: purity (2 + 3) / 6; MI 0.3183 nats, entropies ln 2 and 0.6365: NMI 0.4787
+    purity, nmi, n = label_agreement(np.array([0, 0, 0, 1, 1, 1]), ["a", "a", "b", "b", "b", "b"])
+    assert (purity, n) == (pytest.approx(5 / 6), 6) and nmi == pytest.approx(0.4787, abs=1e-4)
+    with pytest.raises(ExploreError, match="need labels"):
+        label_agreement(np.array([0, 1]), [None, None])
+
+
+def test_pca_map_spreads_the_two_main_directions():
+    rng = np.random.default_rng(0)
+    x = np.zeros((500, 16), np.float32)
+    x[:, 0] = rng.normal(0, 3, 500)
+    x[:, 1] = rng.normal(0, 1, 500)
+    x[:, 2:] = rng.normal(0, 0.1, (500, 14))
+    p = project(x)
+    assert p.method == "pca" and p.xy.shape == (500, 2) and p.explained[0] > p.explained[1] > 0.05
+    assert abs(np.corrcoef(p.xy[:, 0], x[:, 0])[0, 1]) > 0.99
+    with pytest.raises(ExploreError, match="umap-learn"):
+        project(x, "umap")
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_results_are_cached_per_generation_and_invalidated_by_add_and_remove(
+        tiny_run: Path, tmp_path: Path, shapes_root: Path, monkeypatch):
+    import shutil
+
+    import explore.explorer as explorer_mod
+    from index.build import BuildOptions, add, build, remove
+
+    data = make_planted_folder(shapes_root, tmp_path / "data")
+    idx = tmp_path / "idx"
+    build(tiny_run / "checkpoint.pt", idx, images=data, options=BuildOptions(progress=False))
+    first = Explorer.open(idx)
+    g1, c1 = first.graph(), first.clusters(2)
+    gen1 = first.cache.generation
+    assert {p.name.split("-")[0] for p in (idx / "explore" / gen1).glob("*.json")} == {"knn", "clusters"}
+
+    def refuse(*a, **k):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(explorer_mod, "knn_graph", refuse)
+    monkeypatch.setattr(explorer_mod, "cluster", refuse)
+    again = Explorer.open(idx)
+    assert np.array_equal(again.graph().neighbours, g1.neighbours)
+    assert np.array_equal(again.clusters(2).assignment, c1.assignment)
+    with pytest.raises(AssertionError, match="recomputed"):
+        again.clusters(3)  # other parameters are another entry
+
+    extra = data / "new"
+    extra.mkdir()
+    shutil.copy(shapes_root / "test" / "cross" / "0001.png", extra / "cross-0001.png")
+    add(idx, extra)  # a new generation: the cache must not be read
+    monkeypatch.undo()
+    after_add = Explorer.open(idx)
+    assert after_add.cache.generation != gen1 and len(after_add.collection) == len(first.collection) + 1
+    assert after_add.graph().neighbours.shape[0] == len(first.collection) + 1
+    assert sorted(p.name for p in (idx / "explore").iterdir()) == [after_add.cache.generation]  # old one pruned
+
+    remove(idx, [ORIGINAL])
+    after_remove = Explorer.open(idx)
+    assert after_remove.graph().neighbours.shape[0] == len(first.collection)
+    assert ORIGINAL not in after_remove.collection.paths
+    assert Explorer.open(idx).graph().seconds == after_remove.graph().seconds  # cached again
+
+
+# ---------------------------------------------------------------- scripts
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_find_duplicates_script_writes_groups_csv_and_sheet(planted_index: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    r = _run("scripts/find_duplicates.py", "--index", str(planted_index), "--threshold", "0.99", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "threshold 0.9900" in r.stdout
+    groups = json.loads((out / "groups.json").read_text())
+    mine = [g for g in groups["groups"] if ORIGINAL in {m["path"] for m in g["members"]}]
+    assert len(mine) == 1 and BIG_COPY in {m["path"] for m in mine[0]["members"]}
+    keep = [m for m in mine[0]["members"] if m["action"] == "keep"]
+    assert [m["path"] for m in keep] == [BIG_COPY] and keep[0]["width"] == 64  # the larger picture is kept
+    with open(out / "duplicates.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == groups["images_in_groups"] and {r["action"] for r in rows} == {"keep", "remove"}
+    assert sum(r["action"] == "remove" for r in rows) == groups["files_to_remove"]
+    with Image.open(out / "contact_sheet.png") as im:
+        assert im.width > 96 and im.height > 96
+
+    bad = _run("scripts/find_duplicates.py", "--index", str(planted_index), "--threshold", "2", "--out", str(out))
+    assert bad.returncode == 2 and "--threshold must be in (0, 1]" in bad.stderr
+
+
+def test_explore_script_clusters_and_map(planted_index: Path, tmp_path: Path):
+    r = _run("scripts/explore_index.py", "clusters", "--index", str(planted_index), "--clusters", "2",
+             "--out", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = json.loads((tmp_path / "c" / "clusters.json").read_text())
+    assert c["k"] == 2 and sum(c["sizes"]) == 26 and c["labelled"] == 26 and 0.5 <= c["purity"] <= 1.0
+    r = _run("scripts/explore_index.py", "map", "--index", str(planted_index), "--clusters", "2",
+             "--out", str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "m" / "map.json").read_text())
+    assert m["method"] == "pca" and len(m["x"]) == len(m["ids"]) == 26 and set(m["cluster"]) == {0, 1}
+    with Image.open(tmp_path / "m" / "map.png") as im:
+        assert im.size == (1600, 1600)
+
