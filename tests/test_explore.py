@@ -231,17 +231,18 @@ def test_find_duplicates_script_writes_groups_csv_and_sheet(planted_index: Path,
     assert bad.returncode == 2 and "--threshold must be in (0, 1]" in bad.stderr
 
 
-def test_explore_script_clusters_and_map(planted_index: Path, tmp_path: Path):
-    r = _run("scripts/explore_index.py", "clusters", "--index", str(planted_index), "--clusters", "2",
-             "--out", str(tmp_path / "c"))
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_explore_cli_clusters_and_map(planted_index: Path, tmp_path: Path, capsys):
+    from explore.cli import explore_main  # what scripts/explore_index.py runs (in-process: no second torch import)
+
+    idx = ["--index", str(planted_index)]
+    assert explore_main(["clusters", *idx, "--clusters", "2", "--out", str(tmp_path / "c")]) == 0
+    assert "2 clusters (given)" in capsys.readouterr().out
     c = json.loads((tmp_path / "c" / "clusters.json").read_text())
     assert c["k"] == 2 and sum(c["sizes"]) == 26 and c["labelled"] == 26 and 0.5 <= c["purity"] <= 1.0
-    r = _run("scripts/explore_index.py", "map", "--index", str(planted_index), "--clusters", "2",
-             "--out", str(tmp_path / "m"))
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert explore_main(["map", *idx, "--clusters", "2", "--out", str(tmp_path / "m")]) == 0
     m = json.loads((tmp_path / "m" / "map.json").read_text())
     assert m["method"] == "pca" and len(m["x"]) == len(m["ids"]) == 26 and set(m["cluster"]) == {0, 1}
     with Image.open(tmp_path / "m" / "map.png") as im:
         assert im.size == (1600, 1600)
-
+    assert explore_main(["clusters", *idx, "--clusters", "1", "--out", str(tmp_path)]) == 2
+    assert "k must be between 2 and the number of entries (26), got 1" in capsys.readouterr().err
