@@ -10,24 +10,27 @@ get the corresponding prefix, so one root still serves every entry.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import faiss
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from instdisc.data import DataError, decode_all, resolve_source, scan
+from instdisc.conventions import labels_and_splits, unwrap
+from instdisc.data import DataError, decode_all, resolve_source
 from instdisc.embed import embed
 from instdisc.fsutil import sha256_file
-from instdisc.images import is_image_name, nchw
+from instdisc.images import ImageError, ImageInfo, is_image_name, nchw, probe
+from instdisc.ingest import REPORT_NAME, IngestReport, facts_from, write_reports
 from instdisc.model import Encoder
 from instdisc.runtime import pick_device, use_bf16
+from instdisc.scan import ScanResult, scan_folder
 from instdisc.trained import Checkpoint
 
 from .auto import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, RECALL_QUERIES, build_vector_index
@@ -46,8 +49,10 @@ from .layout import (
 from .manifest import MANIFEST, Manifest, Update, now
 from .store import Row, update_db, write_db
 
-SPLIT_NAMES = ("train", "test", "val", "validation")
+__all__ = ["BuildOptions", "Collected", "add", "build", "labels_and_splits", "open_source", "remove"]
+
 DECODE_CHUNK = 1024
+INGEST_SPLIT = "images"  # the key of an index build's one entry in ingest.json
 
 
 @dataclass
@@ -77,28 +82,29 @@ class Collected:
     labels: list[str | None]
     splits: list[str | None]
     skipped: list[tuple[str, str]]
+    found: int | None = None  # image files the scan found (None: nothing was scanned, e.g. a memory bank)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # links the scan did not follow
 
 
 # ---------------------------------------------------------------- checkpoint and files
 
 
-def file_info(path: Path) -> tuple[int | None, int | None, str | None]:
-    """(width, height, sha256) of an original file; Nones where it cannot be read."""
+FileInfo = tuple[ImageInfo | None, str | None]  # (header facts, sha256) of one original file
+
+
+def file_info(path: Path) -> FileInfo:
+    """(header facts, sha256) of an original file; Nones where it cannot be read."""
     try:
         digest = sha256_file(path)
     except OSError:
-        return None, None, None
+        return None, None
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
-                w, h = h, w
-    except Exception:  # header unreadable: the decoder reports it when it matters
-        return None, None, digest
-    return int(w), int(h), digest
+        return probe(path), digest
+    except ImageError:  # header unreadable: the decoder reports it when it matters
+        return None, digest
 
 
-def file_infos(root: Path, paths: list[str], progress: bool) -> list[tuple[int | None, int | None, str | None]]:
+def file_infos(root: Path, paths: list[str], progress: bool) -> list[FileInfo]:
     # PIL's header warnings silenced here, in the calling thread, not inside the workers: the filters are
     # process-wide and catch_warnings() in several threads at once can leave them silenced for good
     # (which once swallowed --add's list of unreadable files)
@@ -108,37 +114,30 @@ def file_infos(root: Path, paths: list[str], progress: bool) -> list[tuple[int |
         return list(tqdm(it, total=len(paths), desc="hash files", unit="file", disable=not progress, leave=False))
 
 
-def labels_and_splits(paths: list[str]) -> tuple[list[str | None], list[str | None]]:
-    """Split from a leading train/test/val folder, label from the class folder below it.
-
-    Like training's ``labels=auto``: labels only when every image sits in a class folder and
-    there are at least two classes.
-    """
-    parts = [p.split("/") for p in paths]
-    if parts and all(len(x) >= 2 and x[0].lower() in SPLIT_NAMES for x in parts):
-        splits: list[str | None] = [x[0] for x in parts]
-        inner = [x[1:] for x in parts]
-    else:
-        splits, inner = [None] * len(parts), parts
-    if inner and all(len(x) >= 2 for x in inner) and len({x[0] for x in inner}) >= 2:
-        return [x[0] for x in inner], splits
-    return [None] * len(parts), splits
+def _row(id: int, path: str, label: str | None, split: str | None, info: FileInfo) -> Row:
+    head, digest = info
+    return Row(int(id), path, label, split, head.width if head else None, head.height if head else None, digest)
 
 
 def open_source(path: str | os.PathLike) -> tuple[Path, list[str]]:
     """(folder, sorted relative image paths) of an image file, a folder or an archive."""
+    root, found = scan_source(path)
+    return root, found.paths
+
+
+def scan_source(path: str | os.PathLike) -> tuple[Path, ScanResult]:
+    """(folder, scan) of an image file, a folder or an archive (an archive's top folder looked into)."""
     p = Path(path).expanduser()
     if p.is_file() and is_image_name(p.name):
-        return p.parent.resolve(), [p.name]
+        return p.parent.resolve(), ScanResult([p.name])
     root = resolve_source(p)
-    if p.is_file():  # an archive usually wraps everything in one top folder
-        entries = [e for e in root.iterdir() if not e.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir():
-            root = entries[0]
-    rels = scan(root)
-    if not rels:
-        raise DataError(f"{root}: no image files found")
-    return root.resolve(), rels
+    if p.is_file():
+        root = unwrap(root)
+    found = scan_folder(root)
+    if not found.paths:
+        raise DataError(f"{root}: no image files found"
+                        + (f"; {len(found.refused)} links not followed" if found.refused else ""))
+    return root.resolve(), found
 
 
 # ---------------------------------------------------------------- vectors
@@ -186,24 +185,22 @@ def from_memory_bank(ckpt: Checkpoint) -> Collected:
 
 
 def from_images(ckpt: Checkpoint, images: str | os.PathLike, options: BuildOptions) -> Collected:
-    root, rels = open_source(images)
+    root, found = scan_source(images)
+    rels = found.paths
     encoder, device, bf16 = placed_encoder(ckpt, options)
     vecs, kept, skipped = embed_files(encoder, root, rels, ckpt.architecture.image_size, device, bf16,
                                       options.batch_size, options.progress)
     if not kept:
         raise DataError(f"{root}: none of the {len(rels)} image files could be decoded")
     labels, splits = labels_and_splits(kept)
-    return Collected(root, vecs, kept, labels, splits, skipped)
+    return Collected(root, vecs, kept, labels, splits, skipped, len(rels), found.refused)
 
 
-def _rows(ids: np.ndarray, root: Path, paths: list[str], labels: list, splits: list, progress: bool) -> list[Row]:
+def _infos(root: Path, paths: list[str], progress: bool) -> list[FileInfo]:
     if not root.is_dir():
         warnings.warn(f"image root {root} is not here: widths, heights and hashes are left empty", stacklevel=3)
-        infos = [(None, None, None)] * len(paths)
-    else:
-        infos = file_infos(root, paths, progress)
-    return [Row(int(i), p, lab, sp, w, h, sha) for i, p, lab, sp, (w, h, sha)
-            in zip(ids, paths, labels, splits, infos, strict=True)]
+        return [(None, None)] * len(paths)
+    return file_infos(root, paths, progress)
 
 
 # ---------------------------------------------------------------- build
@@ -236,7 +233,9 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
     index, info = build_vector_index(
         col.vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
         options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
-    rows = _rows(ids, col.root, col.paths, col.labels, col.splits, options.progress)
+    infos = _infos(col.root, col.paths, options.progress)
+    rows = [_row(i, p, lab, sp, info) for i, p, lab, sp, info in zip(ids, col.paths, col.labels, col.splits, infos,
+                                                                       strict=True)]
     manifest = Manifest.new(ckpt=ckpt, source=source, root=col.root, dim=col.vectors.shape[1], index_info=info,
                             count=n, next_id=n)
     manifest.skipped = [list(s) for s in col.skipped[:100]]
@@ -246,7 +245,24 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
         write_index_file(out / names["index"], index)
         write_db(out / names["db"], rows, {"generation": gen})
         commit(out, manifest, gen)
+        if col.found is not None:
+            write_reports(out / REPORT_NAME, {INGEST_SPLIT: ingest_report(col, infos, ckpt.architecture.image_size)})
     return manifest
+
+
+def ingest_report(col: Collected, infos: list[FileInfo], image_size: int) -> IngestReport:
+    """What the build found under the images' root (written as INDEX_DIR/ingest.json)."""
+    facts = facts_from(col.paths, [h for h, _ in infos], [d for _, d in infos])
+    return IngestReport(str(col.root), int(col.found or 0), len(col.paths), image_size, facts, list(col.skipped),
+                        list(col.refused))
+
+
+def read_ingest_report(index_dir: str | os.PathLike) -> IngestReport | None:
+    """The build's ingest report, or None when the index was not built from image files."""
+    p = Path(index_dir) / REPORT_NAME
+    if not p.is_file():
+        return None
+    return IngestReport.from_dict(json.loads(p.read_text())["splits"][INGEST_SPLIT])
 
 
 # ---------------------------------------------------------------- updates
@@ -358,7 +374,7 @@ def add(
                 splits = [split] * len(rels)
             existing = {prefix + p: v for p, v in loaded.store.path_hashes().items()}
             infos = file_infos(src_root, rels, options.progress)
-            todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i][2]]
+            todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i][1]]
             unchanged = len(rels) - len(todo)
             if not todo:  # all already indexed and unchanged
                 return m
@@ -374,7 +390,7 @@ def add(
             index = remove_from_index(loaded.index, np.array(replaced, dtype=np.int64), m)
             if len(kept_i):
                 index.add_with_ids(vecs, ids)
-            rows = [Row(int(ids[j]), full[i], labels[i], splits[i], *infos[i]) for j, i in enumerate(kept_i)]
+            rows = [_row(int(ids[j]), full[i], labels[i], splits[i], infos[i]) for j, i in enumerate(kept_i)]
             m.next_id += len(kept_i)
             m.root = str(new_root)
             m.updates.append(Update(

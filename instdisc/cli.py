@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from .config import PRESETS, TrainConfig, preset
+from .imagecache import parse_bytes
+from .resolution import Resolution, SizeSample, choose_resolution, from_config
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,3 +55,33 @@ def config_from_args(args: argparse.Namespace, preset_name: str) -> TrainConfig:
 
 def preset_names() -> list[str]:
     return sorted(PRESETS)
+
+
+def parse_ram(text: str) -> int:
+    """--max-ram's type: '2G' -> bytes (argparse turns the error into a usage message)."""
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def resolve_training(
+    args: argparse.Namespace, sample: SizeSample, gpu: bool, resumed: TrainConfig | None = None
+) -> tuple[str, TrainConfig, Resolution]:
+    """(preset name, configuration, resolution) of a run: a resumed run keeps its checkpoint's
+    resolution, ``--preset`` keeps the preset's, otherwise the collection's sizes choose one
+    (:func:`instdisc.resolution.choose_resolution`); ``--image-size`` / ``--cifar-stem`` win."""
+    if resumed is not None:
+        res = from_config(resumed.image_size, resumed.cifar_stem, sample,
+                          f"resumed run: {resumed.image_size} px as trained so far")
+        return "checkpoint", resumed, res
+    if args.preset is not None:
+        cfg = config_from_args(args, args.preset)
+        how = "--image-size" if args.image_size is not None else f"--preset {args.preset}"
+        return args.preset, cfg, from_config(cfg.image_size, cfg.cifar_stem, sample,
+                                             f"{how}: {cfg.image_size} px ({sample.describe()})")
+    res = choose_resolution(sample, args.image_size)
+    name = res.preset(gpu)
+    cfg = config_from_args(args, name)
+    stem = res.cifar_stem if args.cifar_stem is None else bool(args.cifar_stem)
+    return name, replace(cfg, image_size=res.image_size, cifar_stem=stem), res

@@ -1,61 +1,61 @@
-"""Image collections: scan a folder or archive, decode once into memory, stable indices.
+"""Image collections: scan a folder or archive, decode once into a disk cache, stable indices.
 
 An instance's index is its position in the sorted list of relative paths, so it never
 depends on file-system order, and the list is saved in every checkpoint: memory-bank row i
-is always ``paths[i]``. Images are decoded once (in parallel), fitted to a square of
-``image_size`` and kept as one uint8 tensor, and the decoded tensor is cached on disk keyed
-by the files' names, sizes and modification times, so later runs start in seconds.
+is always ``paths[i]``. Images are decoded once (in parallel) into a memory-mapped cache
+(:mod:`instdisc.imagecache`), keyed by the files' names, sizes and modification times, so
+later runs start in seconds and a collection larger than RAM streams from disk.
 
 Sources: a folder (class-per-folder like ImageFolder, or any nesting without labels), a
 ``.tar``/``.tar.gz``/``.tgz`` archive of one (extracted once to the cache, so every index
 entry points at a real file), or ``cifar10`` / ``cifar10:ROOT`` through torchvision's
-download (written out as PNG folders). A folder holding ``train/`` plus ``test/`` or
-``val/`` is a split collection: training reads ``train/``, evaluation the other.
+download (written out as PNG folders). Split folders, labels and an archive's top folder
+follow :mod:`instdisc.conventions`; what each load found is an :class:`IngestReport`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
 import tarfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from .images import ImageError, fit_square, is_image_name, load_image, nchw
+from .conventions import EVAL_SPLITS, infer_labels, split_dirs
+from .errors import DataError
+from .fsutil import atomic_write, atomic_write_text, sha256_file
+from .imagecache import cache_key, cache_root, decode_all, mark_stored, open_cache
+from .images import nchw
+from .ingest import FileFacts, IngestReport, gather_facts
+from .scan import scan, scan_folder
+
+__all__ = ["EVAL_SPLITS", "DataError", "ImageCollection", "align_classes", "cache_root", "decode_all",
+           "infer_labels", "load_folder", "load_splits", "random_subset", "resolve_source", "scan", "split_dirs"]
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-EVAL_SPLITS = ("test", "val", "validation")
-CACHE_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """A data source that cannot be used; the message says what to fix."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("INSTDISC_CACHE", Path.home() / ".cache" / "instdisc"))
+SKIP_LISTED = 50  # unreadable files named in the warning (the ingest report lists all)
 
 
 @dataclass
 class ImageCollection:
-    """Decoded images of one split with stable indices; labels are -1 where unknown."""
+    """Decoded images of one split with stable indices; labels are -1 where unknown.
+
+    ``images`` may be stored above the side the encoder sees (``eval_size``): training cuts
+    its random crops from the stored pixels (``image_size``), embedding resizes to
+    ``eval_size`` (the tensor is then an :class:`instdisc.imagecache.StoredImages`).
+    """
 
     root: str
     paths: list[str]
-    images: torch.Tensor  # (N, 3, S, S) uint8
+    images: torch.Tensor  # (N, 3, S, S) uint8, S = image_size (stored side)
     labels: torch.Tensor  # (N,) int64
     classes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    report: IngestReport | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,18 +66,26 @@ class ImageCollection:
 
     @property
     def image_size(self) -> int:
+        """Side of the stored images (what random crops are cut from)."""
         return int(self.images.shape[-1])
 
+    @property
+    def eval_size(self) -> int:
+        """Side the encoder sees: training crops and embeddings."""
+        return int(getattr(self.images, "eval_size", self.image_size))
+
     def subset(self, idx: torch.Tensor | list[int]) -> ImageCollection:
+        """The rows ``idx`` (their pixels copied into memory), same classes and eval size."""
         idx = torch.as_tensor(idx, dtype=torch.long)
+        images = mark_stored(self.images[idx], self.eval_size)
         return ImageCollection(
-            self.root, [self.paths[i] for i in idx.tolist()], self.images[idx], self.labels[idx], self.classes
+            self.root, [self.paths[i] for i in idx.tolist()], images, self.labels[idx], self.classes
         )
 
     def meta(self) -> dict:
         """What a checkpoint stores to map bank rows back to files (no pixels)."""
         return {"root": self.root, "paths": self.paths, "labels": self.labels.tolist(), "classes": self.classes,
-                "image_size": self.image_size}
+                "image_size": self.eval_size}
 
 
 # ---------------------------------------------------------------- sources
@@ -144,125 +152,69 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return p
 
 
-def split_dirs(root: Path) -> tuple[Path, Path | None]:
-    """(training folder, evaluation folder or None) of a collection root.
-
-    An archive with one top folder (``cifar10/train/...``) is looked into.
-    """
-    entries = [e for e in root.iterdir() if not e.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir() and not (root / "train").is_dir():
-        return split_dirs(entries[0])
-    if (root / "train").is_dir():
-        for name in EVAL_SPLITS:
-            if (root / name).is_dir():
-                return root / "train", root / name
-        return root / "train", None
-    return root, None
+# ---------------------------------------------------------------- decoding, through the cache
 
 
-# ---------------------------------------------------------------- scanning and decoding
-
-
-def scan(root: Path) -> list[str]:
-    """Sorted relative POSIX paths of every image file under ``root``."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if is_image_name(f) and not f.startswith("."):
-                found.append(Path(dirpath, f).relative_to(root).as_posix())
-    return sorted(found)
-
-
-def infer_labels(paths: list[str], mode: str = "auto") -> tuple[torch.Tensor, list[str]]:
-    """Class-per-folder labels from the first path component.
-
-    ``auto`` uses them when every image sits in a first-level folder and there are at least
-    two such folders; ``folders`` insists; ``none`` leaves the collection unlabelled.
-    """
-    if mode not in ("auto", "folders", "none"):
-        raise ValueError(f"labels must be auto, folders or none, got {mode!r}")
-    tops = [p.split("/", 1)[0] if "/" in p else None for p in paths]
-    usable = all(t is not None for t in tops) and len(set(tops)) >= 2
-    if mode == "none" or (mode == "auto" and not usable):
-        return torch.full((len(paths),), -1, dtype=torch.long), []
-    if not usable:
-        raise DataError("labels=folders needs every image inside one of at least two class folders")
-    classes = sorted(set(tops))  # type: ignore[arg-type]
-    lookup = {c: i for i, c in enumerate(classes)}
-    return torch.tensor([lookup[t] for t in tops], dtype=torch.long), classes
-
-
-def _decode(path: Path, size: int) -> np.ndarray | str:
-    try:
-        return fit_square(load_image(path), size)
-    except ImageError as e:
-        return str(e)
-
-
-def _cache_key(root: Path, paths: list[str], size: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{root.resolve()}|{size}".encode())
-    for p in paths:
-        st = (root / p).stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
-
-
-def decode_all(
-    root: Path, paths: list[str], size: int, workers: int | None = None, progress: bool = True
-) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """Decode in parallel; return (images of the readable files, their paths, skipped)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    ok = np.zeros(len(paths), dtype=bool)
-    skipped = []
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        results = pool.map(lambda p: _decode(root / p, size), paths, chunksize=64)
-        for i, r in enumerate(tqdm(results, total=len(paths), desc=f"decode {root.name}", disable=not progress,
-                                   unit="img", leave=False)):
-            if isinstance(r, str):
-                skipped.append((paths[i], r))
-            else:
-                out[i] = r
-                ok[i] = True
-    return out[ok], [p for p, k in zip(paths, ok, strict=True) if k], skipped
-
-
-def _read_cache(npy: Path, meta: Path) -> tuple[np.ndarray, list[str], list[tuple[str, str]]] | None:
+def _read_cache(
+    npy: Path, meta: Path, eval_size: int, max_ram: int | None
+) -> tuple[torch.Tensor, list[str], list[tuple[str, str]], FileFacts | None] | None:
     """A previous decode of the same files, or None when absent or unusable (then it is rewritten)."""
     try:
         info = json.loads(meta.read_text())
-        arr = np.load(npy, mmap_mode="r")
-        if arr.shape[0] != len(info["paths"]):
+        images = open_cache(npy, eval_size, max_ram)
+        if images.shape[0] != len(info["paths"]):
             return None
-        return np.array(arr), info["paths"], [tuple(s) for s in info["skipped"]]
-    except (ValueError, OSError, KeyError, json.JSONDecodeError):
+        facts = FileFacts.from_dict(info["facts"]) if "facts" in info else None
+        return images, list(info["paths"]), [(str(p), str(w)) for p, w in info["skipped"]], facts
+    except (ValueError, OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
 
 
 def load_folder(
     root: Path, image_size: int, labels: str = "auto", strict: bool = False, use_cache: bool = True,
-    progress: bool = True,
+    progress: bool = True, store_size: int | None = None, max_ram: int | None = None,
 ) -> ImageCollection:
+    """One split: every image under ``root`` decoded at ``store_size`` (default ``image_size``).
+
+    ``image_size`` is the side the encoder sees; ``max_ram`` (bytes) bounds the RSS the
+    memory-mapped cache may take (see :mod:`instdisc.imagecache`). Unreadable files are
+    skipped with a warning (``strict``: DataError) and everything is in ``report``.
+    """
     root = root.resolve()
-    paths = scan(root)
+    found = scan_folder(root)
+    paths = found.paths
     if not paths:
-        raise DataError(f"{root}: no image files found (looked for {', '.join(('.jpg', '.png', '...'))})")
-    cache_dir = cache_root() / "decoded"
-    key = _cache_key(root, paths, image_size) if use_cache else ""
-    npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    cached = _read_cache(npy, meta) if use_cache else None
+        raise DataError(f"{root}: no image files found (looked for .jpg, .png, .webp, .tif, ...)"
+                        + (f"; {len(found.refused)} links not followed" if found.refused else ""))
+    store = store_size or image_size
+    if store < image_size:
+        raise ValueError(f"store_size {store} is below image_size {image_size}: crops would be upsampled")
+    npy = meta = None
+    cached = None
+    if use_cache:
+        key = cache_key(root, paths, store)
+        npy, meta = cache_root() / "decoded" / f"{key}.npy", cache_root() / "decoded" / f"{key}.json"
+        cached = _read_cache(npy, meta, image_size, max_ram)
+    facts: FileFacts | None = None
     if cached is not None:
-        arr, kept, skipped = cached
+        images, kept, skipped, facts = cached
+    elif npy is not None:
+        decoded: list = []
+        atomic_write(npy, lambda tmp: decoded.extend(decode_all(root, paths, store, progress=progress, dest=tmp)))
+        _, kept, skipped = decoded
+        images = open_cache(npy, image_size, max_ram)
     else:
-        arr, kept, skipped = decode_all(root, paths, image_size, progress=progress)
-        if use_cache:
-            buf = io.BytesIO()
-            np.save(buf, arr)
-            atomic_write_bytes(npy, buf.getvalue())
-            atomic_write_text(meta, json.dumps({"paths": kept, "skipped": skipped}))
+        arr, kept, skipped = decode_all(root, paths, store, progress=progress)
+        images = mark_stored(nchw(arr), image_size)
+    if facts is None:  # a fresh decode, or a cache written before ingest reports existed
+        facts = gather_facts(root, kept)
+        if meta is not None:
+            atomic_write_text(meta, json.dumps({"paths": kept, "skipped": skipped, "facts": facts.to_dict()}))
+    report = IngestReport(str(root), len(paths), len(kept), store, facts, list(skipped), found.refused,
+                          str(npy) if npy is not None else None, npy.stat().st_size if npy is not None else 0)
     if skipped:
-        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:50])
-        more = f"\n  ... and {len(skipped) - 50} more" if len(skipped) > 50 else ""
+        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:SKIP_LISTED])
+        more = f"\n  ... and {len(skipped) - SKIP_LISTED} more" if len(skipped) > SKIP_LISTED else ""
         if strict:
             raise DataError(f"{len(skipped)} unreadable image file(s) under {root}:\n{listing}{more}")
         warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root}:\n{listing}{more}",
@@ -270,22 +222,23 @@ def load_folder(
     if not kept:
         raise DataError(f"{root}: none of the {len(paths)} image files could be decoded")
     y, classes = infer_labels(kept, labels)
-    images = nchw(arr)
-    return ImageCollection(str(root), kept, images, y, classes, skipped)
-
+    return ImageCollection(str(root), kept, images, y, classes, list(skipped), report)
 
 def load_splits(
-    source: str | os.PathLike, image_size: int, labels: str = "auto", strict: bool = False, progress: bool = True
+    source: str | os.PathLike, image_size: int, labels: str = "auto", strict: bool = False, progress: bool = True,
+    store_size: int | None = None, max_ram: int | None = None,
 ) -> tuple[ImageCollection, ImageCollection | None]:
     """(training collection, evaluation collection or None) from any supported source.
 
-    The evaluation split reuses the training split's class list so label ids agree.
+    Only the training split is stored at ``store_size`` (its random crops need the pixels);
+    the evaluation split reuses the training split's class list so label ids agree.
     """
     train_dir, eval_dir = split_dirs(resolve_source(source))
-    train = load_folder(train_dir, image_size, labels, strict, progress=progress)
+    train = load_folder(train_dir, image_size, labels, strict, progress=progress, store_size=store_size,
+                        max_ram=max_ram)
     if eval_dir is None:
         return train, None
-    ev = load_folder(eval_dir, image_size, labels, strict, progress=progress)
+    ev = load_folder(eval_dir, image_size, labels, strict, progress=progress, max_ram=max_ram)
     return train, align_classes(ev, train.classes)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -26,6 +28,34 @@ class ImageError(ValueError):
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, read without decoding pixels (for sampling sizes and ingest reports)."""
+
+    format: str  # PIL's name: JPEG, PNG, WEBP, GIF, TIFF, BMP, ...
+    mode: str  # PIL mode of the stored pixels: RGB, L, P, RGBA, CMYK, I;16, ...
+    width: int  # as displayed (EXIF rotation applied)
+    height: int
+    frames: int  # > 1 for animations (only the first frame is used)
+
+
+def probe(path: str | os.PathLike) -> ImageInfo:
+    """Header facts of an image file; :class:`ImageError` when it is not one (a cheap pre-check, not a decode)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees swaps the sides
+                w, h = h, w
+            return ImageInfo(str(img.format or "unknown"), img.mode, int(w), int(h),
+                             int(getattr(img, "n_frames", 1) or 1))
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{path}: not a recognised image format") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{path}: unreadable header ({e})") from e
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -85,6 +115,9 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
     """Resize the shorter side to ``size`` and centre-crop: (size, size, 3) uint8.
 
+    The one aspect rule of the project -- training decode, index build, app queries and
+    evaluation all call it -- so an image is never squashed and every path sees the same square.
+
     A very thin strip (say 1 x 1,000,000 pixels, a few hundred bytes as a PNG) would otherwise
     be resized to ``size`` x 32,000,000 first -- gigabytes for one tiny upload -- so anything
     longer than ``MAX_ASPECT`` : 1 is cut to its centre ``MAX_ASPECT`` : 1 part before resizing
@@ -120,3 +153,15 @@ def nchw(images: np.ndarray) -> torch.Tensor:
 def hwc(image: torch.Tensor) -> np.ndarray:
     """One (3, H, W) uint8 tensor -> (H, W, 3) uint8 array (for PIL and figures)."""
     return image.permute(1, 2, 0).numpy()
+
+
+def resize_squares(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, S, S) float squares -> (N, C, size, size), antialiased bilinear.
+
+    For images stored by :func:`fit_square` at a larger side (the training cache), this gives
+    the square ``fit_square`` would have made at ``size`` (up to resampling), so embeddings of
+    stored images match those of files decoded at ``size`` by the index and the app.
+    """
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

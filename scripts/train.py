@@ -1,6 +1,8 @@
 """Train an instance-discrimination encoder on a folder, an archive or CIFAR-10.
 
     python scripts/train.py --data PATH --out RUN_DIR [--preset NAME] [--epochs N] [--resume]
+    # the resolution and stem come from a sample of the images' sizes unless --preset / --image-size say;
+    # RUN_DIR/ingest.json lists formats, unreadable files, refused links and duplicates
     # data-parallel on N GPUs (or CPU processes with gloo); --batch-size is the global batch
     torchrun --nproc_per_node=N scripts/train.py --data PATH --out RUN_DIR [--sync-bn] [--resume]
 """
@@ -15,10 +17,17 @@ import torch
 
 from instdisc import distributed
 from instdisc.checkpoint import CheckpointError
-from instdisc.cli import add_config_flags, config_from_args, preset_names
-from instdisc.data import DataError, load_splits, random_subset
+from instdisc.checkpoint import load as load_checkpoint
+from instdisc.cli import add_config_flags, parse_ram, preset_names, resolve_training
+from instdisc.config import TrainConfig
+from instdisc.conventions import split_dirs
+from instdisc.data import DataError, load_splits, random_subset, resolve_source
+from instdisc.imagecache import RAM_ENV, max_ram_from_env
 from instdisc.images import ImageError
+from instdisc.ingest import REPORT_NAME, write_reports
 from instdisc.plots import plot_training
+from instdisc.resolution import sample_sizes
+from instdisc.scan import scan
 from instdisc.train import Interrupted, Trainer
 
 
@@ -27,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="image folder, .tar/.tar.gz archive, or 'cifar10' (downloads)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, curves.png")
     p.add_argument("--preset", choices=preset_names(), default=None,
-                   help="paper-cifar on a GPU, cpu-cifar otherwise (default chosen by device)")
+                   help="default: chosen from the images' sizes (cpu-cifar for thumbnails, cpu-photos for photos; "
+                        "paper-cifar on a GPU)")
+    p.add_argument("--max-ram", type=parse_ram, default=None,
+                   help=f"cap on the RSS of the memory-mapped decoded images (2G, 512M; default ${RAM_ENV} or none)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
     p.add_argument("--labels", choices=["auto", "folders", "none"], default="auto",
                    help="class-per-folder labels, used only for the kNN monitor")
@@ -39,15 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset_name = args.preset or ("paper-cifar" if torch.cuda.is_available() else "cpu-cifar")
     out = Path(args.out)
     ctx, _ = distributed.init(args.device)  # joins torchrun's process group; nothing in one process
     say = print if ctx.is_main else (lambda *a, **k: None)
     try:
-        cfg = config_from_args(args, preset_name)
+        max_ram = args.max_ram or max_ram_from_env()
+        train_dir = split_dirs(resolve_source(args.data))[0]
+        resumed = (TrainConfig.from_dict(load_checkpoint(out / "checkpoint.pt")["config"])
+                   if args.resume and (out / "checkpoint.pt").exists() else None)
+        preset_name, cfg, res = resolve_training(args, sample_sizes(train_dir, scan(train_dir)),
+                                                 torch.cuda.is_available(), resumed)
+        say(f"resolution {res.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem: {res.reason}",
+            flush=True)
         with distributed.main_first():  # one decode per node; the other ranks read the cache
             train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
-                                         progress=not args.no_progress and ctx.is_main)
+                                         progress=not args.no_progress and ctx.is_main, store_size=res.store_size,
+                                         max_ram=max_ram)
+        reports = {"train": train.report, **({"eval": evalset.report} if evalset is not None else {})}
+        for r in reports.values():
+            say(r.summary(), flush=True)
         train = random_subset(train, cfg.subset, cfg.seed)
         say(f"training on {len(train)} images from {train.root}"
             + (f", evaluating on {len(evalset)}" if evalset is not None else "")
@@ -59,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "checkpoint.pt").exists():
                 raise DataError(f"{out}/checkpoint.pt exists: pass --resume to continue it, or choose another --out")
             trainer = Trainer(cfg, train, evalset, out, args.device, not args.no_progress)
+        if ctx.is_main:
+            write_reports(out / REPORT_NAME, reports, {"resolution": res.to_dict(), "max_ram": max_ram})
         say(f"preset {preset_name} on {trainer.device} (bf16 {trainer.bf16}): {trainer.cfg.to_dict()}", flush=True)
         history = trainer.fit()
     except Interrupted as e:
