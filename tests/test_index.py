@@ -18,10 +18,9 @@ from index.backends import FaissBackend, TorchFlatBackend
 from index.build import BuildOptions, add, build, labels_and_splits, remove
 from index.errors import IndexDirError, UnsafePathError
 from index.layout import open_dir
-from index.manifest import Manifest
 from index.search import SearchIndex, safe_join
-from index.store import MetadataStore, write_db
 from index.synthetic import clustered_unit_vectors
+from tests.tampering import set_stored_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ["circle", "cross", "square", "triangle"]
@@ -305,15 +304,7 @@ def test_image_path_refuses_traversal(bank_index: Path, tmp_path: Path) -> None:
             safe_join(root, bad)
     # a tampered metadata database on disk (its size recorded, so only the stored path is wrong)
     d = copy_index(bank_index, tmp_path)
-    m = Manifest.read(d)
-    db = d / m.files.db
-    store = MetadataStore(db)
-    rows, info = store.rows(), store.info
-    store.close()
-    rows[5].path = "../../../../etc/passwd"
-    write_db(db, rows, info)
-    m.files.db_bytes = db.stat().st_size
-    m.write(d)
+    set_stored_path(d, 5, "../../../../etc/passwd")
     with SearchIndex.open(d, device="cpu") as si:
         assert si.paths()[5] == "../../../../etc/passwd"
         with pytest.raises(UnsafePathError, match="escape"):

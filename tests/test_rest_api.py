@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from index.manifest import Manifest
 from index.search import SearchIndex
-from index.store import MetadataStore, write_db
+from tests.tampering import set_stored_path
 from webapp.browser import free_port
 from webapp.handlers import SearchHandlers
 from webapp.server import serving
@@ -134,15 +133,7 @@ def test_concurrent_requests_share_the_batcher(served, shapes_root: Path):
 def test_a_stored_path_outside_the_root_is_refused(shapes_index: Path, tmp_path: Path):
     d = tmp_path / "idx"
     shutil.copytree(shapes_index, d)
-    m = Manifest.read(d)
-    db = d / m.files.db
-    store = MetadataStore(db)
-    rows, info = store.rows(), store.info
-    store.close()
-    rows[3].path = "../../../../etc/passwd"
-    write_db(db, rows, info)
-    m.files.db_bytes = db.stat().st_size
-    m.write(d)
+    set_stored_path(d, 3, "../../../../etc/passwd")
     h = SearchHandlers(SearchIndex.open(d, device="cpu"))
     with serving(h, port=free_port()) as url:
         r = httpx.get(url + "api/images/3", timeout=60)
