@@ -1,0 +1,50 @@
+"""Measure the exploration tools (docs/explore.md); JSON to results/explore/.
+
+    python scripts/measure_explore.py planted --data ../shared/datasets/cifar10-jpeg.tar.gz \
+        [--checkpoint RUN/checkpoint.pt] [--train 4000 --test 1000 --plant 200] --out results/explore/planted.json
+    python scripts/measure_explore.py timing --n 50000 --out results/explore/timing_50k.json
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from explore.measure import TEST_IMAGES, TRAIN_IMAGES, planted, timing
+from explore.planted import PLANTED
+from instdisc.fsutil import atomic_write_text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("planted")
+    a.add_argument("--data", required=True)
+    a.add_argument("--checkpoint", default=None, help="adds the trained and a random-init encoder to raw pixels")
+    a.add_argument("--train", type=int, default=TRAIN_IMAGES)
+    a.add_argument("--test", type=int, default=TEST_IMAGES)
+    a.add_argument("--plant", type=int, default=PLANTED)
+    b = sub.add_parser("timing")
+    b.add_argument("--n", type=int, required=True)
+    for s in (a, b):
+        s.add_argument("--out", required=True)
+        s.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.what == "planted":
+        res = planted(args.data, args.checkpoint, out.parent, args.train, args.test, args.plant, args.seed)
+    else:
+        res = timing(args.n, seed=args.seed)
+    res["command"] = "python scripts/measure_explore.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    atomic_write_text(out, json.dumps(res, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k != "featurisers"}, indent=1)[:2000])
+    for name, f in res.get("featurisers", {}).items():
+        print(f"{name}: threshold {f['threshold']:.4f}, precision {f['precision']:.3f} (expected "
+              f"{f['expected_precision']:.3f}), recall {f['recall']:.3f} (expected {f['expected_recall']:.3f}), "
+              f"{f['cross_split_groups']} cross-split groups; k=10 purity {f['clusters_k10']['purity']:.3f} "
+              f"NMI {f['clusters_k10']['nmi']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
