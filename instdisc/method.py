@@ -4,10 +4,11 @@ Like MoCo's builder, all state is explicit: the bank is a buffer of this module 
 its ``state_dict``), ``forward`` computes the loss without touching the bank, and the loop
 calls :meth:`InstDisc.update_bank` with the step's output after the optimiser step.
 
-Beyond the paper (issue 14, each off by default): ``views`` = 2 encodes two augmented views
-per image and makes each the other's positive (Ye et al., CVPR 2019), symmetrically; small
-crops (multi-crop, SwAV) are extra anchors whose positive is the image's first full view.
-Negatives stay the N - 1 other bank rows in every term.
+Beyond the paper (issue 14, each off by default): ``views`` >= 2 encodes several augmented
+views per image; every view gets the paper's loss against the bank, and each view and the
+next are each other's extra positive in a softmax over the batch (Ye et al., CVPR 2019),
+symmetrically. Small crops (multi-crop, SwAV) are extra anchors the same way: the paper's
+loss against the bank, plus the batch softmax with the first full view.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from torch import nn
 from .config import TrainConfig
 from .memory import MemoryBank
 from .model import Encoder
-from .objectives import build_objective
+from .objectives import build_objective, cross_view
 
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor  # scalar, the mean over every (anchor, positive) term
+    loss: torch.Tensor  # scalar: mean of the bank terms + mean of the cross-view terms (if any)
     features: torch.Tensor  # (B, d) detached: what the bank receives (the mean of the full views)
     positive_prob: torch.Tensor  # (B,) detached P(i | first view), for the gradient bank update
 
@@ -39,6 +40,7 @@ class InstDisc(nn.Module):
         self.encoder = Encoder.from_config(cfg)
         self.bank = MemoryBank(num_instances, cfg.low_dim, cfg.memory_momentum, cfg.bank_update)
         self.objective = build_objective(cfg, num_instances)
+        self.temperature = cfg.temperature
 
     def forward(
         self, views: list[torch.Tensor], idx: torch.Tensor, noise: torch.Tensor | None = None,
@@ -53,15 +55,19 @@ class InstDisc(nn.Module):
         # Under the loop's bf16 autocast the objective's matmul runs in bf16 too: measured on the
         # 2-core AMX CPU it is faster than fp32 at 50k bank rows (21.5 vs 33.2 ms a step) and as
         # fast at 1.28M, and its gradient stays within ~1 % of fp64 (BENCHMARKS.md section 2).
-        if len(views) == 1:
-            terms = [self.objective(full[0], idx, self.bank, noise)]
-        else:  # each view's positive is the next view (for two views: each other), every view an anchor
-            terms = [self.objective(full[v], idx, self.bank, noise, positive=full[(v + 1) % len(views)])
-                     for v in range(len(views))]
+        terms = [self.objective(fv, idx, self.bank, noise) for fv in full]  # the paper's loss, every view
+        pairs = []
+        if len(views) > 1:  # view v and view v+1 are each other's positive (two views: one symmetric pair)
+            for v in range(len(views) if len(views) > 2 else 1):
+                a, o = full[v], full[(v + 1) % len(views)]
+                pairs += [cross_view(a, o, self.temperature), cross_view(o, a, self.temperature)]
         if small is not None:
             crops = self.encoder(small).view(-1, b, full.shape[-1])  # C x B x d
-            terms += [self.objective(c, idx, self.bank, noise, positive=full[0]) for c in crops]
+            terms += [self.objective(c, idx, self.bank, noise) for c in crops]
+            pairs += [cross_view(c, full[0], self.temperature) for c in crops]
         loss = torch.stack([t.loss for t in terms]).mean()
+        if pairs:
+            loss = loss + torch.stack(pairs).mean()
         feats = F.normalize(full.detach().float().mean(0), dim=1) if len(views) > 1 else full[0].detach().float()
         return StepOutput(loss, feats, terms[0].positive_prob)
 

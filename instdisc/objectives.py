@@ -2,10 +2,9 @@
 
 Every objective takes the batch's L2-normalised features ``f`` (B x d), the instance indices
 ``idx`` and the memory bank, and returns an :class:`ObjectiveOutput`; gradients flow into
-``f`` (and into ``positive`` when given) only -- the bank is a buffer. ``positive`` (B x d)
-replaces the bank row of each instance as its positive (the other augmented view, or the full
-view for a small crop: the multi-view levers of issue 14); ``None`` is the paper's single-view
-method. Each is checked in ``tests/test_objectives.py`` against a direct computation.
+``f`` only -- the bank is a buffer. :func:`cross_view` is the extra term of the multi-view
+levers (issue 14): a softmax over the batch between two views of the same images. Each is
+checked in ``tests/test_objectives.py`` / ``tests/test_levers.py`` against a direct computation.
 """
 
 from __future__ import annotations
@@ -29,25 +28,28 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module):
-    """The shared interface: ``forward(f, idx, bank, noise, positive)``; ``sample_noise`` draws nothing."""
+    """The shared interface: ``forward(f, idx, bank, noise)``; ``sample_noise`` draws nothing."""
 
     def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:
         return None
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
-        positive: torch.Tensor | None = None,
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None
     ) -> ObjectiveOutput:
         raise NotImplementedError
 
 
-def _with_positive(logits: torch.Tensor, idx: torch.Tensor, f: torch.Tensor, positive: torch.Tensor | None,
-                   temperature: float) -> torch.Tensor:
-    """Column ``idx`` of ``logits`` (B x N) replaced by f . positive / tau where a positive is given."""
-    if positive is None:
-        return logits
-    pos = (f * positive).sum(1, keepdim=True) / temperature  # B x 1
-    return logits.scatter(1, idx.view(-1, 1), pos.to(logits.dtype))
+def cross_view(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-log softmax over the batch: anchor i's positive is ``other[i]``, its negatives ``other[j != i]``
+    (B x d each; Ye et al. 2019 / SimCLR without the projection head).
+
+    Positives and negatives are both fresh features of this step. Taking the positive from the
+    other view but the negatives from the bank instead lets the encoder tell "this step's
+    features" from "the bank's" rather than one image from another: measured on CIFAR-10 it
+    collapsed to chance (10.0 % kNN) within an epoch (results/efficiency/rejected/).
+    """
+    logits = (anchor / temperature) @ other.t()  # B x B
+    return F.cross_entropy(logits.float(), torch.arange(anchor.shape[0], device=anchor.device))
 
 
 class NonParametricSoftmax(Objective):
@@ -67,13 +69,11 @@ class NonParametricSoftmax(Objective):
         self.self_distill = self_distill
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
-        positive: torch.Tensor | None = None,
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None
     ) -> ObjectiveOutput:
         idx = idx.to(f.device)
         # 1/tau scales the B x d features, not the B x N logits: the same numbers, N/d times fewer divisions
         logits = (f / self.temperature) @ bank.features.t()  # B x N
-        logits = _with_positive(logits, idx, f, positive, self.temperature)
         log_p = F.log_softmax(logits.float(), dim=1)  # B x N
         loss = F.nll_loss(log_p, idx)
         if self.self_distill:
@@ -111,8 +111,7 @@ class NCE(Objective):
         return noise + (noise >= idx.cpu().view(-1, 1)).long()
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
-        positive: torch.Tensor | None = None,
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None
     ) -> ObjectiveOutput:
         """``noise``: the noise rows (B x m) drawn by :meth:`sample_noise`; data-parallel training draws
         them for the global batch and gives each rank its slice, so a sample's noise does not depend on
@@ -123,8 +122,6 @@ class NCE(Objective):
         rows = torch.cat([idx.to(f.device).view(-1, 1), noise], 1)  # B x (m+1), positive first
         weights = bank.features[rows]  # B x (m+1) x d
         log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature)  # log exp(s/tau)
-        if positive is not None:
-            log_s = torch.cat([(f * positive).sum(1, keepdim=True) / self.temperature, log_s[:, 1:]], 1)
         with torch.no_grad():
             # over every rank's batch when data-parallel, so all ranks hold the same Z
             batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)
@@ -145,7 +142,7 @@ class NCE(Objective):
 class ParametricSoftmax(Objective):
     """The baseline: a learned N-way linear classifier on the features, P = softmax(W f).
 
-    It has no bank and no positive feature, so the multi-view levers do not apply to it.
+    It has no bank and no temperature, so the multi-view levers do not apply to it.
     """
 
     def __init__(self, num_instances: int, dim: int) -> None:
@@ -153,8 +150,7 @@ class ParametricSoftmax(Objective):
         self.classifier = nn.Linear(dim, num_instances, bias=False)
 
     def forward(
-        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None,
-        positive: torch.Tensor | None = None,
+        self, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor | None = None
     ) -> ObjectiveOutput:
         idx = idx.to(f.device)
         log_p = F.log_softmax(self.classifier(f).float(), dim=1)
@@ -174,6 +170,6 @@ def build_objective(cfg: TrainConfig, num_instances: int) -> Objective:
         return NCE(num_instances, cfg.temperature, cfg.nce_k, cfg.z_momentum if cfg.z_momentum >= 0 else None)
     if cfg.objective == "parametric":
         if cfg.views > 1 or cfg.small_crops:
-            raise ValueError("the parametric softmax has no positive feature: views/small_crops need softmax or nce")
+            raise ValueError("views/small_crops need the softmax or nce objective, not the parametric classifier")
         return ParametricSoftmax(num_instances, cfg.low_dim)
     raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES}")
