@@ -29,3 +29,12 @@ def make_planted_folder(shapes_root: Path, out: Path) -> Path:
     img.save(buf, format="JPEG", quality=90)
     (out / JPEG_COPY).write_bytes(buf.getvalue())
     return out
+
+
+def build_planted_index(checkpoint: Path, shapes_root: Path, data: Path, out: Path) -> Path:
+    """An index (Flat, embedded with ``checkpoint``) of :func:`make_planted_folder`'s images."""
+    from index.build import BuildOptions, build
+
+    build(checkpoint, out, images=make_planted_folder(shapes_root, data), options=BuildOptions(progress=False),
+          overwrite=True)
+    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from explore_data import BIG_COPY, ORIGINAL, make_planted_folder
+from explore_data import BIG_COPY, ORIGINAL, build_planted_index
 from PIL import Image
 
 from explore import ExploreError, Explorer
@@ -37,12 +37,8 @@ def _background(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def planted_index(tiny_run: Path, shapes_root: Path, tmp_path_factory) -> Path:
-    from index.build import BuildOptions, build
-
-    data = make_planted_folder(shapes_root, tmp_path_factory.mktemp("planted-data"))
-    out = tmp_path_factory.mktemp("planted-index")
-    build(tiny_run / "checkpoint.pt", out, images=data, options=BuildOptions(progress=False), overwrite=True)
-    return out
+    return build_planted_index(tiny_run / "checkpoint.pt", shapes_root, tmp_path_factory.mktemp("planted-data"),
+                               tmp_path_factory.mktemp("planted-index"))
 
 
 # ---------------------------------------------------------------- grouping
@@ -165,11 +161,10 @@ def test_results_are_cached_per_generation_and_invalidated_by_add_and_remove(
     import shutil
 
     import explore.explorer as explorer_mod
-    from index.build import BuildOptions, add, build, remove
+    from index.build import add, remove
 
-    data = make_planted_folder(shapes_root, tmp_path / "data")
-    idx = tmp_path / "idx"
-    build(tiny_run / "checkpoint.pt", idx, images=data, options=BuildOptions(progress=False))
+    data, idx = tmp_path / "data", tmp_path / "idx"
+    build_planted_index(tiny_run / "checkpoint.pt", shapes_root, data, idx)
     first = Explorer.open(idx)
     g1, c1 = first.graph(), first.clusters(2)
     gen1 = first.cache.generation

@@ -260,10 +260,9 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
 
     ev = dict(show_progress="minimal", api_visibility="private")
     dup_tab.select(on_tab_duplicates, None, [threshold, groups, dup_summary, csv_file], **ev)
-    threshold.release(show_duplicates, [threshold], [threshold, groups, dup_summary, csv_file],
-                      trigger_mode="always_last", **ev)
-    threshold.input(show_duplicates, [threshold], [threshold, groups, dup_summary, csv_file],
-                    trigger_mode="always_last", **ev)
+    # "change" also covers a number typed into the slider's box; setting the calibrated value re-fires it once
+    threshold.change(show_duplicates, [threshold], [threshold, groups, dup_summary, csv_file],
+                     trigger_mode="always_last", **ev)
     groups.select(on_group, [threshold], [group_files, dup_ids], **ev)
     clu_tab.select(on_clusters_tab, None, [clusters, clu_summary], **ev)
     clusters.select(on_cluster, None, [members, member_ids], **ev)
