@@ -11,6 +11,7 @@ import math
 
 import gradio as gr
 
+from .explore_tabs import add_explore_tabs
 from .handlers import SearchHandlers
 from .limits import ANY, DEFAULT_K
 from .queries import QueryError
@@ -167,5 +168,6 @@ def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
         gr.Markdown(f"## {title}\n{INTRO}")
         _search_tab(h, state, columns=8 if small else 5)
         _api_tab(h)
+        add_explore_tabs(h.index)
     demo.app_css = BASE_CSS + (PIXELATED_CSS if small else "")
     return demo
