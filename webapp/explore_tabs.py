@@ -32,7 +32,6 @@ MEMBERS_SHOWN = 60
 NEIGHBOURS = 12
 MAP_POINTS = 2000  # points drawn on the interactive map (a seeded sample above this)
 MAP_SIZE = 640  # px
-SLIDER_MIN = 0.5
 
 MAP_JS = """
 const tip = element.querySelector('.map-tip');
@@ -67,7 +66,7 @@ class ExploreViews:
     def __init__(self, si, explorer: Explorer | None = None) -> None:
         self.si = si
         self._explorer = explorer
-        self._lock = threading.Lock()  # the first computation of each job runs once, not once per click
+        self._lock = threading.RLock()  # each job is computed once, not once per concurrent click
         self._csv_dir = Path(tempfile.mkdtemp(prefix="explore-csv-"))
 
     @property
@@ -84,9 +83,7 @@ class ExploreViews:
 
     def duplicates(self, threshold: float | str = "auto") -> Duplicates:
         with self._lock:
-            ex = self._explorer or Explorer.for_index(self.si)
-            self._explorer = ex
-            return ex.duplicates(threshold)
+            return self.explorer.duplicates(threshold)
 
     def duplicate_view(self, threshold: float | str = "auto") -> tuple[float, list, str, str]:
         """(threshold, group gallery items, summary, CSV path) at ``threshold``."""
@@ -119,7 +116,8 @@ class ExploreViews:
     # ---------------------------------------------------------------- clusters
 
     def cluster_view(self) -> tuple[list, str]:
-        c = self.explorer.clusters()
+        with self._lock:
+            c = self.explorer.clusters()
         items = []
         for i, central in enumerate(c.central):
             maj = c.majority[i] if i < len(c.majority) else None
@@ -156,8 +154,9 @@ class ExploreViews:
 
     def map_html(self, colour_by: str = "cluster") -> str:
         """An SVG of (a sample of) the PCA map; hover shows the thumbnail, click searches."""
-        ex = self.explorer
-        proj, c, coll = ex.map(), ex.clusters(), ex.collection
+        with self._lock:
+            ex = self.explorer
+            proj, c, coll = ex.map(), ex.clusters(), ex.collection
         rows = proj.rows
         pick = np.arange(len(rows))
         if len(rows) > MAP_POINTS:
@@ -197,7 +196,7 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
     with gr.Tab("Duplicates") as dup_tab:
         dup_summary = gr.Markdown("Open this tab to find the duplicate groups.", elem_id="dup-summary")
         with gr.Row():
-            threshold = gr.Slider(SLIDER_MIN, 1.0, value=0.95, step=0.0025, label="Threshold (cosine similarity)",
+            threshold = gr.Slider(0.0, 1.0, value=0.95, step=0.0025, label="Threshold (cosine similarity)",
                                   elem_id="dup-threshold")
             csv_file = gr.DownloadButton("Download duplicates.csv", value=None, elem_id="dup-csv")
         groups = gr.Gallery(label="Groups — click one to see its files", elem_id="dup-groups", **gallery)
