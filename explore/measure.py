@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from index.synthetic import clustered_unit_vectors
-from instdisc.data import load_splits
-from instdisc.images import hwc
+from instdisc.data import resolve_source
+from instdisc.images import is_image_name, load_image
 from instdisc.trained import Checkpoint
 
 from .clusters import cluster
@@ -43,18 +43,20 @@ def machine() -> dict:
 
 
 def cifar_subset(source: str, train: int, test: int, seed: int) -> tuple[list, list, list, list]:
-    """Seeded ``train`` + ``test`` CIFAR-10 images as PIL, with labels, splits and paths."""
-    tr, te = load_splits(source, 32, progress=False)
-    if te is None:
-        raise ValueError(f"{source}: no test split")
+    """Seeded ``train`` + ``test`` images of a ``train/<class>/``, ``test/<class>/`` collection (folder or
+    archive), as PIL with labels, splits and paths; only the sampled files are decoded."""
+    root = resolve_source(source)
     rng = np.random.default_rng(seed)
     imgs, labels, splits, paths = [], [], [], []
-    for coll, n, split in ((tr, train, "train"), (te, test, "test")):
-        for i in np.sort(rng.choice(len(coll), min(n, len(coll)), replace=False)).tolist():
-            imgs.append(Image.fromarray(hwc(coll.images[i])))
-            labels.append(coll.classes[int(coll.labels[i])] if int(coll.labels[i]) >= 0 else None)
+    for split, n in (("train", train), ("test", test)):
+        files = sorted(p for p in (root / split).rglob("*") if p.is_file() and is_image_name(p.name))
+        if not files:
+            raise ValueError(f"{source}: no images under {split}/")
+        for i in np.sort(rng.choice(len(files), min(n, len(files)), replace=False)).tolist():
+            imgs.append(load_image(files[i]))
+            labels.append(files[i].parent.name)
             splits.append(split)
-            paths.append(f"{split}/{coll.paths[i]}")
+            paths.append(files[i].relative_to(root).as_posix())
     return imgs, labels, splits, paths
 
 
