@@ -7,7 +7,11 @@ memory bank was trained with. ``auto`` follows autofaiss's rules of thumb:
   memory budget -- exact search on 1M x 128 is still tens of milliseconds;
 * above that ``IVF{nlist},Flat`` with ``nlist`` ~ 4 sqrt(N) (a power of two), or HNSW when
   asked for (faster queries, slower builds, removal rebuilds the graph);
-* ``IVF{nlist},PQ{m}`` when the raw vectors would not fit the budget.
+* under a memory budget the raw vectors do not fit (``--memory-budget 2G``), compressed codes
+  that still reach the recall target: ``IVF{nlist},SQ8`` (one byte per dimension, a quarter of
+  the raw size; 8-bit scalar quantisation loses little rank order on unit vectors, so tuning
+  nprobe recovers the target), and only when even that does not fit ``IVF{nlist},PQ{m}``, whose
+  recall the codes cap (the manifest then records the target as missed).
 
 Approximate indexes are then tuned: ``nprobe`` (IVF) or ``efSearch`` (HNSW) is raised until
 recall@10 against exact search reaches the target (default 0.95). The tuning queries are
@@ -51,7 +55,7 @@ RECALL_QUERIES = 1000  # fresh queries that tuning measures recall on (at most a
 HELD_OUT = "held out of the index while measured"  # IndexInfo.recall_query_kind of a tuned index
 TOO_FEW = "index rows (too few vectors to hold queries out)"
 HNSW_M = 32
-ALIASES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+ALIASES = ("auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw")
 ADD_CHUNK = 65_536
 IDMAP_BYTES = 56  # IndexIDMap2: id array + reverse hash map entry, per vector (approx.)
 
@@ -73,7 +77,7 @@ def parse_bytes(value: str | int) -> int:
 class IndexPlan:
     """What to build and why (the reason goes into the manifest)."""
 
-    kind: str  # flat | ivf | ivfpq | hnsw | custom
+    kind: str  # flat | ivf | ivfsq | ivfpq | hnsw | custom
     factory: str  # FAISS factory string, without the IDMap2 wrapper
     reason: str
     estimated_bytes: int
@@ -97,6 +101,8 @@ def estimate_bytes(kind: str, n: int, d: int, nlist: int = 0, m: int = 0, hnsw_m
         return n * (4 * d + IDMAP_BYTES)
     if kind == "ivf":
         return n * (4 * d + 8) + nlist * d * 4
+    if kind == "ivfsq":  # one byte per dimension + the id, centroids, per-dimension min/range
+        return n * (d + 8) + nlist * d * 4 + 2 * d * 4
     if kind == "ivfpq":
         return n * (m + 8) + nlist * d * 4 + 256 * d * 4
     if kind == "hnsw":
@@ -121,7 +127,7 @@ def plan_index(
     flat_max: int = FLAT_MAX_VECTORS,
     prefer_hnsw: bool = False,
 ) -> IndexPlan:
-    """Turn ``auto``/``flat``/``ivf``/``ivfpq``/``hnsw`` or a factory string into an :class:`IndexPlan`."""
+    """Turn ``auto``/``flat``/``ivf``/``ivfsq``/``ivfpq``/``hnsw`` or a factory string into an :class:`IndexPlan`."""
     if n < 1:
         raise ValueError("cannot build an index of 0 vectors")
     t = index_type.strip()
@@ -129,6 +135,7 @@ def plan_index(
     nlist = nlist_for(n)
     flat_b = estimate_bytes("flat", n, d)
     ivf_b = estimate_bytes("ivf", n, d, nlist)
+    sq_b = estimate_bytes("ivfsq", n, d, nlist)
     hnsw_b = estimate_bytes("hnsw", n, d)
     gib = 2**30
 
@@ -143,6 +150,8 @@ def plan_index(
         return IndexPlan("flat", "Flat", "requested", flat_b)
     if kind == "ivf":
         return IndexPlan("ivf", f"IVF{nlist},Flat", "requested", ivf_b)
+    if kind == "ivfsq":
+        return IndexPlan("ivfsq", f"IVF{nlist},SQ8", "requested", sq_b)
     if kind == "ivfpq":
         return ivfpq("requested")
     if kind == "hnsw":
@@ -156,8 +165,12 @@ def plan_index(
         if ivf_b <= memory_budget:
             why = f"{n} >= {flat_max} vectors" if n >= flat_max else "exact Flat exceeds the memory budget"
             return IndexPlan("ivf", f"IVF{nlist},Flat", f"{why}: IVF with nlist ~ 4 sqrt(N) = {nlist}", ivf_b)
-        return ivfpq(f"raw vectors ({ivf_b / gib:.2f} GiB) exceed the {memory_budget / gib:.2f} GiB budget: "
-                     "compressed IVF-PQ")
+        if sq_b <= memory_budget:
+            return IndexPlan("ivfsq", f"IVF{nlist},SQ8", f"raw vectors ({ivf_b / gib:.2f} GiB) exceed the "
+                             f"{memory_budget / gib:.2f} GiB budget: IVF with 8-bit scalar-quantised codes "
+                             f"({sq_b / gib:.2f} GiB), nlist {nlist}", sq_b)
+        return ivfpq(f"even 8-bit codes ({sq_b / gib:.2f} GiB) exceed the {memory_budget / gib:.2f} GiB budget: "
+                     "compressed IVF-PQ (its codes may cap recall below the target)")
     try:
         faiss.index_factory(d, t, METRIC)
     except RuntimeError as e:

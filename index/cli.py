@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="RUN_DIR/checkpoint.pt (or RUN_DIR); for --add, defaults to the recorded one")
     p.add_argument("--out", required=True, help="index folder (INDEX_DIR)")
     p.add_argument("--images", help="folder or archive to embed instead of exporting the memory bank")
-    p.add_argument("--index-type", default="auto", help="auto | flat | ivf | ivfpq | hnsw | FAISS factory string")
+    p.add_argument("--index-type", default="auto",
+                   help="auto | flat | ivf | ivfsq | ivfpq | hnsw | FAISS factory string")
     p.add_argument("--memory-budget", default="8G", help="index memory budget for auto (e.g. 512M, 8G)")
     p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
                    help="recall@10 vs exact search that tuning must reach")

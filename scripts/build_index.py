@@ -15,8 +15,8 @@
 
 Exactly one mode per call (build, update, shard, merge, or torchrun): see index/cli.py.
 
---index-type: auto (Flat below 1M vectors, IVF above, IVF-PQ over the memory budget; approximate
-types are tuned to --target-recall), flat, ivf, ivfpq, hnsw, or any FAISS factory string
+--index-type: auto (Flat below 1M vectors, IVF above; over --memory-budget IVF-SQ8, then IVF-PQ;
+approximate types are tuned to --target-recall), flat, ivf, ivfsq, ivfpq, hnsw, or any FAISS factory string
 ("IVF1024,Flat", "IVF4096,PQ32", "HNSW32,Flat"). See docs/index.md.
 """
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from index.auto import build_vector_index, nlist_for, parse_bytes, plan_index
+from index.auto import build_vector_index, estimate_bytes, nlist_for, parse_bytes, plan_index
 from index.backends import FaissBackend, TorchFlatBackend
 from index.build import BuildOptions, add, build, labels_and_splits, remove
 from index.errors import IndexDirError, UnsafePathError
+from index.faiss_util import recall_at_k
 from index.layout import open_dir
 from index.search import SearchIndex, safe_join
 from index.synthetic import clustered_unit_vectors
@@ -105,7 +106,10 @@ def test_plan_rules() -> None:
     assert plan_index(2_000_000, 128, prefer_hnsw=True).kind == "hnsw"
     pq = plan_index(2_000_000, 128, memory_budget=parse_bytes("256M"))
     assert pq.kind == "ivfpq" and pq.estimated_bytes <= parse_bytes("256M")
-    assert plan_index(200_000, 128, memory_budget=parse_bytes("64M")).kind == "ivfpq"  # Flat too big
+    sq = plan_index(200_000, 128, memory_budget=parse_bytes("64M"))  # raw vectors too big, 8-bit codes fit
+    assert sq.kind == "ivfsq" and sq.factory == f"IVF{nlist_for(200_000)},SQ8" and sq.estimated_bytes <= 64 * 2**20
+    assert plan_index(200_000, 128, memory_budget=parse_bytes("16M")).kind == "ivfpq"  # even SQ8 too big
+    assert plan_index(1000, 32, "ivfsq").factory == "IVF16,SQ8"
     assert plan_index(1000, 128, "IVF16,PQ8").factory == "IVF16,PQ8"
     with pytest.raises(ValueError, match="neither one of"):
         plan_index(1000, 128, "NotAnIndex")
@@ -129,6 +133,25 @@ def test_auto_reaches_recall_target_on_clustered_100k() -> None:
     _, found = index.search(q, 10)
     recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, truth, strict=True)])
     assert recall >= info.target_recall, recall
+
+
+def test_auto_under_a_memory_budget_keeps_recall_with_8bit_codes() -> None:
+    """Raw vectors over the budget: auto picks IVF-SQ8, tunes nprobe to the target on held-out queries,
+    fits the budget on disk, and fresh queries confirm the recall (IVF-PQ at the same nlist falls short)."""
+    both = clustered_unit_vectors(20_300, 32, centres=200, seed=3)
+    x, fresh = both[:20_000], both[20_000:]  # fresh: same clusters, never indexed
+    budget = parse_bytes("1.5M")
+    assert estimate_bytes("ivf", 20_000, 32, nlist_for(20_000)) > budget  # IVF-Flat would not fit
+    index, info = build_vector_index(x, None, "auto", memory_budget=budget, n_queries=300, progress=False)
+    assert info.type == "ivfsq" and info.factory == "IVF512,SQ8" and "8-bit" in info.reason
+    assert info.target_reached and info.recall_at_10 >= 0.95 and 1 < info.params["nprobe"] < 64  # few lists
+    assert len(faiss.serialize_index(index)) <= budget
+    _, truth = brute(x, fresh, 10)
+    _, found = index.search(fresh, 10)
+    assert recall_at_k(found, truth) >= 0.93
+    with pytest.warns(UserWarning, match="not reached"):
+        _, pq_info = build_vector_index(x, None, "IVF512,PQ8x4", n_queries=300, progress=False)
+    assert not pq_info.target_reached and pq_info.recall_at_10 < info.recall_at_10
 
 
 def test_ivfpq_and_hnsw_tune_their_knob() -> None:
