@@ -127,7 +127,8 @@ def choose_resolution(sample: SizeSample, image_size: int | None = None) -> Reso
                                        "ImageNet stem")
     fam = family_of(size)
     store = store_size(size, sample)
-    return Resolution(size, fam == "thumbnails", store, fam, f"{sample.describe()} -> {why}; {stored_note(size, store)}")
+    why = f"{sample.describe()} -> {why}; {stored_note(size, store)}"
+    return Resolution(size, fam == "thumbnails", store, fam, why)
 
 
 def stored_note(size: int, store: int) -> str:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import DataError
 from .images import is_image_name
 
 LOOP = "symlink to a folder already walked (a loop, or a second link to it): not walked again"
@@ -35,6 +36,8 @@ def _inside(target: str, root: str) -> bool:
 
 def scan_folder(root: Path) -> ScanResult:
     """Every image file under ``root`` (sorted), following symlinks by the module's rules."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: not a folder")
     real_root = os.path.realpath(root)
     found: list[str] = []
     refused: list[tuple[str, str]] = []
