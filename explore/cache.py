@@ -67,24 +67,31 @@ def load(stem: Path, cls: type[T]) -> T | None:
 
 
 class ResultCache:
-    """The results of one index generation; ``generation=None`` (an uncommitted index) caches nothing."""
+    """The results of one index generation, on disk and in memory (the app asks for the kNN graph on
+    every slider move); ``generation=None`` (a collection that is not an index) keeps them in memory only."""
 
     def __init__(self, index_dir: str | Path, generation: str | None) -> None:
         self.root = Path(index_dir) / FOLDER
         self.generation = generation
         self.dir = self.root / generation if generation else None
+        self._memory: dict[str, object] = {}
 
     def stem(self, job: str, params: dict) -> Path | None:
         return self.dir / f"{job}-{digest(params)}" if self.dir else None
 
     def fetch(self, job: str, params: dict, cls: type[T], compute: Callable[[], T]) -> T:
         """The cached result of ``job`` with ``params``, computing and storing it if there is none."""
+        key = f"{job}-{digest(params)}"
+        if key in self._memory:
+            return self._memory[key]  # type: ignore[return-value]
         stem = self.stem(job, params)
         if stem is not None:
             hit = load(stem, cls)
             if hit is not None:
+                self._memory[key] = hit
                 return hit
         obj = compute()
+        self._memory[key] = obj
         if stem is not None:
             try:
                 save(stem, obj, params)
