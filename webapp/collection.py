@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class CollectionFacts:
     """Labels, folders, examples, image size class and the info panel of one :class:`SearchIndex`."""
 
-    def __init__(self, index: SearchIndex, image_size=None) -> None:
+    def __init__(self, index: SearchIndex, image_size: Callable[[int], tuple[int, int]] | None = None) -> None:
         """``image_size(id) -> (w, h)``: how to measure an image whose size the metadata lacks."""
         self.index = index
         self.root = Path(index.root)
