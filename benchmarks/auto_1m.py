@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.common import cpu_seconds, measured_load
+from benchmarks.common import add_vector_args, cpu_seconds, measured_load
 from index.auto import (
     DEFAULT_TARGET_RECALL,
     FLAT_MAX_VECTORS,
@@ -49,9 +49,7 @@ def timed_search(index: faiss.Index, q: np.ndarray, k: int, params=None, singles
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--d", type=int, default=128)
-    p.add_argument("--centres", type=int, default=1000)
-    p.add_argument("--spread", type=float, default=1.0)
+    add_vector_args(p)
     p.add_argument("--queries", type=int, default=1000, help="fresh (never indexed) queries for the final check")
     p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL)
     p.add_argument("--memory-budget", default="8G")

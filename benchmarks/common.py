@@ -185,6 +185,13 @@ def add_standard_args(p, name: str, quick_help: str, threads: bool = True) -> No
     p.add_argument("--out", default=str(RESULTS / f"{name}.json"))
 
 
+def add_vector_args(p) -> None:
+    """The synthetic clustered vectors' flags (``index.synthetic.clustered_unit_vectors``), defaults written once."""
+    p.add_argument("--d", type=int, default=128, help="dimension")
+    p.add_argument("--centres", type=int, default=1000, help="clusters of the synthetic vectors")
+    p.add_argument("--spread", type=float, default=1.0, help="cluster spread of the synthetic vectors")
+
+
 # ---------------------------------------------------------------- timing
 
 

@@ -138,6 +138,13 @@ def _knn(d: dict) -> list[str]:
 
 
 def _app(d: dict) -> list[str]:
+    if any("path" in r for r in d["results"]):  # runs since the REST API: one row per path and level
+        head = ("| path | concurrent clients | requests | failed | p50 (ms) | p99 (ms) | mean (ms) | requests/s | "
+                "app peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|")
+        rows = [f"| {r['path']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['p50_ms']:,.0f} | "
+                f"{r['p99_ms']:,.0f} | {r['mean_ms']:,.0f} | {r['requests_per_s']:.1f} | "
+                f"{common.fmt(r.get('app_peak_rss_mb'))} |" for r in d["results"]]
+        return [head, *rows]
     head = ("| concurrent clients | requests | failed | p50 (ms) | p99 (ms) | mean (ms) | requests/s |\n"
             "|---|---|---|---|---|---|---|")
     rows = [f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['p50_ms']:,.0f} | {r['p99_ms']:,.0f} | "
@@ -260,7 +267,7 @@ def _summary_search(name: str, aim: str) -> list[str]:
 
 
 def _summary_app(al: dict) -> list[str]:
-    res = sorted(al["results"], key=lambda r: r["clients"])
+    res = sorted((r for r in al["results"] if r.get("path", "gradio") == "gradio"), key=lambda r: r["clients"])
     clients = " / ".join(str(r["clients"]) for r in res)
     p50 = " / ".join(f"{r['p50_ms']:,.0f} ms" for r in res)
     return [f"| app, upload → results, {clients} clients | p50 {p50}, {sum(r['failed'] for r in res)} errors | — | "

@@ -1,4 +1,4 @@
-"""Similarity search at scale: Flat, IVF-Flat, IVF-PQ, HNSW and ``auto`` on 50k, 1M and 10M vectors.
+"""Similarity search at scale: Flat, IVF-Flat, IVF-SQ8, IVF-PQ, HNSW and ``auto`` on 50k, 1M and 10M vectors.
 
     python benchmarks/search_scale.py                       # 50k and 1M (about 15 min on 2 cores)
     python benchmarks/search_scale.py --sizes 10000000 --out benchmarks/results/search_scale_10m.json
@@ -41,7 +41,7 @@ from evaluation.stats import latency_summary
 from index import auto, faiss_util
 from index.synthetic import clustered_unit_vectors
 
-TYPES = ("flat", "ivf", "ivfpq", "hnsw", "auto")
+TYPES = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto")
 K = 10
 BIG = 2_000_000
 
@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 1_000_000])
     p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
-    p.add_argument("--d", type=int, default=128)
-    p.add_argument("--centres", type=int, default=1000)
-    p.add_argument("--spread", type=float, default=1.0)
+    common.add_vector_args(p)
     p.add_argument("--queries", type=int, default=1000, help="fresh queries (sizes up to 2M)")
     p.add_argument("--big-queries", type=int, default=200, help="fresh queries above 2M vectors")
     p.add_argument("--singles", type=int, default=300, help="single-query calls timed (at most)")

@@ -112,13 +112,13 @@ def test_latency_summary_keys_report_reads_and_table(capsys):
 def test_search_scale_quick(tmp_path):
     data = run("search_scale", tmp_path, "--quick", *ONE_THREAD)
     rows = {r["index"]: r for r in data["results"]}
-    assert set(rows) == {"numpy brute force", "torch brute force", "flat", "ivf", "ivfpq", "hnsw", "auto"}
+    assert set(rows) == {"numpy brute force", "torch brute force", "flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto"}
     for name in ("numpy brute force", "torch brute force", "flat"):
         assert rows[name]["recall_at_10"] == 1.0  # exact search agrees with the exact truth
     for r in rows.values():
         assert 0 < r["recall_at_10"] <= 1 and positive(r["batch_qps"]) and positive(r["single_p50_ms"])
         assert r["single_p99_ms"] >= r["single_p50_ms"] and r["bytes"] > 0
-    assert rows["ivfpq"]["bytes"] < rows["flat"]["bytes"]  # compressed codes are smaller
+    assert rows["ivfpq"]["bytes"] < rows["ivfsq"]["bytes"] < rows["flat"]["bytes"]  # compressed codes are smaller
 
     # --no-baselines --types: only the FAISS indexes asked for (how the 10M HNSW row can run alone)
     only = run("search_scale", tmp_path, "--quick", *ONE_THREAD, "--types", "flat", "--no-baselines")
@@ -203,12 +203,23 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     assert all(positive(s["batch_qps"]) and positive(s["single_p50_ms"]) for s in data["search"])
 
 
+def test_budget_serve_quick(tmp_path):
+    data = run("budget_serve", tmp_path, "--quick", *ONE_THREAD)
+    (r,) = data["results"]
+    assert r["type"] == "ivfsq" and r["factory"].endswith(",SQ8") and r["target_reached"]
+    assert r["file_bytes"] <= r["memory_budget"] and r["bytes_per_vector"] < 4 * 128  # smaller than raw floats
+    assert r["recall_at_10"] >= 0.9  # fresh queries, measured in the serving process
+    assert positive(r["peak_rss_mib"]) and positive(r["single_p50_ms"]) and r["single_p99_ms"] >= r["single_p50_ms"]
+    assert positive(r["open_plus_first_query_s"]) and r["single_n"] == 50
+
+
 def test_app_latency_quick(tmp_path, shapes_index):
     data = run("app_latency", tmp_path, "--quick", "--index", str(shapes_index))
-    rows = {r["clients"]: r for r in data["results"]}
-    assert set(rows) == {1, 4}
+    rows = {(r["path"], r["clients"]): r for r in data["results"]}
+    assert set(rows) == {("gradio", 1), ("gradio", 4), ("rest", 1), ("rest", 4)}  # both APIs, both levels
     for r in rows.values():
         assert r["failed"] == 0 and r["requests"] >= 8 and positive(r["p50_ms"]) and r["p99_ms"] >= r["p50_ms"]
+        assert positive(r["app_peak_rss_mb"])
     assert data["index"]["count"] > 0
 
 
