@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             ds = DATASETS[name]
             train, test = load_splits(ds.source, ds.image_size, "auto", progress=args.progress)
             if args.quick:
-                train, test = train.subset(range(0, len(train), len(train) // 1000)), test.subset(range(0, 500))
+                train = train.subset(range(0, len(train), max(1, len(train) // 1000)))
+                test = test.subset(range(0, min(500, len(test))))
             baselines(ds, train, test)
             for budget in args.budgets:
                 for v in variants:

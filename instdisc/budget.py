@@ -1,9 +1,11 @@
 """A time budget instead of an epoch count: measure the first steps, then plan the epochs.
 
 The plan is a pure function of what was measured, so it can be printed, tested and saved:
-a run with ``time_budget`` trains ``epochs`` full epochs of a finished schedule (cosine or
-step, over the planned epochs) and ends within the budget, counting the kNN monitor and the
-final bank refresh. Small collections get many epochs, big ones few.
+a run with ``time_budget`` trains ``schedule_epochs`` epochs -- fractional: the last epoch
+stops at the planned step, so a budget of 3.7 epochs is not rounded down to 3 -- of a
+finished schedule (cosine or step over exactly that length) and ends within the budget,
+counting the kNN monitor and the final bank refresh. Small collections get many epochs,
+big ones few (less than one for a collection that one epoch would overrun).
 """
 
 from __future__ import annotations
@@ -28,25 +30,35 @@ class Measured:
 
 @dataclass(frozen=True)
 class Plan:
-    epochs: int
-    seconds: float  # predicted total, <= the budget unless even one epoch does not fit
+    schedule_epochs: float  # a whole number of steps, in epochs
+    seconds: float  # predicted total, <= the budget unless even one step does not fit
     reason: str
+
+    @property
+    def epochs(self) -> int:
+        """Epochs started (the last one possibly partial)."""
+        return max(1, math.ceil(self.schedule_epochs - 1e-9))
+
+
+def _to_steps(epochs: float, steps_per_epoch: int, minimum: float) -> float:
+    return max(minimum, math.floor(epochs * steps_per_epoch) / steps_per_epoch)
 
 
 def replan_after_first_epoch(budget_seconds: float, first: Plan, epoch_wall_seconds: float, spent_seconds: float,
-                             refresh_seconds: float) -> Plan:
+                             refresh_seconds: float, steps_per_epoch: int) -> Plan:
     """The plan again, from the first whole epoch's measured wall time (steps, monitor, checkpoint):
-    on small collections the per-epoch overheads that the step timing cannot see matter."""
+    on small collections the per-epoch overheads that the step timing cannot see matter. Epoch 1
+    was not the last, so at least one step of epoch 2 remains."""
     avail = budget_seconds * SAFETY - spent_seconds - refresh_seconds
-    more = max(1, math.floor(avail / max(epoch_wall_seconds, 1e-9)))  # epoch 1 was not the last: one more at least
-    epochs = 1 + more
+    more = _to_steps(avail / max(epoch_wall_seconds, 1e-9), steps_per_epoch, 1.0 / steps_per_epoch)
     predicted = spent_seconds + refresh_seconds + more * epoch_wall_seconds
-    return Plan(epochs, predicted, f"{first.reason}; after epoch 1 ({epoch_wall_seconds:.1f} s measured with "
-                                   f"monitor and checkpoint): {epochs} epochs in {predicted / 60:.1f} min")
+    return Plan(1 + more, predicted, f"{first.reason}; after epoch 1 ({epoch_wall_seconds:.1f} s measured with "
+                                     f"monitor and checkpoint): {1 + more:.2f} epochs in {predicted / 60:.1f} min")
 
 
 def plan_epochs(budget_seconds: float, m: Measured, max_epochs: int = 10_000) -> Plan:
-    """The most epochs whose predicted time (steps + monitoring + refresh) fits the budget; at least one."""
+    """The most steps (in epochs) whose predicted time (steps + monitoring + refresh) fits the budget;
+    at least one step."""
     if budget_seconds <= 0:
         raise ValueError(f"the time budget must be positive, got {budget_seconds}")
     epoch_s = m.steps_per_epoch * m.step_seconds
@@ -54,14 +66,14 @@ def plan_epochs(budget_seconds: float, m: Measured, max_epochs: int = 10_000) ->
     per_epoch = epoch_s + m.eval_seconds * evals_per_epoch
     fixed = m.spent_seconds + m.refresh_seconds + (m.eval_seconds if not m.eval_every else 0.0)
     avail = budget_seconds * SAFETY - fixed
-    epochs = max(1, min(max_epochs, math.floor(avail / per_epoch))) if per_epoch > 0 else max_epochs
+    epochs = min(max_epochs, _to_steps(avail / per_epoch, m.steps_per_epoch, 1.0 / m.steps_per_epoch))
     predicted = fixed + epochs * per_epoch
     reason = (f"{m.step_seconds * 1e3:.0f} ms/step x {m.steps_per_epoch} steps = {epoch_s:.0f} s/epoch"
               + (f" + {m.eval_seconds:.0f} s kNN every {m.eval_every} epoch(s)"
                  if m.eval_every and m.eval_seconds else "")
               + f"; {m.spent_seconds:.0f} s already spent"
               + (f", {m.refresh_seconds:.0f} s for the final bank refresh" if m.refresh_seconds else "")
-              + f" -> {epochs} epochs in {predicted / 60:.1f} of {budget_seconds / 60:.1f} min")
+              + f" -> {epochs:.2f} epochs in {predicted / 60:.1f} of {budget_seconds / 60:.1f} min")
     if predicted > budget_seconds:
-        reason += " (one epoch does not fit: the budget is overrun)"
+        reason += " (not even one step fits: the budget is overrun)"
     return Plan(epochs, predicted, reason)

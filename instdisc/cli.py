@@ -50,6 +50,8 @@ def config_from_args(args: argparse.Namespace, preset_name: str) -> TrainConfig:
         v = getattr(args, f.name, None)
         if v is not None:
             overrides[f.name] = tuple(v) if isinstance(f.default, tuple) else v
+    if "epochs" in overrides and "time_budget" not in overrides:
+        overrides["time_budget"] = 0.0  # --epochs N means N epochs, also for presets that carry a time budget
     return preset(preset_name, **overrides)
 
 

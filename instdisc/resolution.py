@@ -8,9 +8,9 @@ and 96 px affordable on a CPU. The rule (median short side of a sample of header
 =================  ==========  ============  =========================================
 median short side  image_size  stem          preset family (CPU / GPU)
 =================  ==========  ============  =========================================
-<= 40 px           32          CIFAR         cpu-cifar / paper-cifar
-41 - 127 px        64          ImageNet      cpu-photos / paper-cifar, ImageNet stem
->= 128 px          96          ImageNet      cpu-photos at 96 / paper-cifar, ImageNet stem
+<= 40 px           32          CIFAR         cpu-cifar-fast / paper-cifar
+41 - 127 px        64          ImageNet      cpu-photos-fast / paper-cifar, ImageNet stem
+>= 128 px          96          ImageNet      cpu-photos-fast at 96 / paper-cifar, ImageNet stem
 =================  ==========  ============  =========================================
 
 Training images are stored (decoded, in the disk cache) at ``store_size``: 1.25x the training
@@ -64,7 +64,7 @@ class Resolution:
         """The preset this family starts from (its image_size / stem are then set from this result)."""
         if gpu:
             return "paper-cifar"
-        return "cpu-cifar" if self.family == "thumbnails" else "cpu-photos"
+        return "cpu-cifar-fast" if self.family == "thumbnails" else "cpu-photos-fast"
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "cifar_stem": self.cifar_stem, "store_size": self.store_size,

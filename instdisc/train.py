@@ -61,9 +61,16 @@ def lr_at(cfg: TrainConfig, epoch_float: float) -> float:
     if cfg.schedule == "step":
         return cfg.lr * 0.1 ** sum(int(epoch_float) >= s for s in cfg.lr_steps)
     if cfg.schedule == "cosine":
-        t = (epoch_float - cfg.warmup_epochs) / max(1e-8, cfg.epochs - cfg.warmup_epochs)
+        t = (epoch_float - cfg.warmup_epochs) / max(1e-8, (cfg.schedule_epochs or cfg.epochs) - cfg.warmup_epochs)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose step or cosine")
+
+
+def steps_in_epoch(cfg: TrainConfig, epoch: int, spe: int) -> int:
+    """``spe``, except in the last epoch of a fractional schedule (a time budget's plan)."""
+    if cfg.schedule_epochs and epoch == cfg.epochs - 1:
+        return max(1, min(spe, round((cfg.schedule_epochs - epoch) * spe)))
+    return spe
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -181,7 +188,7 @@ class Trainer:
         ckpt = checkpoint.load(path)
         cfg = TrainConfig.from_dict(ckpt["config"])
         if epochs is not None and epochs != cfg.epochs:
-            cfg = replace(cfg, epochs=epochs)
+            cfg = replace(cfg, epochs=epochs, schedule_epochs=0.0)  # a whole-epoch schedule again
         if compile is not None:
             cfg = replace(cfg, compile=compile)
         if ckpt["dataset"]["paths"] != train.paths:
@@ -323,13 +330,13 @@ class Trainer:
         self.global_step += 1
         return ddp.mean_value(out.loss)
 
-    def _plan(self, step_seconds: float) -> None:
+    def _plan(self, step_seconds: float, steps_done: int) -> None:
         """Replace ``cfg.epochs`` (and scale a step schedule) so that the run fits ``time_budget``."""
         cfg = self.cfg
         n = len(self.train_set)
         refresh_s = 0.0
         if cfg.refresh_bank:  # time a small embedding batch to predict the final re-embedding
-            probe = self.train_set.images[: min(n, 256)]
+            probe = self.train_set.images[: min(n, 1024)]  # two of embed()'s batches: small ones run slower
             t0 = time.time()
             embed(self.inference_encoder, probe, self.device, self.bf16)
             refresh_s = (time.time() - t0) * n / max(1, len(probe))
@@ -338,13 +345,17 @@ class Trainer:
                      self.wall_seconds())
         self._refresh_estimate = refresh_s
         self._first_plan = plan_epochs(cfg.time_budget, m)
-        self._apply_plan(self._first_plan)
+        self._apply_plan(self._first_plan, steps_done)
 
-    def _apply_plan(self, plan: Plan) -> None:
+    def _apply_plan(self, plan: Plan, steps_done_this_epoch: int) -> None:
         cfg = self.cfg
         plan = ddp.broadcast_object(plan) if self.world > 1 else plan  # every rank follows rank 0's plan
-        steps = tuple(max(1, round(s * plan.epochs / cfg.epochs)) for s in cfg.lr_steps)
-        self.cfg = replace(cfg, epochs=plan.epochs, lr_steps=steps)
+        spe = steps_per_epoch(len(self.train_set), cfg.batch_size)
+        done = self.epoch + steps_done_this_epoch / spe  # a plan cannot end before the steps already taken
+        if plan.schedule_epochs < done:  # type: ignore[union-attr]
+            plan = Plan(done, plan.seconds, plan.reason + f" (but {done:.2f} epochs are done already)")  # type: ignore[union-attr]
+        steps = tuple(max(1, round(s * plan.schedule_epochs / cfg.epochs)) for s in cfg.lr_steps)
+        self.cfg = replace(cfg, epochs=plan.epochs, schedule_epochs=plan.schedule_epochs, lr_steps=steps)
         self.plan = plan.reason  # type: ignore[union-attr]
         if self.progress:
             tqdm.write(f"time budget {cfg.time_budget / 60:.1f} min: {self.plan}")
@@ -371,7 +382,7 @@ class Trainer:
         row = {
             "epoch": self.epoch,
             "loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
-            "lr": lr_at(cfg, self.epoch - 1 + (spe - 1) / spe),
+            "lr": lr_at(cfg, self.epoch - 1 + (steps_in_epoch(cfg, self.epoch - 1, spe) - 1) / spe),
             "images_per_s": done_steps * bs / max(seconds, 1e-9),
             "seconds": seconds,
         }
@@ -434,8 +445,9 @@ class Trainer:
             self.model.train()
             while self.epoch < self.cfg.epochs:
                 order, t0 = self._order(self.epoch), time.time()
-                bar = tqdm(range(self.step_in_epoch, spe), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                           disable=not self.progress, unit="step", leave=False)
+                bar = tqdm(range(self.step_in_epoch, steps_in_epoch(self.cfg, self.epoch, spe)), unit="step",
+                           desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.progress, leave=False)
+                done = 0
                 for step in bar:
                     limit = stop_after_steps is not None and steps_this_call >= stop_after_steps
                     if ddp.any_true(self._stop_requested or limit):  # every rank stops at the same step
@@ -452,18 +464,21 @@ class Trainer:
                     self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
                     calibrated = steps_this_call == WARMUP_STEPS + CALIBRATION_STEPS
                     if self.cfg.time_budget > 0 and not self.plan and calibrated:
-                        self._plan((time.time() - calib_t0) / CALIBRATION_STEPS)
+                        self._plan((time.time() - calib_t0) / CALIBRATION_STEPS, step + 1)
                         bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
-                    rate = (step - self.step_in_epoch + 1) * bs / max(1e-9, time.time() - t0)
-                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.4f}")
+                    done += 1
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{done * bs / max(1e-9, time.time() - t0):.0f}",
+                                    lr=f"{lr:.4f}")
+                    if step + 1 >= steps_in_epoch(self.cfg, self.epoch, spe):  # a plan made this epoch may end it
+                        break
                 if self.cfg.time_budget > 0 and not self.plan:  # fewer steps so far than the calibration needs
-                    self._plan((time.time() - t0) / max(1, spe - self.step_in_epoch))
+                    self._plan((time.time() - t0) / max(1, done), self.step_in_epoch + done)
                 epoch_t0 = self.wall_seconds() - (time.time() - t0)
-                self._end_epoch(spe - self.step_in_epoch, time.time() - t0)
+                self._end_epoch(done, time.time() - t0)
                 if self._first_plan is not None and self.epoch == 1 and self.cfg.epochs > 1:
                     self._apply_plan(replan_after_first_epoch(
                         self.cfg.time_budget, self._first_plan, self.wall_seconds() - epoch_t0, self.wall_seconds(),
-                        self._refresh_estimate))
+                        self._refresh_estimate, spe), 0)
                     self._first_plan = None
         self.wall = self.wall_seconds()
         self._clock = time.time()

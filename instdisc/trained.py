@@ -121,7 +121,7 @@ class Checkpoint:
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return Encoder(c.arch, c.width, c.cifar_stem, c.low_dim).eval()
+            return Encoder.from_config(c).eval()
 
     def bank(self) -> torch.Tensor:
         """The memory bank, (N, low_dim): row i belongs to ``files.paths[i]``."""

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The README's main command: set up, train on the embedded CIFAR-10, build the index, serve the app.
 #
-#   EPOCHS=8     epochs of the cpu-cifar preset's cosine schedule (the full preset is 45;
-#                8 keeps a newcomer's first run to ~10 minutes on 2 CPU cores)
-#   DATA=...     any image folder or .tar/.tar.gz archive (default: the shared CIFAR-10 copy)
+#   TIME_BUDGET=7m   training time of the cpu-cifar-fast preset (its full budget is 42m): the first
+#                    steps are timed and the epochs planned to end on time with a finished schedule
+#   DATA=...         any image folder or .tar/.tar.gz archive (default: the shared CIFAR-10 copy);
+#                    the preset then follows the images' sizes (scripts/train.py prints why)
 #   RUN=runs/quickstart  INDEX=indexes/cifar10  PORT=7860
-# Re-running reuses a finished run and index, and resumes an interrupted run.
+# Re-running reuses a finished run and index, and resumes an interrupted run (its plan is saved).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPOCHS=${EPOCHS:-8}
+TIME_BUDGET=${TIME_BUDGET:-7m}
 DATA=${DATA:-../shared/datasets/cifar10-jpeg.tar.gz}
 RUN=${RUN:-runs/quickstart}
 INDEX=${INDEX:-indexes/cifar10}
@@ -17,9 +18,9 @@ PORT=${PORT:-7860}
 bash scripts/setup.sh
 PY=.venv/bin/python
 if [ -f "$RUN/checkpoint.pt" ]; then
-  $PY scripts/train.py --data "$DATA" --out "$RUN" --preset cpu-cifar --epochs "$EPOCHS" --resume
+  $PY scripts/train.py --data "$DATA" --out "$RUN" --resume
 else
-  $PY scripts/train.py --data "$DATA" --out "$RUN" --preset cpu-cifar --epochs "$EPOCHS"
+  $PY scripts/train.py --data "$DATA" --out "$RUN" --time-budget "$TIME_BUDGET"
 fi
 if [ ! -f "$INDEX/manifest.json" ] || [ "$RUN/checkpoint.pt" -nt "$INDEX/manifest.json" ]; then
   rm -rf "$INDEX.new"

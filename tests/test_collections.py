@@ -157,6 +157,7 @@ def test_parse_bytes():
 
 _READER = r"""
 import json, sys, torch
+import numpy as np
 from pathlib import Path
 from instdisc.data import load_folder
 
@@ -172,9 +173,9 @@ order = torch.randperm(len(coll), generator=torch.Generator().manual_seed(0))
 def epoch(stop):
     total = 0
     for i in range(0, stop, 64):  # training batches, then an embedding pass of slices
-        total += int(coll.images[order[i : i + 64]].sum())
-    for i in range(0, stop, 64):
-        total += int(coll.images[i : i + 64].sum())  # reduced in place: no float copy of the batch
+        total += int(coll.images[order[i : i + 64]].numpy().sum(dtype=np.int64))
+    for i in range(0, stop, 64):  # numpy sums in small buffered chunks: no widened copy of the batch
+        total += int(coll.images[i : i + 64].numpy().sum(dtype=np.int64))
     return total
 
 epoch(128)  # warm-up: the kernels' code pages (file-backed RSS too) and the allocator's first arenas

@@ -24,7 +24,7 @@ from instdisc.memory import MemoryBank
 from instdisc.method import InstDisc
 from instdisc.model import Encoder
 from instdisc.objectives import NonParametricSoftmax, cross_view
-from instdisc.train import Interrupted, Trainer
+from instdisc.train import Interrupted, Trainer, lr_at, steps_in_epoch
 
 
 def _bank(n: int = 9, d: int = 6, seed: int = 0) -> MemoryBank:
@@ -145,17 +145,26 @@ def test_time_budget_plan_fits_and_says_why():
     m = Measured(step_seconds=0.1, steps_per_epoch=100, eval_seconds=5.0, eval_every=1, refresh_seconds=20.0,
                  spent_seconds=30.0)
     plan = plan_epochs(600.0, m)
-    # (600 * 0.97 - 30 - 20) / (10 + 5) = 35.4 -> 35 epochs
-    assert plan.epochs == 35 and plan.seconds <= 600.0
-    assert "35 epochs" in plan.reason and "100 steps" in plan.reason
+    # (600 * 0.97 - 30 - 20) / (10 + 5) = 35.47 -> 35.46 epochs (a whole number of steps), 36 started
+    assert plan.schedule_epochs == pytest.approx(35.46) and plan.epochs == 36 and plan.seconds <= 600.0
+    assert "35.46 epochs" in plan.reason and "100 steps" in plan.reason
     small = plan_epochs(600.0, Measured(0.1, 2, 0.0, 0, 0.0, 1.0))
-    assert small.epochs == 2905  # a small collection gets many epochs
+    assert small.schedule_epochs == 2905.0  # a small collection gets many epochs
     huge = plan_epochs(60.0, Measured(1.0, 1000, 0.0, 0, 0.0, 0.0))
-    assert huge.epochs == 1 and "overrun" in huge.reason
-    again = replan_after_first_epoch(600.0, plan, epoch_wall_seconds=20.0, spent_seconds=50.0, refresh_seconds=20.0)
-    assert again.epochs == 1 + math.floor((582 - 50 - 20) / 20)
+    assert huge.schedule_epochs == pytest.approx(0.058) and huge.epochs == 1  # part of one epoch: no overrun
+    tiny = plan_epochs(1.0, Measured(5.0, 1000, 0.0, 0, 0.0, 0.0))
+    assert tiny.schedule_epochs == pytest.approx(0.001) and "overrun" in tiny.reason  # one step at least
+    again = replan_after_first_epoch(600.0, plan, epoch_wall_seconds=20.0, spent_seconds=50.0, refresh_seconds=20.0,
+                                     steps_per_epoch=100)
+    assert again.schedule_epochs == pytest.approx(1 + 25.6)  # (582 - 50 - 20) / 20 = 25.6 more
     with pytest.raises(ValueError):
         plan_epochs(0, m)
+
+
+def test_fractional_schedule_ends_mid_epoch_with_the_cosine_at_zero():
+    cfg = preset("tiny", epochs=3, schedule_epochs=2.5)
+    assert [steps_in_epoch(cfg, e, 10) for e in range(3)] == [10, 10, 5]
+    assert lr_at(cfg, 2.5) == pytest.approx(0.0, abs=1e-12) and lr_at(cfg, 1.25) == pytest.approx(cfg.lr / 2)
 
 
 @pytest.mark.parametrize("text,seconds", [("20m", 1200.0), ("90s", 90.0), ("1.5h", 5400.0), ("45", 45.0)])
@@ -206,9 +215,11 @@ def test_time_budget_run_plans_its_epochs(shapes_root, tmp_path):
     history = t.fit()
     assert t.plan and "epochs" in t.plan
     assert t.cfg.epochs == history[-1]["epoch"] < 1000
+    assert t.global_step == round(t.cfg.schedule_epochs * 7)  # 240 images / 32: 7 steps an epoch, last one partial
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
-    assert saved["plan"] == t.plan and saved["config"]["epochs"] == t.cfg.epochs
+    assert saved["plan"] == t.plan and saved["config"]["schedule_epochs"] == t.cfg.schedule_epochs
     assert history[-1]["wall"] < 20.0 * 2  # the plan held (it adapts to the speed it measures)
+    assert history[-1]["lr"] < 1e-3 * cfg.lr  # the schedule finished
 
 
 def test_crop_larger_than_images_is_refused(shapes_root, tmp_path):

@@ -1,0 +1,54 @@
+"""The efficiency campaign on tiny data: time-budgeted runs are scored, recorded, skipped, summarised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments import efficiency
+
+
+def test_campaign_runs_levers_under_one_budget_and_resumes(shapes_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(efficiency.DATASETS, "shapes", efficiency.Dataset("shapes", shapes_root, "tiny", 32))
+    report = tmp_path / "REPORT.md"
+    report.write_text("before\n<!-- efficiency:start -->\nold\n<!-- efficiency:end -->\nafter\n")
+    out = tmp_path / "res"
+    args = ["--dataset", "shapes", "--budgets", "6", "--variants", "plain", "two=views:2,refresh_bank:true",
+            "--out", str(out), "--report", str(report)]
+    assert efficiency.main(args) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert set(runs) == {"shapes-baselines", "shapes-plain-6", "shapes-two-6"}
+    two = runs["shapes-two-6"]
+    assert two["config"]["views"] == 2 and two["config"]["refresh_bank"] and two["config"]["time_budget"] == 6
+    assert two["plan"] and two["epochs"] == two["curve"][-1]["epoch"]
+    for r in (two, runs["shapes-plain-6"]):
+        for gallery in ("bank", "reembedded"):
+            m = r["final"][gallery]
+            assert 0 < m["knn"] <= 100 and 0 < m["nn1"] <= 100 and 0 < m["map"] <= 100
+        assert r["curve"][0]["epoch"] == 0 and all(p["wall_s"] is not None for p in r["curve"])
+    # the refreshed bank is the re-embedded gallery: the same scores
+    assert two["final"]["bank"] == two["final"]["reembedded"]
+    base = runs["shapes-baselines"]
+    assert {"pixels", "random_init"} <= set(base)
+    table = (out / "efficiency.md").read_text()
+    assert "| raw pixels |" in table and "| two |" in table and "| plain |" in table
+    text = report.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text and "| two |" in text
+    assert (out / "efficiency.png").stat().st_size > 0
+    # a second call trains nothing
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    assert efficiency.main(args) == 0
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+
+
+def test_variant_specs_are_validated() -> None:
+    v = efficiency.parse_variant("x=views:2,flip_embed:true,lr:0.1")
+    assert v.overrides == {"views": 2, "flip_embed": True, "lr": 0.1}
+    assert efficiency.parse_variant("plain").overrides == {}
+    for bad in ("nonsense", "x=no_such_field:1"):
+        try:
+            efficiency.parse_variant(bad)
+        except SystemExit as e:
+            assert "variant" in str(e) or "field" in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
