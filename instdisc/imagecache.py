@@ -156,6 +156,9 @@ class RamGuard:
 
     def __init__(self, mm: mmap.mmap, cap: int) -> None:
         self.mm, self.cap = mm, int(cap)
+        # no fault-around: otherwise touching one 19 KB row maps up to 64 KB of its neighbours as well,
+        # and the resident share would be several times what the reads account for
+        mm.madvise(mmap.MADV_RANDOM)
         self.pending = 0  # bytes requested since the last drop (an upper bound of what is resident)
         self.drops = 0
         self._lock = threading.Lock()
