@@ -73,8 +73,8 @@ class Variant:
 # then the combinations that the single-lever runs justify. See REPRODUCTION.md "Beyond the paper".
 VARIANTS = [
     Variant("plain", {}, "the preset unchanged (the paper's method, CPU-sized)"),
-    Variant("two-view", {"views": 2}, "two views, each the other's positive (Ye et al. 2019), symmetric"),
-    Variant("multicrop", {"small_crops": 2}, "+2 small 16 px crops per image, positive = the full view"),
+    Variant("two-view", {"views": 2}, "two views: bank loss on each + batch softmax between them (Ye et al. 2019)"),
+    Variant("multicrop", {"small_crops": 2}, "+2 small 16 px crops: bank loss + batch softmax with the full view"),
     Variant("self-distill", {"self_distill": 1.0, "bank_update": "gradient"},
             "Cao & Wu 2024: sqrt-softmax self-distillation + gradient bank update"),
     Variant("ema-flip-refresh", {"ema": 0.995, "flip_embed": True, "refresh_bank": True},
@@ -198,7 +198,8 @@ def plot(summary: dict, path: Path) -> None:
     if not datasets:
         return
     fig, axes = plt.subplots(len(datasets), 3, figsize=(16, 4.2 * len(datasets)), squeeze=False)
-    colours = {v.name: f"C{i}" for i, v in enumerate(VARIANTS)}
+    names = [v.name for v in VARIANTS] + sorted({r["variant"] for r in summary["runs"]} - {v.name for v in VARIANTS})
+    colours = {name: f"C{i % 10}" if i < 10 else ("k" if i == 10 else "olive") for i, name in enumerate(names)}
     for row, ds in zip(axes, datasets, strict=True):
         b = summary["baselines"].get(ds)
         for ax, key, label in zip(row, ("knn", "nn1", "map"), ("weighted kNN (k=200)", "1-NN", "mAP"), strict=True):

@@ -179,9 +179,9 @@ def leftovers(index_dir: Path) -> list[str]:
 
     try:
         files = json.loads((index_dir / "manifest.json").read_text())["files"]
-        named = {files["index"], files["db"], "manifest.json", ".lock"}
+        named = {files["index"], files["db"], "manifest.json", ".lock", "ingest.json"}
     except (OSError, ValueError, KeyError):
-        named = {".lock"}
+        named = {".lock", "ingest.json"}  # ingest.json: the last ingest report (index/build.py)
     return sorted(p.name for p in index_dir.iterdir() if p.name not in named)
 
 

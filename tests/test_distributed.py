@@ -180,6 +180,6 @@ def test_torchrun_command_trains_with_two_processes(data, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("done: ") == 1 and "2 processes" in r.stdout  # printed by rank 0 only
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "ingest.json", "metrics.jsonl"]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4 and ckpt["config"]["sync_bn"] is True

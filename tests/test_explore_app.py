@@ -58,4 +58,4 @@ def test_map_html_draws_every_point_with_thumbnail_and_id(views: ExploreViews):
     assert ids == set(views.explorer.collection.ids.tolist())
     first = re.search(r'data-src="gradio_api/file=([^"]+)"', page).group(1)
     assert Path(first).is_file() and Path(first).is_relative_to(views.si.root)
-    assert len(set(re.findall(r'fill="(#[0-9a-f]{6})"', page))) == 3  # circle, square, copies
+    assert len(set(re.findall(r'fill="(#[0-9a-f]{6})"', page))) == len(views.si.labels())  # one colour a label

@@ -218,7 +218,7 @@ def test_mmap_open_gives_same_results(bank_index: Path) -> None:
 def test_add_and_remove_keep_index_and_db_consistent(bank_index: Path, shapes_root: Path, tmp_path: Path) -> None:
     d = copy_index(bank_index, tmp_path)
     removed = remove(d, ["circle", "square/0003.png"])  # a folder and a file
-    assert removed["count"] == 240 - 60 - 1
+    assert removed.count == 240 - 60 - 1
     with pytest.raises(ValueError, match="not in the index"):
         remove(d, ["circle/0000.png"])
     with SearchIndex.open(d, device="cpu") as si:
@@ -316,7 +316,7 @@ def test_missing_truncated_and_mismatched_files(bank_index: Path, tiny_run: Path
     # building over an existing index needs --overwrite
     with pytest.raises(IndexDirError, match="--overwrite"):
         build(tiny_run, d2, options=QUIET)
-    assert build(tiny_run, d2, options=QUIET, overwrite=True)["generation"] != m2["generation"]
+    assert build(tiny_run, d2, options=QUIET, overwrite=True).generation != m2["generation"]
 
 
 def test_image_path_refuses_traversal(bank_index: Path, tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_a_second_writer_waits_for_the_lock(built: dict, tmp_path: Path):
         time.sleep(0.5)
         assert proc.poll() is None and _manifest(idx)["generation"] == gen  # blocked, nothing written
         files = _manifest(idx)["files"]
-        assert {p.name for p in idx.iterdir()} == {"manifest.json", ".lock", files["index"], files["db"]}
+        assert {p.name for p in idx.iterdir()} == {"manifest.json", ".lock", "ingest.json", files["index"], files["db"]}
         fcntl.flock(lock, fcntl.LOCK_UN)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
