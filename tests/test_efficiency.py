@@ -27,7 +27,8 @@ def test_campaign_runs_levers_under_one_budget_and_resumes(shapes_root: Path, tm
             assert 0 < m["knn"] <= 100 and 0 < m["nn1"] <= 100 and 0 < m["map"] <= 100
         assert r["curve"][0]["epoch"] == 0 and all(p["wall_s"] is not None for p in r["curve"])
     # the refreshed bank is the re-embedded gallery: the same scores
-    assert two["final"]["bank"] == two["final"]["reembedded"]
+    for key in ("knn", "nn1", "map"):  # equal up to the float rounding of two embedding passes
+        assert abs(two["final"]["bank"][key] - two["final"]["reembedded"][key]) < 1e-3
     base = runs["shapes-baselines"]
     assert {"pixels", "random_init"} <= set(base)
     table = (out / "efficiency.md").read_text()
