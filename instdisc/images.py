@@ -7,8 +7,10 @@ and animated images are converted, and decompression bombs are refused with a cl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,19 +45,28 @@ class ImageInfo:
 
 def probe(path: str | os.PathLike) -> ImageInfo:
     """Header facts of an image file; :class:`ImageError` when it is not one (a cheap pre-check, not a decode)."""
+    with _pil_errors(str(path), "", "unreadable header"), Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees swaps the sides
+            w, h = h, w
+        return ImageInfo(str(img.format or "unknown"), img.mode, int(w), int(h),
+                         int(getattr(img, "n_frames", 1) or 1))
+
+
+@contextlib.contextmanager
+def _pil_errors(name: str, bomb: str, broken: str) -> Iterator[None]:
+    """PIL's and the OS's exceptions as :class:`ImageError` with the file's name: one translation for
+    the header probe and the full decode (``bomb``/``broken`` say what each was doing)."""
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees swaps the sides
-                w, h = h, w
-            return ImageInfo(str(img.format or "unknown"), img.mode, int(w), int(h),
-                             int(getattr(img, "n_frames", 1) or 1))
+        yield
+    except ImageError:
+        raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from e
+        raise ImageError(f"{name}: refused as a decompression bomb{bomb} ({e})") from e
     except UnidentifiedImageError as e:
-        raise ImageError(f"{path}: not a recognised image format") from e
+        raise ImageError(f"{name}: not a recognised image format") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{path}: unreadable header ({e})") from e
+        raise ImageError(f"{name}: {broken} ({e})") from e
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -92,7 +103,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     # threads, and warnings.catch_warnings() from several threads at once leaves the process's filters
     # in whatever state the last one restored. Image.open reads only the header, so checking the size
     # right after it refuses a bomb before any pixel is decoded; PIL itself refuses beyond twice its limit.
-    try:
+    with _pil_errors(name, f", over the {max_pixels:,}-pixel limit", "corrupt or truncated image"):
         fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source).open("rb")
         with fp, Image.open(fp) as img:
             if img.width * img.height > max_pixels:
@@ -102,14 +113,6 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return to_rgb(img)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: refused as a decompression bomb, over the {max_pixels:,}-pixel limit ({e})") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name}: not a recognised image format") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
 
 
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
