@@ -124,7 +124,8 @@ class NCE(Objective):
         # the B x (m+1) x d product may run in bf16 under autocast; everything after it in fp32: in bf16,
         # log(P + m Pn) ~ -2.5 has a resolution of 0.016, coarser than a noise sample's term (~1e-3), which
         # put the reported loss up to 30 % off (gradients stayed within 2 %; tests/test_objectives.py)
-        log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature).float()  # log exp(s/tau)
+        log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature)  # log exp(s/tau)
+        log_s = log_s.to(torch.promote_types(log_s.dtype, torch.float32))  # bf16 -> fp32; fp64 stays fp64
         with torch.no_grad():
             # over every rank's batch when data-parallel, so all ranks hold the same Z
             batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)

@@ -163,3 +163,51 @@ def test_nce_under_bf16_autocast_stays_close_to_fp64(tau):
     assert loss.item() == pytest.approx(ref.item(), rel=0.03)
     rel = (gb.double() - g64).norm(dim=1) / g64.norm(dim=1)
     assert rel.median() < 0.03 and rel.max() < 0.1
+
+
+def test_nce_loss_and_gradient_match_the_papers_equations_in_float64():
+    """Issue 19, item 1: the paper's NCE written out independently in float64 -- P(i|f) = exp(v_i.f/tau)/Z,
+    h = P/(P + m Pn), Pn = 1/N, loss = -log h(pos) - sum_noise log(1 - h) -- and its analytic gradient
+    dL/df = [-(1 - h_pos) v_pos + sum_j h_j v_j] / (tau B), with Z held constant as the paper does."""
+    g = torch.Generator().manual_seed(5)
+    n, d, b, m, tau = 300, 16, 6, 25, 0.07
+    bank = MemoryBank(n, d)
+    bank.reset_random(g)
+    bank.features = bank.features.double()
+    idx = torch.randint(0, n, (b,), generator=g)
+    f = F.normalize(bank.features[idx] + F.normalize(torch.randn(b, d, generator=g).double(), dim=1), dim=1)
+    nce = NCE(n, tau, m)
+    noise = nce.sample_noise(idx, torch.Generator().manual_seed(2))
+    fg = f.clone().requires_grad_(True)
+    loss = nce(fg, idx, bank, noise).loss
+    (grad,) = torch.autograd.grad(loss, fg)
+    v = bank.features.numpy()
+    fn = f.numpy()
+    # Z: N x the mean of exp over the first batch's positive and noise scores (the paper's estimate)
+    scores = [[float(v[j] @ fn[r]) / tau for j in [int(idx[r]), *noise[r].tolist()]] for r in range(b)]
+    z = n * sum(math.exp(s) for row in scores for s in row) / (b * (m + 1))
+    assert float(nce.log_z) == pytest.approx(math.log(z), rel=1e-6)  # the buffer holds it in float32
+    z = math.exp(float(nce.log_z))  # so the rest of the reference uses the Z the objective holds
+    ref_loss, ref_grad = 0.0, torch.zeros(b, d, dtype=torch.float64)
+    for r in range(b):
+        rows = [int(idx[r]), *noise[r].tolist()]
+        hs = [math.exp(s) / z / (math.exp(s) / z + m / n) for s in scores[r]]
+        ref_loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
+        ref_grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
+                       + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
+    assert loss.item() == pytest.approx(ref_loss / b, rel=1e-10)
+    assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_nce_noise_is_uniform_over_the_other_instances():
+    """Pn = 1/N over the bank, the positive excluded: every other row as likely as any other."""
+    n = 10
+    nce = NCE(n, 0.07, 2000)
+    idx = torch.full((20,), 3)
+    noise = nce.sample_noise(idx, torch.Generator().manual_seed(0))
+    counts = torch.bincount(noise.flatten(), minlength=n).double()
+    assert counts[3] == 0
+    others = counts[torch.arange(n) != 3]
+    expected = noise.numel() / (n - 1)
+    chi2 = float(((others - expected) ** 2 / expected).sum())
+    assert chi2 < 26.1  # the 99.9 % point of chi-square with 8 degrees of freedom
