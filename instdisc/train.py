@@ -483,4 +483,7 @@ class Trainer:
         self.wall = self.wall_seconds()
         self._clock = time.time()
         ddp.barrier()  # rank 0 has written the last checkpoint before any rank exits
+        if ddp.any_true(self._stop_requested):  # Ctrl-C during the last step: the run is done, but the
+            # caller (a script that would go on to index and serve) must still hear the request to stop
+            raise Interrupted(f"stopped after the last epoch ({self.epoch}); the run is complete, checkpoint saved")
         return self.history

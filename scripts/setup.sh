@@ -9,8 +9,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 req=requirements.txt
 [ "${DEV:-0}" = 1 ] && req=requirements-dev.txt
-stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-12)-${DEV:-0}"
-if [ ! -f "$stamp" ]; then
+hash=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-12)
+stamp=".venv/.installed-$hash-${DEV:-0}"
+# the dev install holds everything the plain one needs: a DEV=1 stamp satisfies a plain set-up too
+if [ ! -f "$stamp" ] && { [ "${DEV:-0}" = 1 ] || [ ! -f ".venv/.installed-$hash-1" ]; }; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r "$req"
   # the project itself, editable: scripts, tests and app.py import its packages from here

@@ -1,0 +1,115 @@
+"""The README's main command, end to end: scripts/quickstart.sh trains, indexes and serves; run again,
+it reuses the finished run and index; interrupted mid-training, the next call resumes the run (issue 20,
+item 7). Real processes on the tiny shapes collection, a real HTTP check of the served page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(data: Path, run: Path, index: Path, budget: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    env = {**os.environ, "DATA": str(data), "RUN": str(run), "INDEX": str(index), "PORT": str(port),
+           "TIME_BUDGET": budget}
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "quickstart.sh")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, port
+
+
+def _serve_then_stop(proc: subprocess.Popen, port: int, timeout: float = 240) -> str:
+    """Wait until the page answers 200, then stop the whole process group; returns the output."""
+    t0 = time.time()
+    try:
+        while time.time() - t0 < timeout:
+            if proc.poll() is not None:
+                raise AssertionError(f"quickstart exited with {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the app did not answer within the timeout")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_quickstart_trains_indexes_serves_then_reuses(shapes_root: Path, tmp_path: Path) -> None:
+    run, index = tmp_path / "run", tmp_path / "index"
+    out = _serve_then_stop(*_start(shapes_root, run, index, "6s"))
+    assert "time budget" in out and "serving http://127.0.0.1" in out
+    ckpt = json.loads((index / "manifest.json").read_text())
+    assert ckpt["count"] == 240  # the memory bank of the 240 training images
+    epochs = _epochs(run)
+    assert epochs[0] == 0 and epochs == list(range(epochs[-1] + 1)) and epochs[-1] >= 1
+    before = {p: _digest(p) for p in (run / "checkpoint.pt", index / "manifest.json")}
+    mtimes = {p: p.stat().st_mtime_ns for p in before}
+
+    out = _serve_then_stop(*_start(shapes_root, run, index, "6s"))  # again: nothing to train, nothing to build
+    assert "time budget" not in out and "serving http://127.0.0.1" in out
+    assert {p: _digest(p) for p in before} == before
+    assert {p: p.stat().st_mtime_ns for p in before} == mtimes
+    assert _epochs(run) == epochs
+
+
+@pytest.mark.slow
+def test_quickstart_resumes_an_interrupted_run(shapes_root: Path, tmp_path: Path) -> None:
+    run, index = tmp_path / "run", tmp_path / "index"
+    proc, port = _start(shapes_root, run, index, "40s")
+    t0 = time.time()
+    while not (run / "checkpoint.pt").exists():  # the first epoch's checkpoint: training is under way
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 180, "no checkpoint within 3 minutes"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground group
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired as e:  # it went on to serve: show what it printed
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"quickstart did not stop on SIGINT:\n{e.output}") from None
+    # a signal in the last step still stops the script (the run is then complete; resuming has nothing to do)
+    assert proc.returncode != 0 and ("stopped at epoch" in out or "stopped after the last epoch" in out), out
+    assert not (index / "manifest.json").exists()  # it stopped before indexing
+    stopped = json.loads(subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c",
+         "import json, sys, torch; c = torch.load(sys.argv[1], weights_only=True); "
+         "print(json.dumps({'epochs': c['config']['epochs'], 'epoch': c['epoch'], 'plan': c['plan']}))",
+         str(run / "checkpoint.pt")], capture_output=True, text=True, check=True).stdout)
+    assert stopped["plan"] and stopped["epoch"] <= stopped["epochs"]
+
+    out = _serve_then_stop(*_start(shapes_root, run, index, "40s"))
+    assert "serving http://127.0.0.1" in out
+    epochs = _epochs(run)
+    assert epochs == list(range(stopped["epochs"] + 1))  # every planned epoch once, none twice
+    assert json.loads((index / "manifest.json").read_text())["count"] == 240
