@@ -429,7 +429,8 @@ class Trainer:
         self, stop_after_steps: int | None = None, on_step: Callable[[int, float], None] | None = None
     ) -> list[dict]:
         """Train to ``cfg.epochs``; stop early (with a checkpoint) after ``stop_after_steps`` steps
-        of this call or on SIGINT/SIGTERM, raising :class:`Interrupted`.
+        of this call or on SIGINT/SIGTERM, raising :class:`Interrupted` -- also when the signal came
+        during the last step: the run is then complete, but its caller still stops.
 
         ``on_step(global_step, loss)`` sees every step's loss (the global batch's mean).
         """
