@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                          {"objective": "nce", "bank_init": "random"}),
     "nce-ema-encoder": ("NCE m=4096, Z a running average (0.99), bank from the encoder",
                         {"objective": "nce", "z_momentum": 0.99}),
+    "nce-fixed-encoder-lr003": ("as nce-fixed-encoder with the reference code's lr 0.03 (half the preset's)",
+                                {"objective": "nce", "lr": 0.03}),
     "nce-ema-random": ("NCE m=4096, Z a running average (0.99), random bank",
                        {"objective": "nce", "z_momentum": 0.99, "bank_init": "random"}),
 }
