@@ -34,6 +34,7 @@ import torch
 
 from instdisc.config import preset
 from instdisc.data import load_splits, random_subset
+from instdisc.distributed import log_mean_exp
 from instdisc.fsutil import atomic_write_text
 from instdisc.objectives import NCE
 from instdisc.train import Trainer
@@ -85,7 +86,7 @@ def normaliser_stats(step: int, f: torch.Tensor, idx: torch.Tensor, bank: torch.
     log_zi = torch.logsumexp(s / temperature, dim=1)  # B
     rows = torch.cat([idx.view(-1, 1), noise], 1)  # B x (m+1)
     sr = s.gather(1, rows)  # B x (m+1)
-    batch_est = torch.logsumexp((sr / temperature).flatten(), 0) - math.log(sr.numel()) + math.log(n)
+    batch_est = log_mean_exp((sr / temperature).flatten()) + math.log(n)  # the objective's own estimate
     log_mpn = math.log(m / n)
 
     def posteriors(log_z: torch.Tensor) -> torch.Tensor:  # h for every row, given log Z (scalar or B x 1)
@@ -122,6 +123,7 @@ class NormaliserProbe:
         self.calls = 0
         self.rows: list[NormaliserStats] = []
         self.gen = torch.Generator().manual_seed(12345)
+        self.sampler: NCE | None = None  # the NCE noise draw, for objectives that draw none
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: object) -> None:
         step = self.calls
@@ -130,10 +132,10 @@ class NormaliserProbe:
             return
         f, idx, bank = args[0], args[1], args[2]
         noise = args[3] if len(args) > 3 and args[3] is not None else None
-        n = len(bank)
         if noise is None:
-            noise = torch.randint(0, n - 1, (len(idx), self.num_noise), generator=self.gen)
-            noise = noise + (noise >= idx.cpu().view(-1, 1)).long()
+            if self.sampler is None:
+                self.sampler = NCE(len(bank), self.temperature, self.num_noise)
+            noise = self.sampler.sample_noise(idx, self.gen)
         log_z = float(module.log_z) if isinstance(module, NCE) else float("nan")
         self.rows.append(normaliser_stats(step, f.float().cpu(), idx.cpu(), bank.features.cpu(), noise.cpu(),
                                           self.temperature, log_z))

@@ -8,25 +8,20 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from instdisc import checkpoint
+from webapp.browser import free_port, wait_until_up
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(data: Path, run: Path, index: Path, budget: str) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATA": str(data), "RUN": str(run), "INDEX": str(index), "PORT": str(port),
            "TIME_BUDGET": budget}
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "quickstart.sh")], cwd=ROOT, env=env,
@@ -36,19 +31,8 @@ def _start(data: Path, run: Path, index: Path, budget: str) -> tuple[subprocess.
 
 def _serve_then_stop(proc: subprocess.Popen, port: int, timeout: float = 240) -> str:
     """Wait until the page answers 200, then stop the whole process group; returns the output."""
-    t0 = time.time()
     try:
-        while time.time() - t0 < timeout:
-            if proc.poll() is not None:
-                raise AssertionError(f"quickstart exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the app did not answer within the timeout")
+        wait_until_up(f"http://127.0.0.1:{port}/", proc, timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -101,11 +85,8 @@ def test_quickstart_resumes_an_interrupted_run(shapes_root: Path, tmp_path: Path
     # a signal in the last step still stops the script (the run is then complete; resuming has nothing to do)
     assert proc.returncode != 0 and ("stopped at epoch" in out or "stopped after the last epoch" in out), out
     assert not (index / "manifest.json").exists()  # it stopped before indexing
-    stopped = json.loads(subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-c",
-         "import json, sys, torch; c = torch.load(sys.argv[1], weights_only=True); "
-         "print(json.dumps({'epochs': c['config']['epochs'], 'epoch': c['epoch'], 'plan': c['plan']}))",
-         str(run / "checkpoint.pt")], capture_output=True, text=True, check=True).stdout)
+    c = checkpoint.load(run / "checkpoint.pt")
+    stopped = {"epochs": c["config"]["epochs"], "epoch": c["epoch"], "plan": c["plan"]}
     assert stopped["plan"] and stopped["epoch"] <= stopped["epochs"]
 
     out = _serve_then_stop(*_start(shapes_root, run, index, "40s"))
