@@ -56,6 +56,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                 {"objective": "nce", "lr": 0.03}),
     "nce-ema-random": ("NCE m=4096, Z a running average (0.99), random bank",
                        {"objective": "nce", "z_momentum": 0.99, "bank_init": "random"}),
+    "nce-sample-encoder": ("NCE m=4096, each sample's own Z from its noise rows, bank from the encoder",
+                           {"objective": "nce", "nce_z": "per-sample"}),
+    "nce-sample-random": ("NCE m=4096, each sample's own Z from its noise rows, random bank (the paper's start)",
+                          {"objective": "nce", "nce_z": "per-sample", "bank_init": "random"}),
 }
 
 
@@ -78,8 +82,11 @@ class NormaliserStats:
 
 @torch.no_grad()
 def normaliser_stats(step: int, f: torch.Tensor, idx: torch.Tensor, bank: torch.Tensor, noise: torch.Tensor,
-                     temperature: float, log_z_used: float) -> NormaliserStats:
-    """Pure computation on one batch: ``f`` (B, d) features, ``bank`` (N, d) rows, ``noise`` (B, m)."""
+                     temperature: float, log_z_used: float, per_sample: bool = False) -> NormaliserStats:
+    """Pure computation on one batch: ``f`` (B, d) features, ``bank`` (N, d) rows, ``noise`` (B, m).
+
+    ``per_sample``: the objective divides each row by its own estimate (N x mean exp over its noise
+    rows) instead of the one ``log_z_used``."""
     f, bank = f.detach().double(), bank.double()
     n, m = bank.shape[0], noise.shape[1]
     s = f @ bank.t()  # B x N cosines
@@ -93,7 +100,11 @@ def normaliser_stats(step: int, f: torch.Tensor, idx: torch.Tensor, bank: torch.
         log_p = sr / temperature - log_z
         return torch.exp(log_p - torch.logaddexp(log_p, torch.full_like(log_p, log_mpn)))
 
-    z_used = torch.tensor(log_z_used, dtype=torch.float64)
+    if per_sample:
+        z_used = torch.logsumexp(sr[:, 1:] / temperature, 1, keepdim=True) + math.log(n / m)  # B x 1
+        log_z_used = float(torch.logsumexp(z_used.flatten(), 0) - math.log(len(z_used)))
+    else:
+        z_used = torch.tensor(log_z_used, dtype=torch.float64)
     h = posteriors(z_used) if math.isfinite(log_z_used) else torch.full_like(sr, float("nan"))
     h_exact = posteriors(log_zi.view(-1, 1))
     return NormaliserStats(
@@ -137,8 +148,9 @@ class NormaliserProbe:
                 self.sampler = NCE(len(bank), self.temperature, self.num_noise)
             noise = self.sampler.sample_noise(idx, self.gen)
         log_z = float(module.log_z) if isinstance(module, NCE) else float("nan")
+        per_sample = isinstance(module, NCE) and module.per_sample_z
         self.rows.append(normaliser_stats(step, f.float().cpu(), idx.cpu(), bank.features.cpu(), noise.cpu(),
-                                          self.temperature, log_z))
+                                          self.temperature, log_z, per_sample))
 
 
 def run_variant(name: str, epochs: int, every: int, train, test, out: Path, progress: bool) -> dict:  # noqa: ANN001
@@ -173,15 +185,17 @@ def run_variant(name: str, epochs: int, every: int, train, test, out: Path, prog
 
 def markdown(runs: list[dict]) -> str:
     lines = ["| variant | kNN by epoch (0 = untrained) | log Z used | log Z exact (start -> end) | "
-             "noise weight, Z used (start -> end) | same, exact Z | cos noise (end) |",
-             "|---|---|---|---|---|---|---|"]
+             "noise weight, Z used (start -> end) | same, exact Z | spread of log Z_i (start -> end) | "
+             "cos noise (end) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         p0, p1 = r["probe"][0], r["probe"][-1]
         knn = " / ".join(f"{k['knn']:.1f}" for k in r["knn"])
         used = "–" if not math.isfinite(p0["log_z_used"]) else f"{p0['log_z_used']:.2f} -> {p1['log_z_used']:.2f}"
         nw = "–" if not math.isfinite(p0["noise_weight"]) else f"{p0['noise_weight']:.3f} -> {p1['noise_weight']:.3g}"
         lines.append(f"| {r['name']} | {knn} | {used} | {p0['log_z_exact']:.2f} -> {p1['log_z_exact']:.2f} | {nw} | "
-                     f"{p0['noise_weight_exact_z']:.3f} -> {p1['noise_weight_exact_z']:.3f} | {p1['cos_noise']:.3f} |")
+                     f"{p0['noise_weight_exact_z']:.3f} -> {p1['noise_weight_exact_z']:.3f} | "
+                     f"{p0['log_z_exact_spread']:.2f} -> {p1['log_z_exact_spread']:.2f} | {p1['cos_noise']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

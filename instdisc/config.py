@@ -22,6 +22,7 @@ class TrainConfig:
     temperature: float = 0.1  # the reference CIFAR command's tau (0.07 for ImageNet / NCE)
     nce_k: int = 4096  # noise samples m
     z_momentum: float = -1.0  # <0: Z fixed from the first batch (paper); else EMA momentum
+    nce_z: str = "constant"  # constant (one Z, the paper's; see z_momentum) | per-sample (each row's own noise draws)
     memory_momentum: float = 0.5
     bank_init: str = "random"  # random (paper) | encoder (fill from the untrained encoder)
     # optimisation

@@ -91,14 +91,26 @@ class NCE(Objective):
     (the common fix for a badly estimated first-batch Z). Z is a buffer, so it is saved and
     a resumed run continues with the same value. Unlike the reference code, the positive is
     never drawn as its own noise sample.
+
+    ``per_sample_z=True`` gives each row its own normaliser, Z_i = N x the mean of exp(v_j . f_i / tau)
+    over that row's m noise rows (no gradient). Why: with one Z for every sample the expected push
+    away from the noise rows is Z_i / Z times the softmax's, so samples in dense regions (Z_i > Z:
+    images with many similar ones, i.e. their own class) are pushed apart hardest until every sample
+    has the same Z_i -- the constraint of self-normalisation, which fights the clusters kNN needs.
+    With Z_i the expected gradient is the full softmax's (results/nce/, REPRODUCTION.md).
+    ``log_z`` then holds the last batch's mean, for logging.
     """
 
     def __init__(
-        self, num_instances: int, temperature: float, num_noise: int, z_momentum: float | None = None
+        self, num_instances: int, temperature: float, num_noise: int, z_momentum: float | None = None,
+        per_sample_z: bool = False,
     ) -> None:
         super().__init__()
         if num_instances < 2:
             raise ValueError("NCE needs at least 2 instances")
+        if per_sample_z and z_momentum is not None:
+            raise ValueError("per-sample Z is estimated afresh each step: it takes no z_momentum")
+        self.per_sample_z = per_sample_z
         self.temperature = temperature
         self.num_noise = num_noise
         self.num_instances = num_instances
@@ -134,7 +146,13 @@ class NCE(Objective):
             elif self.z_momentum is not None:
                 z = self.z_momentum * self.log_z.exp() + (1 - self.z_momentum) * batch_log_z.exp()
                 self.log_z.copy_(z.log())
-        log_p = log_s - self.log_z  # log P(i|v)
+        if self.per_sample_z:
+            with torch.no_grad():  # B x 1: N x mean over the row's own noise draws
+                log_z = torch.logsumexp(log_s[:, 1:], 1, keepdim=True) + math.log(self.num_instances / self.num_noise)
+                self.log_z.copy_(log_mean_exp(log_z.flatten()))
+        else:
+            log_z = self.log_z
+        log_p = log_s - log_z  # log P(i|v)
         log_m_pn = math.log(self.num_noise / self.num_instances)
         # h = P / (P + m Pn); data term log h(pos), noise term log(1 - h(noise)).
         log_denominator = torch.logaddexp(log_p, torch.full_like(log_p, log_m_pn))
@@ -162,6 +180,7 @@ class ParametricSoftmax(Objective):
 
 
 OBJECTIVES = ("softmax", "nce", "parametric")
+NCE_Z = ("constant", "per-sample")
 
 
 def build_objective(cfg: TrainConfig, num_instances: int) -> Objective:
@@ -171,7 +190,10 @@ def build_objective(cfg: TrainConfig, num_instances: int) -> Objective:
     if cfg.objective == "softmax":
         return NonParametricSoftmax(cfg.temperature, cfg.self_distill)
     if cfg.objective == "nce":
-        return NCE(num_instances, cfg.temperature, cfg.nce_k, cfg.z_momentum if cfg.z_momentum >= 0 else None)
+        if cfg.nce_z not in NCE_Z:
+            raise ValueError(f"unknown nce_z {cfg.nce_z!r}; choose one of {NCE_Z}")
+        return NCE(num_instances, cfg.temperature, cfg.nce_k, cfg.z_momentum if cfg.z_momentum >= 0 else None,
+                   per_sample_z=cfg.nce_z == "per-sample")
     if cfg.objective == "parametric":
         if cfg.views > 1 or cfg.small_crops:
             raise ValueError("views/small_crops need the softmax or nce objective, not the parametric classifier")

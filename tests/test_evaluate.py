@@ -198,8 +198,55 @@ FAST = ["--near-dup-samples", "12", "--latency-queries", "5", "--e2e-queries", "
         "--no-progress"]
 
 
-def _in_unit(x) -> bool:
-    return x is not None and 0.0 <= x <= 1.0
+def _fraction_of(x: float, n: int) -> bool:
+    """``x`` is a count out of ``n`` (a hit rate over n queries), not just any number in [0, 1]."""
+    return 0 <= round(x * n) <= n and x * n == pytest.approx(round(x * n), abs=1e-6)
+
+
+def _brute_force_pixel_metrics(root: Path, tau: float, ks: tuple[int, ...]) -> tuple[dict[int, float], float]:
+    """Weighted kNN and mAP of the raw-pixel baseline written out from scratch: PIL decode, flatten, the
+    gallery (train/) mean subtracted, L2 norm; every test/ image queries every train/ image."""
+    def load(split: str) -> tuple[np.ndarray, list[str]]:
+        files = sorted((root / split).rglob("*.png"))
+        x = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float64).ravel() / 255 for f in files])
+        return x, [f.parent.name for f in files]
+
+    g, g_lab = load("train")
+    q, q_lab = load("test")
+    mean = g.mean(0)
+    g, q = g - mean, q - mean
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    sims = q @ g.T
+    knn = {}
+    for k in ks:
+        hits = 0
+        for i in range(len(q)):
+            votes: dict[str, float] = {}
+            for j in np.argsort(-sims[i], kind="stable")[:k]:
+                votes[g_lab[j]] = votes.get(g_lab[j], 0.0) + math.exp(sims[i, j] / tau)
+            hits += max(votes, key=votes.get) == q_lab[i]
+        knn[k] = hits / len(q)
+    aps = []
+    for i in range(len(q)):
+        rel = [g_lab[j] == q_lab[i] for j in np.argsort(-sims[i], kind="stable")]
+        found = np.cumsum(rel)
+        aps.append(float(np.mean([found[r] / (r + 1) for r in range(len(rel)) if rel[r]])))
+    return knn, float(np.mean(aps))
+
+
+def test_pixel_baseline_metrics_match_an_independent_computation(tiny_index: Path, shapes_root: Path,
+                                                                 tmp_path: Path) -> None:
+    r = evaluate(tiny_index, shapes_root, tmp_path / "rep",
+                 EvalOptions(baselines=("pixels",), near_dup_samples=0, latency_queries=2, e2e_queries=1,
+                             e2e_batch=2, grid_queries=1, progress=False))
+    knn, m_ap = _brute_force_pixel_metrics(shapes_root, r["config"]["temperature"], (1, 20, 200))
+    px = r["methods"]["pixels"]
+    assert r["queries"]["count"] == 100 and r["gallery"]["count"] == 240
+    for k, want in knn.items():
+        assert px["knn_top1"][str(k)] == pytest.approx(want, abs=1 / 100 + 1e-9), k  # a tie may flip one query
+    assert px["map"] == pytest.approx(m_ap, rel=1e-4)
+    assert knn[1] > 0.3  # the shapes are separable from pixels: the check compares real numbers, not zeros
 
 
 def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tmp_path: Path) -> None:
@@ -213,7 +260,8 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     assert p.returncode == 0, p.stderr[-3000:]
     assert "weighted kNN top-1 (k=200)" in p.stdout
     r = json.loads((out / "report.json").read_text())
-    assert _in_unit(r["knn_top1"]) and r["knn_k"] == 200 and _in_unit(r["map"])
+    ours = r["methods"]["ours"]
+    assert r["knn_k"] == 200 and r["knn_top1"] == ours["knn_top1"]["200"] and r["map"] == ours["map"]
     assert r["class_level"] is True and r["queries"]["count"] == 40 and r["gallery"]["count"] == 240
     assert r["config"]["temperature"] == pytest.approx(0.1) and r["config"]["query_folder"].endswith("test")
     # no ImageNet weights on disk -> skipped with a note
@@ -221,9 +269,9 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     assert any("ImageNet baseline skipped" in n for n in r["notes"])
     for name, m in r["methods"].items():
         assert set(m["knn_top1"]) == {"1", "20", "200"}, name
-        assert all(_in_unit(v) for v in m["knn_top1"].values())
-        assert all(_in_unit(m[k]) for k in ("map", "map_at_r", "r_precision"))
-        assert all(_in_unit(v) for v in [*m["precision_at"].values(), *m["recall_at"].values()])
+        assert all(_fraction_of(v, 40) for v in m["knn_top1"].values())  # hits out of the 40 queries
+        assert m["precision_at"]["1"] == pytest.approx(m["knn_top1"]["1"])  # P@1 is 1-NN accuracy
+        assert m["r_precision"] >= m["map_at_r"] and 0 < m["map"] <= 1  # AP@R never exceeds R-precision
         assert set(m["precision_at"]) == {"1", "10", "100"}
         assert m["recall_at"]["100"] >= m["recall_at"]["10"] >= m["recall_at"]["1"]
         assert len(m["pr_curve"]["recall"]) == len(m["pr_curve"]["precision"]) == 21
@@ -233,7 +281,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     nd = r["near_duplicate"]
     assert nd["samples"] == 12 and set(nd["methods"]) == {"ours", "reembed", "pixels", "random"}
     for m in nd["methods"].values():
-        assert _in_unit(m["top1"]) and _in_unit(m["top10"]) and m["top10"] >= m["top1"]
+        assert _fraction_of(m["top1"], 12) and _fraction_of(m["top10"], 12) and m["top10"] >= m["top1"]
     assert r["ann"]["recall"] == pytest.approx(1.0) and r["ann"]["index_type"] == "flat"  # Flat: exact
     s = r["speed"]
     assert s["batched_vectors"]["qps"] > 0 and s["single_vector"]["p99_ms"] >= s["single_vector"]["p50_ms"] > 0
@@ -277,7 +325,7 @@ def test_imagenet_baseline_uses_weights_already_on_disk(tiny_index: Path, shapes
                  EvalOptions(baselines=("imagenet",), limit=8, near_dup_samples=4, latency_queries=2, e2e_queries=1,
                              e2e_batch=2, grid_queries=1, imagenet_size=32, progress=False))
     assert set(r["methods"]) == {"ours", "imagenet"}
-    assert _in_unit(r["methods"]["imagenet"]["knn_top1"]["200"])
+    assert _fraction_of(r["methods"]["imagenet"]["knn_top1"]["200"], 8)
     assert "resnet18-test.pth" in r["methods"]["imagenet"]["note"]
     assert "imagenet" in r["near_duplicate"]["methods"]
 

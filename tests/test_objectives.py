@@ -211,3 +211,80 @@ def test_nce_noise_is_uniform_over_the_other_instances():
     expected = noise.numel() / (n - 1)
     chi2 = float(((others - expected) ** 2 / expected).sum())
     assert chi2 < 26.1  # the 99.9 % point of chi-square with 8 degrees of freedom
+
+
+def test_nce_per_sample_z_matches_its_equations_in_float64():
+    """Per-sample normaliser: Z_i = N x mean over row i's own m noise rows of exp(v_j . f_i / tau), no
+    gradient through it; the rest is the paper's NCE, loss and analytic gradient as above."""
+    g = torch.Generator().manual_seed(7)
+    n, d, b, m, tau = 200, 12, 5, 30, 0.1
+    bank = MemoryBank(n, d)
+    bank.reset_random(g)
+    bank.features = bank.features.double()
+    idx = torch.randint(0, n, (b,), generator=g)
+    f = F.normalize(bank.features[idx] + F.normalize(torch.randn(b, d, generator=g).double(), dim=1), dim=1)
+    nce = NCE(n, tau, m, per_sample_z=True)
+    noise = nce.sample_noise(idx, torch.Generator().manual_seed(4))
+    fg = f.clone().requires_grad_(True)
+    loss = nce(fg, idx, bank, noise).loss
+    (grad,) = torch.autograd.grad(loss, fg)
+    v, fn = bank.features.numpy(), f.numpy()
+    ref_loss, ref_grad, zs = 0.0, torch.zeros(b, d, dtype=torch.float64), []
+    for r in range(b):
+        rows = [int(idx[r]), *noise[r].tolist()]
+        e = [math.exp(float(v[j] @ fn[r]) / tau) for j in rows]
+        z = n * sum(e[1:]) / m
+        zs.append(z)
+        hs = [x / z / (x / z + m / n) for x in e]
+        ref_loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
+        ref_grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
+                       + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
+    assert loss.item() == pytest.approx(ref_loss / b, rel=1e-10)
+    assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert float(nce.log_z) == pytest.approx(math.log(sum(zs) / b), rel=1e-6)  # logged: the batch mean
+    with pytest.raises(ValueError, match="no z_momentum"):
+        NCE(n, tau, m, z_momentum=0.9, per_sample_z=True)
+    with pytest.raises(ValueError, match="unknown nce_z"):
+        build_objective(TrainConfig(objective="nce", nce_z="exact"), n)
+
+
+def _noise_weights(nce: NCE, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBank, noise: torch.Tensor) -> torch.Tensor:
+    """Per sample, sum_j h_j: the total weight of the noise rows in the real objective's gradient.
+
+    Read from autograd through the bank rows, one sample at a time (Z already fixed by the whole batch):
+    dL/dv = -(1 - h_pos) f / tau at the positive row and h_j f / tau at each noise row."""
+    nce(f, idx, bank, noise)  # the first batch fixes the constant Z, as in training
+    out = []
+    for r in range(len(idx)):
+        rows = bank.features.detach().clone().requires_grad_(True)
+        one = MemoryBank(*rows.shape)
+        one.features = rows
+        (g,) = torch.autograd.grad(nce(f[r : r + 1], idx[r : r + 1], one, noise[r : r + 1]).loss, rows)
+        out.append(float((g.sum(0) - g[idx[r]]) @ f[r]) * nce.temperature)
+    return torch.tensor(out)
+
+
+def test_constant_z_pushes_dense_regions_apart_per_sample_z_does_not():
+    """Issue 19's cause: with one Z for all samples the push away from the noise rows is Z_i / Z times the
+    softmax's (whose total is always 1), so a sample among many similar rows (a class cluster) is pushed
+    out hardest and an isolated one barely; each row's own Z gives every sample the softmax's weight."""
+    g = torch.Generator().manual_seed(0)
+    n, d, m, tau = 4000, 32, 1000, 0.1
+    centre = F.normalize(torch.randn(d, generator=g), dim=0)
+    feats = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    feats[:1000] = F.normalize(centre + 0.15 * torch.randn(1000, d, generator=g), dim=1)  # a dense cluster
+    bank = MemoryBank(n, d)
+    bank.features = feats
+    idx = torch.tensor([0, 1, 2000, 3000])  # two in the cluster, two isolated
+    f = feats[idx].clone()
+    constant, own = NCE(n, tau, m), NCE(n, tau, m, per_sample_z=True)
+    noise = constant.sample_noise(idx, torch.Generator().manual_seed(1))
+    w_const = _noise_weights(constant, f, idx, bank, noise)
+    w_own = _noise_weights(own, f, idx, bank, noise)
+    # exact normalisers over the other rows: the ratio the constant Z's weight should follow
+    s = f @ feats.t() / tau
+    s[torch.arange(4), idx] = -math.inf
+    ratio = torch.exp(torch.logsumexp(s, 1) - constant.log_z)
+    assert torch.allclose(w_const, ratio, rtol=0.15)
+    assert w_const[:2].min() > 5 * w_const[2:].max()  # the cluster's members pushed out far harder
+    assert torch.allclose(w_own, torch.ones(4), atol=0.05)  # the softmax's weight, whatever the density
