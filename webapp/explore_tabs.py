@@ -34,18 +34,23 @@ MAP_POINTS = 2000  # points drawn on the interactive map (a seeded sample above 
 MAP_SIZE = 640  # px
 
 MAP_JS = """
-const tip = element.querySelector('.map-tip');
-const img = tip.querySelector('img');
-const cap = tip.querySelector('span');
+// runs once, when the page loads, before the map is drawn (and the map is redrawn on every colour change):
+// look the tooltip up at each event, never hold on to the first render's nodes
+const tipOf = () => element.querySelector('.map-tip');
 element.addEventListener('mouseover', (e) => {
   const c = e.target.closest('circle');
-  if (!c) return;
-  img.src = c.dataset.src; cap.textContent = c.dataset.caption;
+  const tip = tipOf();
+  if (!c || !tip) return;
+  tip.querySelector('img').src = c.dataset.src;
+  tip.querySelector('span').textContent = c.dataset.caption;
   tip.style.left = (Number(c.getAttribute('cx')) + 12) + 'px';
   tip.style.top = (Number(c.getAttribute('cy')) + 12) + 'px';
   tip.style.display = 'block';
 });
-element.addEventListener('mouseout', (e) => { if (e.target.closest('circle')) tip.style.display = 'none'; });
+element.addEventListener('mouseout', (e) => {
+  const tip = tipOf();
+  if (tip && e.target.closest('circle')) tip.style.display = 'none';
+});
 element.addEventListener('click', (e) => {
   const c = e.target.closest('circle');
   if (c) trigger('click', {id: Number(c.dataset.id)});
@@ -231,6 +236,9 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
     def on_tab_duplicates():
         return show_duplicates("auto")
 
+    def regroup(t):
+        return show_duplicates(t)[1:]
+
     def on_group(evt: gr.SelectData, t):
         items, ids = v.group_view(t, evt.index)
         return items, ids
@@ -259,9 +267,10 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
 
     ev = dict(show_progress="minimal", api_visibility="private")
     dup_tab.select(on_tab_duplicates, None, [threshold, groups, dup_summary, csv_file], **ev)
-    # "change" also covers a number typed into the slider's box; setting the calibrated value re-fires it once
-    threshold.change(show_duplicates, [threshold], [threshold, groups, dup_summary, csv_file],
-                     trigger_mode="always_last", **ev)
+    # "input" fires on the user's drags and on a number typed into the slider's box, never when the tab sets the
+    # calibrated value: a "change" handler that also wrote the slider re-fired itself, and that late re-fire could
+    # overwrite a value the user had just typed with the calibrated one
+    threshold.input(regroup, [threshold], [groups, dup_summary, csv_file], trigger_mode="always_last", **ev)
     groups.select(on_group, [threshold], [group_files, dup_ids], **ev)
     clu_tab.select(on_clusters_tab, None, [clusters, clu_summary], **ev)
     clusters.select(on_cluster, None, [members, member_ids], **ev)
