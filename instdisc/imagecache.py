@@ -11,8 +11,11 @@ Reading: :func:`open_cache` maps the file copy-on-write (torch wants writable me
 is ever written back) and returns an ``(N, 3, S, S)`` tensor view over it: indexing a batch
 reads only that batch's pages. Mapped pages count in a process's RSS until the kernel drops
 them, so with ``max_ram`` a :class:`RamGuard` drops them (``madvise(MADV_DONTNEED)``; the
-next read faults them in again from the page cache) whenever more than ``max_ram`` bytes have
-been read since the last drop: RSS stays bounded however large the collection is.
+next read faults them in again from the page cache) before the pages mapped since the last drop
+could pass ``max_ram``: RSS stays bounded however large the collection is. A page fault maps
+the file's cached pages around it too (Linux "fault-around", 64 KiB, which ``MADV_RANDOM`` does
+not turn off), so the guard charges each row read the 64 KiB windows it can touch, not its bytes:
+counting bytes let a 4 MiB cap hold 20 MiB of 12 KiB rows (tests/test_imagecache_ram.py).
 
 :class:`StoredImages` is that tensor, marked with the side the encoder sees (``eval_size``):
 training crops are cut from the stored side, embedding resizes to ``eval_size``
@@ -151,20 +154,27 @@ def cache_key(root: Path, paths: list[str], size: int) -> str:
 # ---------------------------------------------------------------- reading
 
 
+FAULT_AROUND = 64 << 10  # bytes Linux maps around a faulting file page (its default fault_around_bytes)
+
+
+def resident_bound(row_bytes: int) -> int:
+    """Most bytes reading one row can leave mapped: the fault-around windows its span can touch."""
+    return (-(-int(row_bytes) // FAULT_AROUND) + 1) * FAULT_AROUND
+
+
 class RamGuard:
     """Keeps the mapped pages of one cache file under ``cap`` bytes of RSS (see the module doc)."""
 
     def __init__(self, mm: mmap.mmap, cap: int) -> None:
         self.mm, self.cap = mm, int(cap)
-        # no fault-around: otherwise touching one 19 KB row maps up to 64 KB of its neighbours as well,
-        # and the resident share would be several times what the reads account for
-        mm.madvise(mmap.MADV_RANDOM)
-        self.pending = 0  # bytes requested since the last drop (an upper bound of what is resident)
+        mm.madvise(mmap.MADV_RANDOM)  # no read-ahead beyond the fault-around window
+        self.pending = 0  # upper bound of the bytes mapped since the last drop
         self.drops = 0
         self._lock = threading.Lock()
 
-    def reading(self, nbytes: int) -> None:
-        """Called before ``nbytes`` of the mapping are read: drop every mapped page first if the cap would pass."""
+    def reading(self, rows: int, row_bytes: int) -> None:
+        """Called before ``rows`` rows of the mapping are read: drop every mapped page first if the cap would pass."""
+        nbytes = rows * resident_bound(row_bytes)
         with self._lock:
             if self.pending + nbytes > self.cap and self.pending:
                 self.mm.madvise(mmap.MADV_DONTNEED)
@@ -212,7 +222,7 @@ class StoredImages(torch.Tensor):
         src = args[0] if args and isinstance(args[0], StoredImages) else None
         indexing = src is not None and func is torch.Tensor.__getitem__
         if indexing and src.guard is not None:
-            src.guard.reading(_rows_of(args[1], src.rows) * src.row_bytes)
+            src.guard.reading(_rows_of(args[1], src.rows), src.row_bytes)
         out = torch.Tensor.__torch_function__(func, (torch.Tensor,), args, kwargs or {})  # plain outputs
         if indexing and isinstance(args[1], slice) and isinstance(out, torch.Tensor) and out.dim() == 4:
             view = out.as_subclass(torch.Tensor) if isinstance(out, StoredImages) else out
