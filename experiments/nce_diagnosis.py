@@ -60,6 +60,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                            {"objective": "nce", "nce_z": "per-sample"}),
     "nce-sample-random": ("NCE m=4096, each sample's own Z from its noise rows, random bank (the paper's start)",
                           {"objective": "nce", "nce_z": "per-sample", "bank_init": "random"}),
+    # the paper's orderings over m (its table 1), with each normaliser, bank from the encoder
+    **{f"nce-sample-m{m}": (f"NCE m={m}, each sample's own Z, bank from the encoder",
+                            {"objective": "nce", "nce_k": m, "nce_z": "per-sample"}) for m in (1, 512)},
+    **{f"nce-fixed-m{m}": (f"NCE m={m}, Z fixed from the first batch, bank from the encoder",
+                           {"objective": "nce", "nce_k": m}) for m in (1, 512)},
 }
 
 
