@@ -212,7 +212,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
     from instdisc.fsutil import atomic_write
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for i, r in enumerate(runs):
         c = f"C{i}"
         spe = r["steps_per_epoch"]
@@ -222,12 +222,15 @@ def plot(runs: list[dict], path: Path) -> None:
             axes[0].plot(x, [p["log_z_used"] for p in r["probe"]], color=c, ls="--", label=f"{r['name']} used")
             axes[1].plot(x, [p["noise_weight"] for p in r["probe"]], color=c, label=f"{r['name']} (Z used)")
         axes[1].plot(x, [p["noise_weight_exact_z"] for p in r["probe"]], color=c, ls=":", alpha=0.7)
-        axes[2].plot([k["epoch"] for k in r["knn"]], [k["knn"] for k in r["knn"]], color=c, marker="o",
+        axes[2].plot(x, [p["log_z_exact_spread"] for p in r["probe"]], color=c, label=r["name"])
+        axes[3].plot([k["epoch"] for k in r["knn"]], [k["knn"] for k in r["knn"]], color=c, marker="o",
                      label=r["name"])
     axes[0].set(xlabel="epoch", ylabel="log Z", title="normaliser: exact (solid) vs used (dashed)")
     axes[1].set(xlabel="epoch", ylabel="sum of noise posteriors h", yscale="log",
                 title="strength of the noise term (dotted: exact Z)")
-    axes[2].set(xlabel="epoch", ylabel="weighted kNN (%)", title="CIFAR-10 kNN (test vs bank)")
+    axes[2].set(xlabel="epoch", ylabel="std of log Z_i over the batch",
+                title="how much the samples' normalisers differ")
+    axes[3].set(xlabel="epoch", ylabel="weighted kNN (%)", title="CIFAR-10 kNN (test vs bank)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from instdisc import distributed
+from instdisc import bundled, distributed
 from instdisc.checkpoint import CheckpointError
 from instdisc.data import DataError
 from instdisc.images import ImageError
@@ -39,7 +39,9 @@ MODES = ("build", "update", "shard", "merge", "torchrun")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="build_index.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="RUN_DIR/checkpoint.pt (or RUN_DIR); for --add, defaults to the recorded one")
+    p.add_argument("--checkpoint",
+                   help="RUN_DIR/checkpoint.pt (or RUN_DIR), or 'general' for the bundled encoder (the default with "
+                        "--images); for --add, defaults to the recorded one")
     p.add_argument("--out", required=True, help="index folder (INDEX_DIR)")
     p.add_argument("--images", help="folder or archive to embed instead of exporting the memory bank")
     p.add_argument("--index-type", default="auto",
@@ -85,9 +87,20 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
         if args.images:
             raise ValueError("--images builds a new index; use --add PATH to extend an existing one")
         return "update"
-    if not args.checkpoint:
-        raise ValueError("--checkpoint is required to build an index")
+    if not args.checkpoint and not args.images:
+        raise ValueError("--checkpoint is required to export a memory bank (or pass --images FOLDER to embed a "
+                         "folder, with the bundled encoder unless --checkpoint says otherwise)")
     return "torchrun" if world_size > 1 and args.images else "build"
+
+
+def resolve_checkpoint(args: argparse.Namespace) -> None:
+    """``--checkpoint general`` (or none, with --images, when building) -> the verified bundled encoder."""
+    if args.checkpoint is None and args.images and not (args.add or args.remove):
+        args.checkpoint = bundled.NAME
+        print("no --checkpoint: embedding with the bundled general encoder (models/general/card.json)",
+              file=sys.stderr)
+    if args.checkpoint is not None:
+        args.checkpoint = str(bundled.resolve(args.checkpoint))
 
 
 def summary(m: Manifest) -> str:
@@ -181,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = options_of(args)
         mode = mode_of(args, world)
+        resolve_checkpoint(args)
         if mode == "shard":
             run_shard(args, opts)
             return 0

@@ -72,4 +72,7 @@ def encoder_from(ckpt: dict) -> Encoder:
 
 
 def bank_from(ckpt: dict) -> torch.Tensor:
+    if "bank.features" not in ckpt["model"]:
+        raise CheckpointError("this checkpoint holds an encoder only, no memory bank (e.g. the bundled general "
+                              "encoder): build the index from images with --images FOLDER")
     return ckpt["model"]["bank.features"]

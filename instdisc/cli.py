@@ -87,3 +87,23 @@ def resolve_training(
     cfg = config_from_args(args, name)
     stem = res.cifar_stem if args.cifar_stem is None else bool(args.cifar_stem)
     return name, replace(cfg, image_size=res.image_size, cifar_stem=stem), res
+
+
+ARCH_FIELDS = ("arch", "width", "cifar_stem", "low_dim", "image_size")  # what fine-tuning must keep
+
+
+def adopt_architecture(
+    args: argparse.Namespace, cfg: TrainConfig, init: TrainConfig, sample: SizeSample, source: str
+) -> tuple[TrainConfig, Resolution]:
+    """Fine-tuning (``--init``): the network's shape and input size come from the encoder it starts from;
+    a flag that asks for a different one is an error, not silently dropped."""
+    for name in ARCH_FIELDS:
+        asked = getattr(args, name, None)
+        if asked is not None and asked != getattr(init, name):
+            raise ValueError(f"--{name.replace('_', '-')} {asked} does not fit --init {source}, which has "
+                             f"{name} {getattr(init, name)!r}: drop the flag or train from scratch")
+    cfg = replace(cfg, **{name: getattr(init, name) for name in ARCH_FIELDS})
+    return cfg, from_config(cfg.image_size, cfg.cifar_stem, sample,
+                            f"--init {source}: {cfg.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} "
+                            f"stem, as that encoder was trained ({sample.describe()})")
+

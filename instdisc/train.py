@@ -135,6 +135,17 @@ class Trainer:
         self._first_plan: Plan | None = None  # set by the budget's first plan, refined after epoch 1
         self._refresh_estimate = 0.0
         self._clock = time.time()
+        self.init_source: dict | None = None  # the checkpoint a fine-tuning run started from (start_from)
+
+    def start_from(self, encoder_state: dict, source: dict) -> None:
+        """Fine-tune: begin from these encoder weights. Call before :meth:`fit`, which then fills the bank
+        (bank_init=encoder) from them; ``source`` (path, sha256) is saved with the checkpoint."""
+        if self.global_step or self.bank_ready:
+            raise ValueError("start_from() is for a new run, before fit()")
+        self.model.encoder.load_state_dict(encoder_state)
+        if self.ema is not None:  # the average starts from the loaded weights, not the random ones
+            self.ema = WeightEMA(self.model.encoder, self.cfg.ema)
+        self.init_source = dict(source)
 
     # ------------------------------------------------------------ state
 
@@ -156,6 +167,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "wall": self.wall_seconds(),
         }
+        if self.init_source is not None:
+            st["init"] = self.init_source
         if self.ema is not None:
             st["ema_encoder"] = self.ema.module.state_dict()
             st["ema_updates"] = int(self.ema.updates)
@@ -212,6 +225,7 @@ class Trainer:
         t.gen.set_state(ckpt["rng"]["gen"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         t.history = list(ckpt.get("history", []))
+        t.init_source = ckpt.get("init")
         t.elapsed = float(ckpt.get("elapsed", 0.0))
         t.wall = float(ckpt.get("wall", t.elapsed))
         # metrics.jsonl becomes the checkpoint's history again: a run killed after logging an epoch but

@@ -1,6 +1,8 @@
 """Train an instance-discrimination encoder on a folder, an archive or CIFAR-10.
 
     python scripts/train.py --data PATH --out RUN_DIR [--preset NAME] [--epochs N] [--resume]
+    # fine-tune the bundled general encoder (or any checkpoint) on your folder instead of starting from random
+    python scripts/train.py --data PATH --out RUN_DIR --init general --time-budget 10m
     # the resolution and stem come from a sample of the images' sizes unless --preset / --image-size say;
     # RUN_DIR/ingest.json lists formats, unreadable files, refused links and duplicates
     # data-parallel on N GPUs (or CPU processes with gloo); --batch-size is the global batch
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from instdisc import distributed
+from instdisc import bundled, distributed
 from instdisc.checkpoint import CheckpointError
 from instdisc.checkpoint import load as load_checkpoint
-from instdisc.cli import add_config_flags, parse_ram, preset_names, resolve_training
+from instdisc.cli import add_config_flags, adopt_architecture, parse_ram, preset_names, resolve_training
 from instdisc.config import TrainConfig
 from instdisc.conventions import split_dirs
 from instdisc.data import DataError, load_splits, random_subset, resolve_source
@@ -29,6 +31,7 @@ from instdisc.plots import plot_training
 from instdisc.resolution import sample_sizes
 from instdisc.scan import scan
 from instdisc.train import Interrupted, Trainer
+from instdisc.trained import Checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-ram", type=parse_ram, default=None,
                    help=f"cap on the RSS of the memory-mapped decoded images (2G, 512M; default ${RAM_ENV} or none)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
+    p.add_argument("--init", default=None, metavar="general|CHECKPOINT",
+                   help="start from these encoder weights (fine-tuning): 'general' for the bundled encoder, or a "
+                        "checkpoint; the architecture and input size are taken from it")
     p.add_argument("--labels", choices=["auto", "folders", "none"], default="auto",
                    help="class-per-folder labels, used only for the kNN monitor")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
@@ -59,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         train_dir = split_dirs(resolve_source(args.data))[0]
         resumed = (TrainConfig.from_dict(load_checkpoint(out / "checkpoint.pt")["config"])
                    if args.resume and (out / "checkpoint.pt").exists() else None)
-        preset_name, cfg, res = resolve_training(args, sample_sizes(train_dir, scan(train_dir)),
-                                                 torch.cuda.is_available(), resumed)
+        sample = sample_sizes(train_dir, scan(train_dir))
+        preset_name, cfg, res = resolve_training(args, sample, torch.cuda.is_available(), resumed)
+        init = Checkpoint.load(bundled.resolve(args.init)) if args.init and resumed is None else None
+        if init is not None:
+            cfg, res = adopt_architecture(args, cfg, init.config, sample, args.init)
         say(f"resolution {res.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem: {res.reason}",
             flush=True)
         with distributed.main_first():  # one decode per node; the other ranks read the cache
@@ -81,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "checkpoint.pt").exists():
                 raise DataError(f"{out}/checkpoint.pt exists: pass --resume to continue it, or choose another --out")
             trainer = Trainer(cfg, train, evalset, out, args.device, not args.no_progress)
+            if init is not None:
+                trainer.start_from(init.encoder().state_dict(), {"path": str(init.path), "sha256": init.sha256})
+                say(f"fine-tuning from {init.path} (sha256 {init.sha256[:12]}...)", flush=True)
         if ctx.is_main:
             write_reports(out / REPORT_NAME, reports, {"resolution": res.to_dict(), "max_ram": max_ram})
         say(f"preset {preset_name} on {trainer.device} (bf16 {trainer.bf16}): {trainer.cfg.to_dict()}", flush=True)

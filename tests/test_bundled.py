@@ -1,0 +1,104 @@
+"""The bundled general encoder: export (encoder only, size limit, card with SHA-256), verification against
+the card, `build_index.py --images` without --checkpoint, and fine-tuning with `train.py --init`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from instdisc import bundled
+from instdisc.checkpoint import CheckpointError
+from instdisc.config import preset
+from instdisc.data import load_splits
+from instdisc.embed import embed
+from instdisc.train import Trainer
+from instdisc.trained import Checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("general")
+    bundled.export(tiny_run / "checkpoint.pt", out, "python scripts/train.py --data shapes", "shapes", "now")
+    return out
+
+
+def test_export_keeps_the_encoder_and_nothing_else(exported: Path, tiny_run: Path, shapes_root: Path) -> None:
+    card = bundled.ModelCard.read(exported / "card.json")
+    path = bundled.verified(exported / "card.json")
+    assert path == exported / "encoder.pt" and card.bytes == path.stat().st_size
+    full, small = Checkpoint.load(tiny_run), Checkpoint.load(path)
+    assert card.training_images == len(full.files.paths) == 240 and small.files.paths == []
+    assert set(small.state["model"]) == {k for k in full.state["model"] if k.startswith("encoder.")}
+    assert "optimizer" not in small.state and small.config == full.config
+    assert path.stat().st_size < (tiny_run / "checkpoint.pt").stat().st_size
+    train, _ = load_splits(shapes_root, 32, progress=False)
+    imgs = train.images[:8]
+    a = embed(full.encoder(), imgs, torch.device("cpu"), False, 8, progress=False)
+    b = embed(small.encoder(), imgs, torch.device("cpu"), False, 8, progress=False)
+    assert torch.equal(a, b)  # the same vectors from the stripped file
+    with pytest.raises(CheckpointError, match="encoder only, no memory bank"):
+        small.bank()
+
+
+def test_a_changed_byte_or_a_missing_file_is_refused(exported: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    data = bytearray((bad / "encoder.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "encoder.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its card"):
+        bundled.verified(bad / "card.json")
+    (bad / "encoder.pt").unlink()
+    with pytest.raises(CheckpointError, match="is missing"):
+        bundled.verified(bad / "card.json")
+    with pytest.raises(CheckpointError, match="no bundled encoder"):
+        bundled.verified(tmp_path / "nowhere" / "card.json")
+
+
+def test_export_refuses_an_encoder_over_the_limit(tiny_run: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundled, "MAX_BYTES", 1000)
+    with pytest.raises(CheckpointError, match="over the 0 MiB limit"):
+        bundled.export(tiny_run, tmp_path, "cmd", "data", "now")
+    assert not (tmp_path / "encoder.pt").exists() and not (tmp_path / "card.json").exists()
+
+
+def test_start_from_loads_the_weights_and_the_bank_is_filled_from_them(exported: Path, shapes_root: Path,
+                                                                       tmp_path: Path) -> None:
+    init = Checkpoint.load(exported / "encoder.pt")
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", lr=0.0, weight_decay=0.0, momentum=0.0)
+    t = Trainer(cfg, train, ev, tmp_path / "run", device="cpu", progress=False)
+    t.start_from(init.encoder().state_dict(), {"path": str(init.path), "sha256": init.sha256})
+    for k, v in init.encoder().state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            assert torch.equal(t.model.encoder.state_dict()[k], v), k
+    t.fit()
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["init"]["sha256"] == init.sha256
+    with pytest.raises(ValueError, match="for a new run"):
+        t.start_from(init.encoder().state_dict(), {})
+
+
+def test_train_init_takes_the_architecture_and_refuses_a_conflicting_flag(exported: Path, shapes_root: Path,
+                                                                          tmp_path: Path) -> None:
+    script = str(ROOT / "scripts" / "train.py")
+    base = [sys.executable, script, "--data", str(shapes_root), "--init", str(exported / "encoder.pt"),
+            "--no-progress", "--epochs", "1", "--batch-size", "32", "--precision", "fp32"]
+    p = subprocess.run([*base, "--out", str(tmp_path / "bad"), "--width", "32"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert p.returncode == 2 and "--width 32 does not fit --init" in p.stderr
+    p = subprocess.run([*base, "--out", str(tmp_path / "ok"), "--preset", "cpu-cifar"], capture_output=True,
+                       text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "fine-tuning from" in p.stdout
+    ck = Checkpoint.load(tmp_path / "ok")
+    init = Checkpoint.load(exported / "encoder.pt")
+    assert ck.config.width == init.config.width == 8 and ck.state["init"]["sha256"] == init.sha256
