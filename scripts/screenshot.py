@@ -1,6 +1,8 @@
 """Screenshot the search app with real results: start it, upload a query, save a PNG.
 
     python scripts/screenshot.py --index indexes/cifar10 --out docs/screenshot.png [--query IMAGE]
+    # the exploration tabs too: docs/explore_{duplicates,clusters,map}.png
+    python scripts/screenshot.py --index indexes/cifar10 --explore docs
 
 Without --query, an image of the collection's test split is used (a ship for CIFAR-10).
 Needs /usr/bin/chromium (apt-get install chromium) and the playwright Python package.
@@ -13,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from webapp.browser import running_app, screenshot
+from webapp.browser import explore_screenshots, running_app, screenshot
 
 PREFERRED = ("ship", "airplane", "automobile", "horse")
 
@@ -41,12 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1400)
     p.add_argument("--height", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the app")
+    p.add_argument("--explore", metavar="DIR", default=None,
+                   help="also save the Duplicates / Clusters / Map tabs as DIR/explore_*.png")
     args = p.parse_args(argv)
     index_dir = Path(args.index)
     query = Path(args.query) if args.query else default_query(index_dir)
     with running_app(index_dir, extra=["--threads", str(args.threads)]) as url:
         info = screenshot(url, query, args.out, args.width, args.height)
-    print(f"query {query}\n{info['status']}\nsaved {args.out}")
+        print(f"query {query}\n{info['status']}\nsaved {args.out}")
+        if args.explore:
+            for path in explore_screenshots(url, args.explore, args.width, args.height).values():
+                print(f"saved {path}")
     return 0
 
 

@@ -81,3 +81,15 @@ def test_duplicates_clusters_and_map_tabs(app_url: str):
         dot.click()
         wait_for_images(page, "#map-neighbours img")
         assert _text(page, "#map-status").startswith("Nearest neighbours of ")
+
+
+def test_explore_screenshots_save_one_picture_per_tab(app_url: str, tmp_path: Path):
+    from PIL import Image
+
+    from webapp.browser import explore_screenshots
+
+    shots = explore_screenshots(app_url, tmp_path, 1200, 900)
+    assert set(shots) == {"duplicates", "clusters", "map"}
+    for path in shots.values():
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width == 1200 and im.height >= 900

@@ -138,3 +138,46 @@ def screenshot(url: str, query: str | os.PathLike, out: str | os.PathLike, width
         page.screenshot(path=str(out), full_page=True)
         return {"status": status_text(page),
                 "captions": page.locator("#results .caption-label").all_inner_texts()}
+
+
+def explore_screenshots(url: str, out_dir: str | os.PathLike, width: int = 1400, height: int = 1000,
+                        timeout_ms: int = 600_000) -> dict[str, Path]:
+    """Open the Duplicates, Clusters and Map tabs in turn, open the first group / cluster / a point's
+    neighbours, and save one full-page PNG per tab under ``out_dir`` (docs/explore.md's figures)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shots: dict[str, Path] = {}
+    with chromium_page(width, height) as page:
+        page.goto(url)
+        page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+        page.get_by_role("tab", name="Duplicates").click()
+        page.wait_for_function("() => /threshold/.test(document.querySelector('#dup-summary').innerText)",
+                               timeout=timeout_ms)
+        if page.locator("#dup-groups .thumbnail-item").count():
+            wait_for_images(page, "#dup-groups img", timeout_ms)
+            page.locator("#dup-groups .thumbnail-item").first.click()
+            wait_for_images(page, "#dup-members img", timeout_ms)
+        shots["duplicates"] = out / "explore_duplicates.png"
+        page.screenshot(path=str(shots["duplicates"]), full_page=True)
+        page.get_by_role("tab", name="Clusters").click()
+        wait_for_images(page, "#clu-grid img", timeout_ms)
+        page.locator("#clu-grid .thumbnail-item").first.click()
+        wait_for_images(page, "#clu-members img", timeout_ms)
+        page.locator("#clu-members .thumbnail-item").first.click()
+        wait_for_images(page, "#clu-neighbours img", timeout_ms)
+        shots["clusters"] = out / "explore_clusters.png"
+        page.screenshot(path=str(shots["clusters"]), full_page=True)
+        page.get_by_role("tab", name="Map").click()
+        page.wait_for_selector("#map circle", timeout=timeout_ms)
+        dot = page.locator("#map circle").nth(page.locator("#map circle").count() // 2)
+        dot.hover()
+        page.wait_for_function("() => { const t = document.querySelector('#map .map-tip'); const i = t && "
+                               "t.querySelector('img'); return t.style.display === 'block' && i.complete && "
+                               "i.naturalWidth > 0; }", timeout=30_000)
+        dot.click()
+        wait_for_images(page, "#map-neighbours img", timeout_ms)
+        dot.hover()  # the tooltip back on for the picture
+        time.sleep(0.5)
+        shots["map"] = out / "explore_map.png"
+        page.screenshot(path=str(shots["map"]), full_page=True)
+    return shots
