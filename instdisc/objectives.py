@@ -139,19 +139,18 @@ class NCE(Objective):
         log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature)  # log exp(s/tau)
         log_s = log_s.to(torch.promote_types(log_s.dtype, torch.float32))  # bf16 -> fp32; fp64 stays fp64
         with torch.no_grad():
-            # over every rank's batch when data-parallel, so all ranks hold the same Z
-            batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)
-            if torch.isnan(self.log_z):
-                self.log_z.copy_(batch_log_z)
-            elif self.z_momentum is not None:
-                z = self.z_momentum * self.log_z.exp() + (1 - self.z_momentum) * batch_log_z.exp()
-                self.log_z.copy_(z.log())
-        if self.per_sample_z:
-            with torch.no_grad():  # B x 1: N x mean over the row's own noise draws
+            if self.per_sample_z:  # B x 1: N x mean over the row's own noise draws; log_z keeps the batch mean
                 log_z = torch.logsumexp(log_s[:, 1:], 1, keepdim=True) + math.log(self.num_instances / self.num_noise)
                 self.log_z.copy_(log_mean_exp(log_z.flatten()))
-        else:
-            log_z = self.log_z
+            else:
+                # over every rank's batch when data-parallel, so all ranks hold the same Z
+                batch_log_z = log_mean_exp(log_s.flatten()) + math.log(self.num_instances)
+                if torch.isnan(self.log_z):
+                    self.log_z.copy_(batch_log_z)
+                elif self.z_momentum is not None:
+                    z = self.z_momentum * self.log_z.exp() + (1 - self.z_momentum) * batch_log_z.exp()
+                    self.log_z.copy_(z.log())
+                log_z = self.log_z
         log_p = log_s - log_z  # log P(i|v)
         log_m_pn = math.log(self.num_noise / self.num_instances)
         # h = P / (P + m Pn); data term log h(pos), noise term log(1 - h(noise)).
