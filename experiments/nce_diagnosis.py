@@ -46,6 +46,7 @@ CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 # name -> (what it is, overrides of the cpu-cifar preset)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "softmax": ("full softmax, bank from the encoder (the cpu-cifar preset)", {}),
+    "softmax-random": ("full softmax, random bank (the paper's start)", {"bank_init": "random"}),
     "nce-fixed-encoder": ("NCE m=4096, Z fixed from the first batch, bank from the untrained encoder "
                           "(what the earlier NCE runs used)", {"objective": "nce"}),
     "nce-fixed-random": ("NCE m=4096, Z fixed from the first batch, random bank (the paper's start)",
