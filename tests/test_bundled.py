@@ -3,6 +3,7 @@ the card, `build_index.py --images` without --checkpoint, and fine-tuning with `
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,32 @@ def test_export_refuses_an_encoder_over_the_limit(tiny_run: Path, tmp_path: Path
     with pytest.raises(CheckpointError, match="over the 0 MiB limit"):
         bundled.export(tiny_run, tmp_path, "cmd", "data", "now")
     assert not (tmp_path / "encoder.pt").exists() and not (tmp_path / "card.json").exists()
+
+
+def test_the_committed_encoder_matches_its_card_and_embeds() -> None:
+    card = bundled.ModelCard.read(bundled.BUNDLED_DIR / "card.json")
+    ck = Checkpoint.load(bundled.bundled_checkpoint())
+    assert card.bytes <= bundled.MAX_BYTES and ck.sha256 == card.sha256
+    assert card.training_images > 70_000 and "tinyimagenet" in card.trained_on
+    size = ck.architecture.image_size
+    v = embed(ck.encoder(), torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8), torch.device("cpu"),
+              False, 2, progress=False)
+    assert v.shape == (2, ck.config.low_dim) and torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_build_index_images_without_checkpoint_uses_the_bundled_encoder(shapes_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_index.py"), "--images", str(shapes_root / "test"),
+                        "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "bundled general encoder" in p.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    card = bundled.ModelCard.read(bundled.BUNDLED_DIR / "card.json")
+    assert m["count"] == 100 and m["checkpoint"]["sha256"] == card.sha256
+    # the memory bank cannot be exported from an encoder-only file
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_index.py"), "--checkpoint", "general",
+                        "--out", str(tmp_path / "idx2")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 2 and "no memory bank" in p.stderr
 
 
 def test_start_from_loads_the_weights_and_the_bank_is_filled_from_them(exported: Path, shapes_root: Path,
