@@ -116,12 +116,13 @@ def wait_for_status(page, before: str, timeout_ms: int = 60_000) -> str:
     return status_text(page)
 
 
-def wait_for_images(page, selector: str = "#results img", timeout_ms: int = 30_000) -> None:
-    """Wait until every image matching ``selector`` has loaded (galleries load lazily)."""
+def wait_for_images(page, selector: str = "#results img", timeout_ms: int = 30_000, first: int | None = None) -> None:
+    """Wait until every image matching ``selector`` (or its ``first`` ones: a long gallery loads the images
+    below the fold only when scrolled to) has loaded."""
     page.wait_for_function(
-        "sel => { const im = [...document.querySelectorAll(sel)]; "
+        "([sel, n]) => { let im = [...document.querySelectorAll(sel)]; if (n !== null) im = im.slice(0, n); "
         "return im.length > 0 && im.every(i => i.complete && i.naturalWidth > 0); }",
-        arg=selector, timeout=timeout_ms)
+        arg=[selector, first], timeout=timeout_ms)
 
 
 def screenshot(url: str, query: str | os.PathLike, out: str | os.PathLike, width: int = 1400,
@@ -154,17 +155,17 @@ def explore_screenshots(url: str, out_dir: str | os.PathLike, width: int = 1400,
         page.wait_for_function("() => /threshold/.test(document.querySelector('#dup-summary').innerText)",
                                timeout=timeout_ms)
         if page.locator("#dup-groups .thumbnail-item").count():
-            wait_for_images(page, "#dup-groups img", timeout_ms)
+            wait_for_images(page, "#dup-groups img", timeout_ms, first=6)
             page.locator("#dup-groups .thumbnail-item").first.click()
-            wait_for_images(page, "#dup-members img", timeout_ms)
+            wait_for_images(page, "#dup-members img", timeout_ms, first=12)
         shots["duplicates"] = out / "explore_duplicates.png"
         page.screenshot(path=str(shots["duplicates"]), full_page=True)
         page.get_by_role("tab", name="Clusters").click()
-        wait_for_images(page, "#clu-grid img", timeout_ms)
+        wait_for_images(page, "#clu-grid img", timeout_ms, first=6)
         page.locator("#clu-grid .thumbnail-item").first.click()
-        wait_for_images(page, "#clu-members img", timeout_ms)
+        wait_for_images(page, "#clu-members img", timeout_ms, first=12)
         page.locator("#clu-members .thumbnail-item").first.click()
-        wait_for_images(page, "#clu-neighbours img", timeout_ms)
+        wait_for_images(page, "#clu-neighbours img", timeout_ms, first=12)
         shots["clusters"] = out / "explore_clusters.png"
         page.screenshot(path=str(shots["clusters"]), full_page=True)
         page.get_by_role("tab", name="Map").click()
@@ -175,7 +176,7 @@ def explore_screenshots(url: str, out_dir: str | os.PathLike, width: int = 1400,
                                "t.querySelector('img'); return t.style.display === 'block' && i.complete && "
                                "i.naturalWidth > 0; }", timeout=30_000)
         dot.click()
-        wait_for_images(page, "#map-neighbours img", timeout_ms)
+        wait_for_images(page, "#map-neighbours img", timeout_ms, first=12)
         dot.hover()  # the tooltip back on for the picture
         time.sleep(0.5)
         shots["map"] = out / "explore_map.png"
