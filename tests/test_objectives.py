@@ -165,37 +165,54 @@ def test_nce_under_bf16_autocast_stays_close_to_fp64(tau):
     assert rel.median() < 0.03 and rel.max() < 0.1
 
 
-def test_nce_loss_and_gradient_match_the_papers_equations_in_float64():
-    """Issue 19, item 1: the paper's NCE written out independently in float64 -- P(i|f) = exp(v_i.f/tau)/Z,
-    h = P/(P + m Pn), Pn = 1/N, loss = -log h(pos) - sum_noise log(1 - h) -- and its analytic gradient
-    dL/df = [-(1 - h_pos) v_pos + sum_j h_j v_j] / (tau B), with Z held constant as the paper does."""
-    g = torch.Generator().manual_seed(5)
-    n, d, b, m, tau = 300, 16, 6, 25, 0.07
+def _float64_batch(seed: int, n: int, d: int, b: int) -> tuple[MemoryBank, torch.Tensor, torch.Tensor]:
+    """A random float64 bank and a batch of features near their own rows."""
+    g = torch.Generator().manual_seed(seed)
     bank = MemoryBank(n, d)
     bank.reset_random(g)
     bank.features = bank.features.double()
     idx = torch.randint(0, n, (b,), generator=g)
     f = F.normalize(bank.features[idx] + F.normalize(torch.randn(b, d, generator=g).double(), dim=1), dim=1)
+    return bank, idx, f
+
+
+def _paper_nce(bank: MemoryBank, f: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor, tau: float,
+               z_of_row) -> tuple[float, torch.Tensor]:  # noqa: ANN001 (row index, exp scores -> Z)
+    """The paper's NCE loss and analytic gradient in plain float64 loops, with Z given per row:
+    h = P/(P + m Pn), loss = -log h(pos) - sum log(1 - h), dL/df = [-(1 - h_pos) v_pos + sum h_j v_j] / (tau B)."""
+    n, b, m = bank.features.shape[0], f.shape[0], noise.shape[1]
+    v, fn = bank.features.numpy(), f.numpy()
+    loss, grad = 0.0, torch.zeros_like(f)
+    for r in range(b):
+        rows = [int(idx[r]), *noise[r].tolist()]
+        e = [math.exp(float(v[j] @ fn[r]) / tau) for j in rows]
+        z = z_of_row(r, e)
+        hs = [x / z / (x / z + m / n) for x in e]
+        loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
+        grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
+                   + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
+    return loss / b, grad
+
+
+def test_nce_loss_and_gradient_match_the_papers_equations_in_float64():
+    """Issue 19, item 1: the paper's NCE written out independently in float64 -- P(i|f) = exp(v_i.f/tau)/Z,
+    h = P/(P + m Pn), Pn = 1/N, loss = -log h(pos) - sum_noise log(1 - h) -- and its analytic gradient
+    dL/df = [-(1 - h_pos) v_pos + sum_j h_j v_j] / (tau B), with Z held constant as the paper does."""
+    n, d, b, m, tau = 300, 16, 6, 25, 0.07
+    bank, idx, f = _float64_batch(5, n, d, b)
     nce = NCE(n, tau, m)
     noise = nce.sample_noise(idx, torch.Generator().manual_seed(2))
     fg = f.clone().requires_grad_(True)
     loss = nce(fg, idx, bank, noise).loss
     (grad,) = torch.autograd.grad(loss, fg)
-    v = bank.features.numpy()
-    fn = f.numpy()
     # Z: N x the mean of exp over the first batch's positive and noise scores (the paper's estimate)
+    v, fn = bank.features.numpy(), f.numpy()
     scores = [[float(v[j] @ fn[r]) / tau for j in [int(idx[r]), *noise[r].tolist()]] for r in range(b)]
     z = n * sum(math.exp(s) for row in scores for s in row) / (b * (m + 1))
     assert float(nce.log_z) == pytest.approx(math.log(z), rel=1e-6)  # the buffer holds it in float32
-    z = math.exp(float(nce.log_z))  # so the rest of the reference uses the Z the objective holds
-    ref_loss, ref_grad = 0.0, torch.zeros(b, d, dtype=torch.float64)
-    for r in range(b):
-        rows = [int(idx[r]), *noise[r].tolist()]
-        hs = [math.exp(s) / z / (math.exp(s) / z + m / n) for s in scores[r]]
-        ref_loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
-        ref_grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
-                       + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
-    assert loss.item() == pytest.approx(ref_loss / b, rel=1e-10)
+    z = math.exp(float(nce.log_z))  # so the reference uses the Z the objective holds
+    ref_loss, ref_grad = _paper_nce(bank, f, idx, noise, tau, lambda r, e: z)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-10)
     assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
 
 
@@ -216,30 +233,21 @@ def test_nce_noise_is_uniform_over_the_other_instances():
 def test_nce_per_sample_z_matches_its_equations_in_float64():
     """Per-sample normaliser: Z_i = N x mean over row i's own m noise rows of exp(v_j . f_i / tau), no
     gradient through it; the rest is the paper's NCE, loss and analytic gradient as above."""
-    g = torch.Generator().manual_seed(7)
     n, d, b, m, tau = 200, 12, 5, 30, 0.1
-    bank = MemoryBank(n, d)
-    bank.reset_random(g)
-    bank.features = bank.features.double()
-    idx = torch.randint(0, n, (b,), generator=g)
-    f = F.normalize(bank.features[idx] + F.normalize(torch.randn(b, d, generator=g).double(), dim=1), dim=1)
+    bank, idx, f = _float64_batch(7, n, d, b)
     nce = NCE(n, tau, m, per_sample_z=True)
     noise = nce.sample_noise(idx, torch.Generator().manual_seed(4))
     fg = f.clone().requires_grad_(True)
     loss = nce(fg, idx, bank, noise).loss
     (grad,) = torch.autograd.grad(loss, fg)
-    v, fn = bank.features.numpy(), f.numpy()
-    ref_loss, ref_grad, zs = 0.0, torch.zeros(b, d, dtype=torch.float64), []
-    for r in range(b):
-        rows = [int(idx[r]), *noise[r].tolist()]
-        e = [math.exp(float(v[j] @ fn[r]) / tau) for j in rows]
-        z = n * sum(e[1:]) / m
-        zs.append(z)
-        hs = [x / z / (x / z + m / n) for x in e]
-        ref_loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
-        ref_grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
-                       + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
-    assert loss.item() == pytest.approx(ref_loss / b, rel=1e-10)
+    zs: list[float] = []
+
+    def own_z(r: int, e: list[float]) -> float:  # N x the mean over the row's noise rows (not the positive)
+        zs.append(n * sum(e[1:]) / m)
+        return zs[-1]
+
+    ref_loss, ref_grad = _paper_nce(bank, f, idx, noise, tau, own_z)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-10)
     assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
     assert float(nce.log_z) == pytest.approx(math.log(sum(zs) / b), rel=1e-6)  # logged: the batch mean
     with pytest.raises(ValueError, match="no z_momentum"):

@@ -141,6 +141,13 @@ def screenshot(url: str, query: str | os.PathLike, out: str | os.PathLike, width
                 "captions": page.locator("#results .caption-label").all_inner_texts()}
 
 
+def _open_first(page, gallery: str, shows: str, timeout_ms: int) -> None:
+    """Click the first tile of ``gallery`` once its first images are in, and wait for ``shows`` to fill."""
+    wait_for_images(page, f"{gallery} img", timeout_ms, first=6)
+    page.locator(f"{gallery} .thumbnail-item").first.click()
+    wait_for_images(page, f"{shows} img", timeout_ms, first=12)
+
+
 def explore_screenshots(url: str, out_dir: str | os.PathLike, width: int = 1400, height: int = 1000,
                         timeout_ms: int = 600_000) -> dict[str, Path]:
     """Open the Duplicates, Clusters and Map tabs in turn, open the first group / cluster / a point's
@@ -155,17 +162,12 @@ def explore_screenshots(url: str, out_dir: str | os.PathLike, width: int = 1400,
         page.wait_for_function("() => /threshold/.test(document.querySelector('#dup-summary').innerText)",
                                timeout=timeout_ms)
         if page.locator("#dup-groups .thumbnail-item").count():
-            wait_for_images(page, "#dup-groups img", timeout_ms, first=6)
-            page.locator("#dup-groups .thumbnail-item").first.click()
-            wait_for_images(page, "#dup-members img", timeout_ms, first=12)
+            _open_first(page, "#dup-groups", "#dup-members", timeout_ms)
         shots["duplicates"] = out / "explore_duplicates.png"
         page.screenshot(path=str(shots["duplicates"]), full_page=True)
         page.get_by_role("tab", name="Clusters").click()
-        wait_for_images(page, "#clu-grid img", timeout_ms, first=6)
-        page.locator("#clu-grid .thumbnail-item").first.click()
-        wait_for_images(page, "#clu-members img", timeout_ms, first=12)
-        page.locator("#clu-members .thumbnail-item").first.click()
-        wait_for_images(page, "#clu-neighbours img", timeout_ms, first=12)
+        _open_first(page, "#clu-grid", "#clu-members", timeout_ms)
+        _open_first(page, "#clu-members", "#clu-neighbours", timeout_ms)
         shots["clusters"] = out / "explore_clusters.png"
         page.screenshot(path=str(shots["clusters"]), full_page=True)
         page.get_by_role("tab", name="Map").click()
