@@ -3,7 +3,9 @@
     python experiments/efficiency.py [--dataset cifar10 photos] [--budgets 420 2700] [--variants plain two-view ...]
                                      [--report REPRODUCTION.md] [--quick]
 
-A run is a preset with some ``TrainConfig`` levers switched on and a ``time_budget``: the
+A run is a preset with some ``TrainConfig`` levers switched on and a ``time_budget``, started
+from random weights or (``init-general``, or ``init:...`` in a combination) from the bundled
+general encoder, whose shape and input size it then takes: the
 trainer times its first steps and plans as many epochs of a finished cosine schedule as fit
 (instdisc.budget), counting its per-epoch kNN monitor and, where used, the final bank
 refresh. So every variant gets the same wall time on this machine, whatever its cost per
@@ -34,12 +36,15 @@ import torch
 
 from evaluation.baselines import pixel_features
 from evaluation.metrics import rank_and_score
+from instdisc import bundled
+from instdisc.cli import ARCH_FIELDS
 from instdisc.config import TrainConfig, preset
 from instdisc.data import ImageCollection, load_splits
 from instdisc.embed import embed
 from instdisc.fsutil import atomic_write_text
 from instdisc.model import Encoder
 from instdisc.train import Trainer
+from instdisc.trained import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -67,6 +72,7 @@ class Variant:
     name: str
     overrides: dict = field(default_factory=dict)
     what: str = ""
+    init: str = ""  # fine-tune from this encoder ('general' = the bundled one, or a checkpoint); "" = random
 
 
 # One lever per variant against the plain method (the preset as the paper defines the method),
@@ -82,6 +88,9 @@ VARIANTS = [
     Variant("b256-nesterov", {"batch_size": 256, "lr": 0.12, "nesterov": True},
             "batch 256 with lr scaled x2, Nesterov momentum"),
     Variant("crop24", {"crop_size": 24}, "train on 24 px crops (0.56x the FLOPs), embed at 32 px"),
+    Variant("init-general", {"views": 2, "refresh_bank": True},
+            "fine-tune the bundled general encoder (its shape and input size; two views, bank refresh)",
+            init="general"),
 ]
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -123,6 +132,17 @@ def baselines(ds: Dataset, train: ImageCollection, test: ImageCollection) -> dic
     return out
 
 
+def starting_point(v: Variant) -> Checkpoint | None:
+    """The checkpoint a fine-tuning variant starts from (verified), or None for random weights."""
+    return Checkpoint.load(bundled.resolve(v.init)) if v.init else None
+
+
+def input_size(ds: Dataset, v: Variant) -> int:
+    """The side the variant's images are decoded at: the dataset's, or its starting encoder's."""
+    init = starting_point(v)
+    return ds.image_size if init is None else init.config.image_size
+
+
 def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test: ImageCollection,
             progress: bool) -> dict:
     name = f"{ds.name}-{v.name}-{int(budget)}"
@@ -132,6 +152,9 @@ def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test
     run_dir = RUNS / name
     knn_every = 1 if budget <= 900 else 3  # ~8-15 points per curve, the monitor within the budget
     cfg = preset(ds.preset, **v.overrides, time_budget=budget, knn_every=knn_every)
+    init = starting_point(v)
+    if init is not None:  # the network's shape and input size are the starting encoder's
+        cfg = replace(cfg, **{f: getattr(init.config, f) for f in ARCH_FIELDS})
     load_before = loadavg()
     t0 = time.time()
     ckpt = run_dir / "checkpoint.pt"
@@ -139,6 +162,8 @@ def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test
         trainer = Trainer.resume(ckpt, train, test, run_dir, progress=progress)
     else:
         trainer = Trainer(cfg, train, test, run_dir, progress=progress)
+        if init is not None:
+            trainer.start_from(init.encoder().state_dict(), {"path": str(init.path), "sha256": init.sha256})
     history = trainer.fit()
     train_wall = trainer.wall_seconds()
     nc = len(train.classes)
@@ -147,7 +172,7 @@ def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test
              "reembedded": score(q, test.labels, trainer.features(train), train.labels, nc)}
     result = {
         "name": name, "dataset": ds.name, "variant": v.name, "what": v.what, "budget_s": budget,
-        "overrides": v.overrides, "config": trainer.cfg.to_dict(), "plan": trainer.plan,
+        "overrides": v.overrides, "init": v.init or None, "config": trainer.cfg.to_dict(), "plan": trainer.plan,
         "epochs": trainer.cfg.epochs, "train_wall_s": round(train_wall, 1),
         "eval_wall_s": round(time.time() - t0 - train_wall, 1) if not ckpt.exists() else None,
         "curve": [{"epoch": r["epoch"], "wall_s": r.get("wall"), "knn": 100 * r["knn_top1"],
@@ -253,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", nargs="+", choices=sorted(DATASETS), default=["cifar10"])
     p.add_argument("--budgets", nargs="+", type=float, default=[420.0], help="seconds of training per run")
     p.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS],
-                   help=f"from {[v.name for v in VARIANTS]}, or NAME=field:value,field:value for a combination")
+                   help=f"from {[v.name for v in VARIANTS]}, or NAME=field:value,field:value for a combination "
+                        "(init:general or init:CHECKPOINT fine-tunes that encoder instead of starting from random)")
     p.add_argument("--report", type=Path, default=None, help="fill this file's efficiency markers with the tables")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary from the run JSONs")
     p.add_argument("--quick", action="store_true", help="smoke test: 1,000 training images, tiny budgets")
@@ -270,14 +296,21 @@ def main(argv: list[str] | None = None) -> int:
         variants = [parse_variant(s) for s in args.variants]
         for name in args.dataset:
             ds = DATASETS[name]
-            train, test = load_splits(ds.source, ds.image_size, "auto", progress=args.progress)
-            if args.quick:
-                train = train.subset(range(0, len(train), max(1, len(train) // 1000)))
-                test = test.subset(range(0, min(500, len(test))))
-            baselines(ds, train, test)
+            splits: dict[int, tuple[ImageCollection, ImageCollection]] = {}
+
+            def at(size: int) -> tuple[ImageCollection, ImageCollection]:
+                if size not in splits:
+                    train, test = load_splits(ds.source, size, "auto", progress=args.progress)
+                    if args.quick:
+                        train = train.subset(range(0, len(train), max(1, len(train) // 1000)))
+                        test = test.subset(range(0, min(500, len(test))))
+                    splits[size] = train, test
+                return splits[size]
+
+            baselines(ds, *at(ds.image_size))
             for budget in args.budgets:
                 for v in variants:
-                    r = run_one(ds, v, budget, train, test, args.progress)
+                    r = run_one(ds, v, budget, *at(input_size(ds, v)), args.progress)
                     fb = r["final"]["bank"]
                     print(f"{r['name']}: {r['epochs']} epochs in {r['train_wall_s'] / 60:.1f} min, kNN {fb['knn']:.1f} "
                           f"1-NN {fb['nn1']:.1f} mAP {fb['map']:.1f} (re-embedded kNN "
@@ -295,14 +328,19 @@ def parse_variant(spec: str) -> Variant:
     name, body = spec.split("=", 1)
     types = {f: type(getattr(TrainConfig(), f)) for f in TrainConfig.__dataclass_fields__}
     overrides: dict = {}
+    init = ""
     for item in body.split(","):
         key, value = item.split(":", 1)
+        if key == "init":  # not a TrainConfig field: the weights the run starts from
+            init = value
+            continue
         if key not in types:
             raise SystemExit(f"{spec}: {key!r} is not a TrainConfig field")
         t = types[key]
         overrides[key] = (value.lower() in ("1", "true", "yes")) if t is bool else t(value)
     replace(TrainConfig(), **overrides)  # validates the field names and types
-    return Variant(name, overrides, "combination: " + ", ".join(f"{k} {v}" for k, v in overrides.items()))
+    what = ", ".join([f"{k} {v}" for k, v in overrides.items()] + ([f"init {init}"] if init else []))
+    return Variant(name, overrides, "combination: " + what, init=init)
 
 
 if __name__ == "__main__":

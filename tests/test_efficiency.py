@@ -46,6 +46,8 @@ def test_variant_specs_are_validated() -> None:
     v = efficiency.parse_variant("x=views:2,flip_embed:true,lr:0.1")
     assert v.overrides == {"views": 2, "flip_embed": True, "lr": 0.1}
     assert efficiency.parse_variant("plain").overrides == {}
+    ft = efficiency.parse_variant("ft=init:general,views:2")
+    assert (ft.init, ft.overrides) == ("general", {"views": 2})
     for bad in ("nonsense", "x=no_such_field:1"):
         try:
             efficiency.parse_variant(bad)
@@ -53,3 +55,20 @@ def test_variant_specs_are_validated() -> None:
             assert "variant" in str(e) or "field" in str(e)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_fine_tuning_variant_starts_from_the_bundled_encoder(shapes_root: Path, tmp_path: Path, monkeypatch) -> None:
+    from instdisc import bundled
+    from instdisc.checkpoint import load
+
+    monkeypatch.setitem(efficiency.DATASETS, "shapes", efficiency.Dataset("shapes", shapes_root, "tiny", 32))
+    out = tmp_path / "res"
+    assert efficiency.main(["--dataset", "shapes", "--budgets", "4", "--variants", "init-general",
+                            "--out", str(out)]) == 0
+    r = json.loads((out / "runs" / "shapes-init-general-4.json").read_text())
+    card = bundled.ModelCard.read(bundled.BUNDLED_DIR / "card.json")
+    # the network is the bundled encoder's (width 16), not the dataset preset's (tiny: width 8)
+    assert r["init"] == "general" and r["config"]["width"] == card.config["width"] == 16
+    saved = load(out / "checkpoints" / "shapes-init-general-4" / "checkpoint.pt")
+    assert saved["init"]["sha256"] == card.sha256
+    assert all(0 < r["final"]["bank"][k] <= 100 for k in ("knn", "nn1", "map"))

@@ -16,7 +16,7 @@ from explore_data import BIG_COPY, ORIGINAL, build_planted_index
 from PIL import Image
 
 from explore import ExploreError, Explorer
-from explore.calibrate import expected_precision
+from explore.calibrate import expected_precision, false_pairs_per_image
 from explore.clusters import cluster, label_agreement
 from explore.featurisers import pixel_embedder
 from explore.grouping import chain_guard, group_duplicates
@@ -97,6 +97,15 @@ def test_expected_precision_formula():
     assert expected_precision(np.array([0.0]), np.array([0.0]), 0.1)[0] == 1.0
 
 
+def test_false_pairs_count_every_row_of_the_graph():
+    # 3 rows x 2 neighbours; -inf marks a missing neighbour and never counts
+    scores = np.array([[0.875, 0.5], [0.75, -np.inf], [0.25, 0.125]], np.float32)  # exact in float32
+    grid = np.array([0.0, 0.3, 0.75, 0.76, 1.0])
+    brute = [(scores >= t).sum() / 3 for t in grid]
+    assert false_pairs_per_image(scores, grid) == pytest.approx(brute)
+    assert false_pairs_per_image(scores, grid).tolist() == pytest.approx([5 / 3, 1.0, 2 / 3, 1 / 3, 0.0])
+
+
 def test_auto_threshold_predicts_the_planted_recall(shapes_root: Path):
     files = sorted(shapes_root.rglob("*.png"))
     imgs = [Image.open(f).convert("RGB") for f in files]
@@ -111,6 +120,9 @@ def test_auto_threshold_predicts_the_planted_recall(shapes_root: Path):
     # what calibration expected is what the finder then does with copies it never saw
     assert abs(res.recall - cal.recall) < 0.1 and res.recall >= 0.7
     assert res.precision >= 0.7
+    # at the share of images that really have a copy the formula is a lower bound on what was measured
+    # (natural duplicates and the copies' own pairs count as false in F)
+    assert res.expected_precision_at_planted_share <= res.precision + 0.05
     assert [p["recall"] for p in cal.curve] == sorted((p["recall"] for p in cal.curve), reverse=True)
 
 
