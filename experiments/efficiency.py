@@ -272,6 +272,18 @@ def fill_report(report: Path, table_md: str) -> None:
     atomic_write_text(report, f"{head}{start}\n{table_md}\n{end}{tail}")
 
 
+def splits_at(ds: Dataset, size: int, loaded: dict[int, tuple[ImageCollection, ImageCollection]], quick: bool,
+              progress: bool) -> tuple[ImageCollection, ImageCollection]:
+    """The dataset's train/test splits decoded at ``size`` px, loaded once per size into ``loaded``."""
+    if size not in loaded:
+        train, test = load_splits(ds.source, size, "auto", progress=progress)
+        if quick:
+            train = train.subset(range(0, len(train), max(1, len(train) // 1000)))
+            test = test.subset(range(0, min(500, len(test))))
+        loaded[size] = train, test
+    return loaded[size]
+
+
 def main(argv: list[str] | None = None) -> int:
     global RESULTS, RUNS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,21 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         variants = [parse_variant(s) for s in args.variants]
         for name in args.dataset:
             ds = DATASETS[name]
-            splits: dict[int, tuple[ImageCollection, ImageCollection]] = {}
-
-            def at(size: int) -> tuple[ImageCollection, ImageCollection]:
-                if size not in splits:
-                    train, test = load_splits(ds.source, size, "auto", progress=args.progress)
-                    if args.quick:
-                        train = train.subset(range(0, len(train), max(1, len(train) // 1000)))
-                        test = test.subset(range(0, min(500, len(test))))
-                    splits[size] = train, test
-                return splits[size]
-
-            baselines(ds, *at(ds.image_size))
+            splits: dict[int, tuple[ImageCollection, ImageCollection]] = {}  # by decoded side
+            baselines(ds, *splits_at(ds, ds.image_size, splits, args.quick, args.progress))
             for budget in args.budgets:
                 for v in variants:
-                    r = run_one(ds, v, budget, *at(input_size(ds, v)), args.progress)
+                    data = splits_at(ds, input_size(ds, v), splits, args.quick, args.progress)
+                    r = run_one(ds, v, budget, *data, args.progress)
                     fb = r["final"]["bank"]
                     print(f"{r['name']}: {r['epochs']} epochs in {r['train_wall_s'] / 60:.1f} min, kNN {fb['knn']:.1f} "
                           f"1-NN {fb['nn1']:.1f} mAP {fb['map']:.1f} (re-embedded kNN "

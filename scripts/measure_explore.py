@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     for name, f in res.get("featurisers", {}).items():
         print(f"{name}: threshold {f['threshold']:.4f}, precision {f['precision']:.3f} (expected "
               f"{f['expected_precision']:.3f} at the calibration's prevalence, "
-              f"{f['expected_precision_at_planted_share']:.3f} at the planted share), recall {f['recall']:.3f} (expected {f['expected_recall']:.3f}), "
+              f"{f['expected_precision_at_planted_share']:.3f} at the planted share), "
+              f"recall {f['recall']:.3f} (expected {f['expected_recall']:.3f}), "
               f"{f['cross_split_groups']} cross-split groups; k=10 purity {f['clusters_k10']['purity']:.3f} "
               f"NMI {f['clusters_k10']['nmi']:.3f}")
     return 0

@@ -49,28 +49,12 @@ def _epochs(run: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_quickstart_trains_indexes_serves_then_reuses(shapes_root: Path, tmp_path: Path) -> None:
+def test_quickstart_trains_resumes_an_interrupted_run_serves_then_reuses(shapes_root: Path, tmp_path: Path) -> None:
+    """One life of the README command (three real runs, kept in one test because each costs a set-up
+    check, an import of torch and Gradio and a served page): interrupted while training, resumed to
+    the end of its plan, indexed and served; then run again with nothing left to do."""
     run, index = tmp_path / "run", tmp_path / "index"
-    out = _serve_then_stop(*_start(shapes_root, run, index, "6s"))
-    assert "time budget" in out and "serving http://127.0.0.1" in out
-    ckpt = json.loads((index / "manifest.json").read_text())
-    assert ckpt["count"] == 240  # the memory bank of the 240 training images
-    epochs = _epochs(run)
-    assert epochs[0] == 0 and epochs == list(range(epochs[-1] + 1)) and epochs[-1] >= 1
-    before = {p: _digest(p) for p in (run / "checkpoint.pt", index / "manifest.json")}
-    mtimes = {p: p.stat().st_mtime_ns for p in before}
-
-    out = _serve_then_stop(*_start(shapes_root, run, index, "6s"))  # again: nothing to train, nothing to build
-    assert "time budget" not in out and "serving http://127.0.0.1" in out
-    assert {p: _digest(p) for p in before} == before
-    assert {p: p.stat().st_mtime_ns for p in before} == mtimes
-    assert _epochs(run) == epochs
-
-
-@pytest.mark.slow
-def test_quickstart_resumes_an_interrupted_run(shapes_root: Path, tmp_path: Path) -> None:
-    run, index = tmp_path / "run", tmp_path / "index"
-    proc, port = _start(shapes_root, run, index, "40s")
+    proc, port = _start(shapes_root, run, index, "20s")
     t0 = time.time()
     while not (run / "checkpoint.pt").exists():  # the first epoch's checkpoint: training is under way
         assert proc.poll() is None, proc.stdout.read()
@@ -89,8 +73,18 @@ def test_quickstart_resumes_an_interrupted_run(shapes_root: Path, tmp_path: Path
     stopped = {"epochs": c["config"]["epochs"], "epoch": c["epoch"], "plan": c["plan"]}
     assert stopped["plan"] and stopped["epoch"] <= stopped["epochs"]
 
-    out = _serve_then_stop(*_start(shapes_root, run, index, "40s"))
+    assert "time budget" in out  # the first run planned its epochs from the budget
+
+    out = _serve_then_stop(*_start(shapes_root, run, index, "20s"))
     assert "serving http://127.0.0.1" in out
     epochs = _epochs(run)
-    assert epochs == list(range(stopped["epochs"] + 1))  # every planned epoch once, none twice
-    assert json.loads((index / "manifest.json").read_text())["count"] == 240
+    assert epochs == list(range(stopped["epochs"] + 1)) and epochs[-1] >= 1  # every planned epoch once, none twice
+    assert json.loads((index / "manifest.json").read_text())["count"] == 240  # the bank of the 240 training images
+    before = {p: _digest(p) for p in (run / "checkpoint.pt", index / "manifest.json")}
+    mtimes = {p: p.stat().st_mtime_ns for p in before}
+
+    out = _serve_then_stop(*_start(shapes_root, run, index, "20s"))  # again: nothing to train, nothing to build
+    assert "time budget" not in out and "serving http://127.0.0.1" in out
+    assert {p: _digest(p) for p in before} == before
+    assert {p: p.stat().st_mtime_ns for p in before} == mtimes
+    assert _epochs(run) == epochs
