@@ -11,10 +11,11 @@ other images an image scores >= t with, counted over every row of the kNN graph 
 free: the graph is already made). F is a tail count -- at a useful threshold one image in a
 hundred has such a neighbour -- so estimating it from the sampled images alone (as this module
 first did) sees a handful of events in 200 rows and can miss the false pairs altogether.
-If a share ``prevalence`` of the images had one copy, the finder would report ``prevalence * N * R`` true pairs and ``N * F / 2`` false ones, so the
-expected precision is ``prevalence * R / (prevalence * R + F / 2)``. ``auto`` takes the
-threshold with the highest recall whose precision reaches ``target_precision``. Look-alike
-pairs that are real duplicates count as false here, so the precision is a lower bound.
+If a share ``prevalence`` of the images had one copy, the finder would report ``prevalence * N *
+R`` true pairs and ``N * F / 2`` false ones, so the expected precision is ``prevalence * R /
+(prevalence * R + F / 2)``. ``auto`` takes the threshold with the highest recall whose precision
+reaches ``target_precision``. Look-alike pairs that are real duplicates count as false here, so
+the precision is a lower bound.
 """
 
 from __future__ import annotations
