@@ -2,8 +2,8 @@
 
 True copies: every sampled image is edited (:mod:`explore.edits`: crop, colour, JPEG, resize),
 re-embedded, and scored against its own stored vector -- what a copy added to the index would
-score against its original. Unrelated images: the sampled images' nearest neighbours in the
-kNN graph (the pairs that really compete with a copy; CIFAR-sized collections have many
+score against its original. Unrelated images: every image's nearest neighbours in the kNN
+graph (the pairs that really compete with a copy; CIFAR-sized collections have many
 look-alikes that random pairs never show) plus a random-pair sample for the histogram.
 
 For a threshold t, recall R(t) is the share of copies scoring >= t and F(t) the mean number of
@@ -11,11 +11,11 @@ other images an image scores >= t with, counted over every row of the kNN graph 
 free: the graph is already made). F is a tail count -- at a useful threshold one image in a
 hundred has such a neighbour -- so estimating it from the sampled images alone (as this module
 first did) sees a handful of events in 200 rows and can miss the false pairs altogether.
-If a share ``prevalence`` of the images had one copy, the finder would report ``prevalence * N *
-R`` true pairs and ``N * F / 2`` false ones, so the expected precision is ``prevalence * R /
-(prevalence * R + F / 2)``. ``auto`` takes the threshold with the highest recall whose precision
-reaches ``target_precision``. Look-alike pairs that are real duplicates count as false here, so
-the precision is a lower bound.
+If a share ``prevalence`` of the images had one copy, the finder would report
+``prevalence * N * R`` true pairs and ``N * F / 2`` false ones, so the expected precision is
+``prevalence * R / (prevalence * R + F / 2)``. ``auto`` takes the threshold with the highest
+recall whose precision reaches ``target_precision``. Look-alike pairs that are real duplicates
+count as false here, so the precision is a lower bound.
 """
 
 from __future__ import annotations
