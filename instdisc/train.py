@@ -87,7 +87,10 @@ class Trainer:
         out_dir: str | os.PathLike,
         device: str | None = None,
         progress: bool = True,
+        announce: bool = False,
     ) -> None:
+        """``progress``: tqdm bars and the plan/epoch lines; ``announce``: the lines without the bars
+        (a log file, ``--no-progress``)."""
         self.cfg = cfg
         self.train_set = train
         self.eval_set = evalset if (evalset is not None and evalset.has_labels and train.has_labels) else None
@@ -99,6 +102,7 @@ class Trainer:
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
+        self.announce = (progress or announce) and self.is_main
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the "
                              f"{self.world} processes")
@@ -195,6 +199,7 @@ class Trainer:
         progress: bool = True,
         epochs: int | None = None,
         compile: bool | None = None,
+        announce: bool = False,
     ) -> Trainer:
         """``epochs`` extends (or shortens) the schedule; ``compile`` overrides the saved choice
         (it changes speed, not the method; compiled kernels may round differently)."""
@@ -211,7 +216,7 @@ class Trainer:
                 "resume needs the same files"
             )
         out = out_dir if out_dir is not None else Path(path).parent
-        t = cls(cfg, train, evalset, out, device, progress)
+        t = cls(cfg, train, evalset, out, device, progress, announce)
         t.model.load_state_dict(ckpt["model"])
         t.optimizer.load_state_dict(ckpt["optimizer"])
         if t.ema is not None and "ema_encoder" in ckpt:
@@ -371,8 +376,8 @@ class Trainer:
         steps = tuple(max(1, round(s * plan.schedule_epochs / cfg.epochs)) for s in cfg.lr_steps)
         self.cfg = replace(cfg, epochs=plan.epochs, schedule_epochs=plan.schedule_epochs, lr_steps=steps)
         self.plan = plan.reason  # type: ignore[union-attr]
-        if self.progress:
-            tqdm.write(f"time budget {cfg.time_budget / 60:.1f} min: {self.plan}")
+        if self.announce:
+            self._say(f"time budget {cfg.time_budget / 60:.1f} min: {self.plan}")
 
     def _prepare_bank(self) -> None:
         """Bank start (random or the untrained encoder's features) and the epoch-0 monitor, once."""
@@ -411,9 +416,16 @@ class Trainer:
         row["wall"] = self.wall_seconds()
         self._log(row)
         self.save()
-        if self.progress:
+        if self.announce:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
-            tqdm.write(f"epoch {self.epoch}/{cfg.epochs}: {shown}")
+            self._say(f"epoch {self.epoch}/{cfg.epochs}: {shown}")
+
+    def _say(self, line: str) -> None:
+        """A line under the progress bars, or straight to stdout (flushed, for log files) without them."""
+        if self.progress:
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:

@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             + (f", {ctx.world} processes" if ctx.world > 1 else ""), flush=True)
         if args.resume:
             trainer = Trainer.resume(out / "checkpoint.pt", train, evalset, out, args.device,
-                                     not args.no_progress, epochs=args.epochs, compile=args.compile)
+                                     not args.no_progress, epochs=args.epochs, compile=args.compile,
+                                     announce=True)
         else:
             if (out / "checkpoint.pt").exists():
                 raise DataError(f"{out}/checkpoint.pt exists: pass --resume to continue it, or choose another --out")
-            trainer = Trainer(cfg, train, evalset, out, args.device, not args.no_progress)
+            trainer = Trainer(cfg, train, evalset, out, args.device, not args.no_progress, announce=True)
             if init is not None:
                 trainer.start_from(init.encoder().state_dict(), {"path": str(init.path), "sha256": init.sha256})
                 say(f"fine-tuning from {init.path} (sha256 {init.sha256[:12]}...)", flush=True)

@@ -45,6 +45,8 @@ def reference(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     r = subprocess.run(_args(shapes_root, run, "--no-progress"), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert checkpoint.load(run / "checkpoint.pt")["global_step"] == 2 * STEPS_PER_EPOCH
+    # no bars, but a log file still gets one line per epoch (a nohup'ed run's only sign of life)
+    assert "epoch 1/2: loss" in r.stdout and "epoch 2/2: loss" in r.stdout and "\r" not in r.stdout + r.stderr
     return run
 
 
