@@ -120,9 +120,9 @@ def test_auto_threshold_predicts_the_planted_recall(shapes_root: Path):
     # what calibration expected is what the finder then does with copies it never saw
     assert abs(res.recall - cal.recall) < 0.1 and res.recall >= 0.7
     assert res.precision >= 0.7
-    # at the share of images that really have a copy the formula is a lower bound on what was measured
-    # (natural duplicates and the copies' own pairs count as false in F)
-    assert res.expected_precision_at_planted_share <= res.precision + 0.05
+    # at the share of images that really have a copy (14 % here) the formula errs low: F counts the copies'
+    # own edges as false (on CIFAR-10, 0.8 % planted, it came within 0.02-0.09 above; docs/explore.md)
+    assert res.expected_precision_at_planted_share <= res.precision
     assert [p["recall"] for p in cal.curve] == sorted((p["recall"] for p in cal.curve), reverse=True)
 
 
