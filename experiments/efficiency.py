@@ -37,7 +37,7 @@ import torch
 from evaluation.baselines import pixel_features
 from evaluation.metrics import rank_and_score
 from instdisc import bundled
-from instdisc.cli import ARCH_FIELDS
+from instdisc.cli import with_architecture
 from instdisc.config import TrainConfig, preset
 from instdisc.data import ImageCollection, load_splits
 from instdisc.embed import embed
@@ -137,14 +137,9 @@ def starting_point(v: Variant) -> Checkpoint | None:
     return Checkpoint.load(bundled.resolve(v.init)) if v.init else None
 
 
-def input_size(ds: Dataset, v: Variant) -> int:
-    """The side the variant's images are decoded at: the dataset's, or its starting encoder's."""
-    init = starting_point(v)
-    return ds.image_size if init is None else init.config.image_size
-
-
 def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test: ImageCollection,
-            progress: bool) -> dict:
+            progress: bool, init: Checkpoint | None = None) -> dict:
+    """``init``: the variant's starting point (:func:`starting_point`), loaded once by the caller."""
     name = f"{ds.name}-{v.name}-{int(budget)}"
     out_json = RESULTS / "runs" / f"{name}.json"
     if out_json.exists():
@@ -152,9 +147,8 @@ def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test
     run_dir = RUNS / name
     knn_every = 1 if budget <= 900 else 3  # ~8-15 points per curve, the monitor within the budget
     cfg = preset(ds.preset, **v.overrides, time_budget=budget, knn_every=knn_every)
-    init = starting_point(v)
     if init is not None:  # the network's shape and input size are the starting encoder's
-        cfg = replace(cfg, **{f: getattr(init.config, f) for f in ARCH_FIELDS})
+        cfg = with_architecture(cfg, init.config)
     load_before = loadavg()
     t0 = time.time()
     ckpt = run_dir / "checkpoint.pt"
@@ -312,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             baselines(ds, *splits_at(ds, ds.image_size, splits, args.quick, args.progress))
             for budget in args.budgets:
                 for v in variants:
-                    data = splits_at(ds, input_size(ds, v), splits, args.quick, args.progress)
-                    r = run_one(ds, v, budget, *data, args.progress)
+                    init = starting_point(v)
+                    size = ds.image_size if init is None else init.config.image_size
+                    data = splits_at(ds, size, splits, args.quick, args.progress)
+                    r = run_one(ds, v, budget, *data, args.progress, init)
                     fb = r["final"]["bank"]
                     print(f"{r['name']}: {r['epochs']} epochs in {r['train_wall_s'] / 60:.1f} min, kNN {fb['knn']:.1f} "
                           f"1-NN {fb['nn1']:.1f} mAP {fb['map']:.1f} (re-embedded kNN "

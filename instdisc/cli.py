@@ -92,6 +92,11 @@ def resolve_training(
 ARCH_FIELDS = ("arch", "width", "cifar_stem", "low_dim", "image_size")  # what fine-tuning must keep
 
 
+def with_architecture(cfg: TrainConfig, init: TrainConfig) -> TrainConfig:
+    """``cfg`` with the network shape and input size of ``init`` (what fine-tuning must keep)."""
+    return replace(cfg, **{name: getattr(init, name) for name in ARCH_FIELDS})
+
+
 def adopt_architecture(
     args: argparse.Namespace, cfg: TrainConfig, init: TrainConfig, sample: SizeSample, source: str
 ) -> tuple[TrainConfig, Resolution]:
@@ -102,7 +107,7 @@ def adopt_architecture(
         if asked is not None and asked != getattr(init, name):
             raise ValueError(f"--{name.replace('_', '-')} {asked} does not fit --init {source}, which has "
                              f"{name} {getattr(init, name)!r}: drop the flag or train from scratch")
-    cfg = replace(cfg, **{name: getattr(init, name) for name in ARCH_FIELDS})
+    cfg = with_architecture(cfg, init)
     return cfg, from_config(cfg.image_size, cfg.cifar_stem, sample,
                             f"--init {source}: {cfg.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} "
                             f"stem, as that encoder was trained ({sample.describe()})")
