@@ -64,8 +64,13 @@ class GradioClient:
 
 
 def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, max_seconds: float,
-              path: str = "gradio") -> dict:
-    """``clients`` threads, ``requests`` uploads in all, through ``path``; per-request seconds and failures."""
+              path: str = "gradio", app_pid: int | None = None) -> dict:
+    """``clients`` threads, ``requests`` uploads in all, through ``path``; per-request seconds and failures.
+
+    With ``app_pid``, the CPU time per answered request is split between the app process and this
+    one (the client threads), so a slow path says which side of the socket the time went to."""
+    from reliability.load import cpu_seconds_of
+
     make = {"gradio": GradioClient, "rest": RestClient}[path]
     per_client = max(2, -(-requests // clients))
     conns = [make(url) for _ in range(clients)]
@@ -93,16 +98,23 @@ def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, 
     conns[0].search(files[0], k)  # warm-up
     deadline[0] = time.time() + max_seconds
     threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    app_cpu0, own_cpu0 = (cpu_seconds_of(app_pid) if app_pid else None), time.process_time()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    own_cpu = time.process_time() - own_cpu0
+    app_cpu1 = cpu_seconds_of(app_pid) if app_pid else None
     for c in conns:
         c.close()
+    per = max(1, len(lat))
+    cpu = {"client_cpu_ms_per_request": round(1e3 * own_cpu / per, 1)}
+    if app_cpu0 is not None and app_cpu1 is not None:
+        cpu["app_cpu_ms_per_request"] = round(1e3 * (app_cpu1 - app_cpu0) / per, 1)
     return {"path": path, "clients": clients, "requests": len(lat), "failed": len(errors), "errors": errors[:3],
-            "requests_per_s": round(len(lat) / wall, 2), "wall_s": round(wall, 2),
+            "requests_per_s": round(len(lat) / wall, 2), "wall_s": round(wall, 2), **cpu,
             **latency_summary(lat)}
 
 
@@ -135,15 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     with app_process(args.index) as (url, proc):  # app.py on 127.0.0.1, stopped on the way out
         for path in args.paths:
             for c in args.clients:
-                row = run_level(url, files, c, args.requests, args.k, args.level_seconds, path)
+                row = run_level(url, files, c, args.requests, args.k, args.level_seconds, path, proc.pid)
                 row = rec.add({**row, "app_peak_rss_mb": peak_rss_mb(proc.pid)})
                 print(f"{path}, {c} clients: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                       f"{row['requests_per_s']} req/s, peak RSS {row['app_peak_rss_mb']} MB", flush=True)
                 rec.save(partial=True)
     rec.save()
-    rec.data["table"] = common.table(rec.data["results"], ["path", "clients", "requests", "failed", "p50_ms",
-                                                          "p99_ms", "mean_ms", "requests_per_s", "app_peak_rss_mb"],
-                                     f"app upload-to-results, index of {count:,} images")
+    columns = ["path", "clients", "requests", "failed", "p50_ms", "p99_ms", "mean_ms", "requests_per_s",
+               "app_cpu_ms_per_request", "client_cpu_ms_per_request", "app_peak_rss_mb"]
+    rec.data["table"] = common.table(rec.data["results"], columns, f"app upload-to-results, index of {count:,} images")
     rec.save()
     return 0
 

@@ -140,9 +140,12 @@ def _knn(d: dict) -> list[str]:
 def _app(d: dict) -> list[str]:
     if any("path" in r for r in d["results"]):  # runs since the REST API: one row per path and level
         head = ("| path | concurrent clients | requests | failed | p50 (ms) | p99 (ms) | mean (ms) | requests/s | "
-                "app peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|")
+                "app CPU ms / request | client CPU ms / request | app peak RSS (MB) |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|")
         rows = [f"| {r['path']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['p50_ms']:,.0f} | "
                 f"{r['p99_ms']:,.0f} | {r['mean_ms']:,.0f} | {r['requests_per_s']:.1f} | "
+                f"{common.fmt(r.get('app_cpu_ms_per_request'))} | "
+                f"{common.fmt(r.get('client_cpu_ms_per_request'))} | "
                 f"{common.fmt(r.get('app_peak_rss_mb'))} |" for r in d["results"]]
         return [head, *rows]
     head = ("| concurrent clients | requests | failed | p50 (ms) | p99 (ms) | mean (ms) | requests/s |\n"

@@ -38,7 +38,16 @@ from tqdm import tqdm
 from . import checkpoint
 from . import distributed as ddp
 from .augment import SMALL_CROP_SCALE, AugmentConfig, BatchAugment
-from .budget import CALIBRATION_STEPS, WARMUP_STEPS, Measured, Plan, plan_epochs, replan_after_first_epoch
+from .budget import (
+    CALIBRATION_STEPS,
+    PACE_EPOCHS,
+    WARMUP_STEPS,
+    Measured,
+    Plan,
+    plan_epochs,
+    repace,
+    replan_after_first_epoch,
+)
 from .config import TrainConfig
 from .data import DataError, ImageCollection
 from .ema import WeightEMA
@@ -379,6 +388,18 @@ class Trainer:
         if self.announce:
             self._say(f"time budget {cfg.time_budget / 60:.1f} min: {self.plan}")
 
+    def _keep_pace(self, spe: int) -> None:
+        """Re-plan the rest of a budgeted run when the machine's pace has drifted (instdisc.budget.repace)."""
+        walls = [r["wall"] for r in self.history if r.get("epoch", 0) >= 1 and "wall" in r][-(PACE_EPOCHS + 1):]
+        if len(walls) < 2:
+            return
+        recent = (walls[-1] - walls[0]) / (len(walls) - 1)
+        current = Plan(self.cfg.schedule_epochs or float(self.cfg.epochs), 0.0, self.plan)
+        plan = repace(self.cfg.time_budget, current, self.epoch, recent, self.wall_seconds(),
+                      0.0 if self.refreshed else self._refresh_estimate, spe)
+        if plan is not None:
+            self._apply_plan(plan, 0)
+
     def _prepare_bank(self) -> None:
         """Bank start (random or the untrained encoder's features) and the epoch-0 monitor, once."""
         cfg = self.cfg
@@ -507,6 +528,8 @@ class Trainer:
                         self.cfg.time_budget, self._first_plan, self.wall_seconds() - epoch_t0, self.wall_seconds(),
                         self._refresh_estimate, spe), 0)
                     self._first_plan = None
+                elif self.cfg.time_budget > 0 and self.plan and self.epoch >= 2 and self.epoch < self.cfg.epochs:
+                    self._keep_pace(spe)
         self.wall = self.wall_seconds()
         self._clock = time.time()
         ddp.barrier()  # rank 0 has written the last checkpoint before any rank exits

@@ -80,6 +80,15 @@ def peak_rss_mb(pid: int) -> float | None:
     return _status_kb(pid, "VmHWM")
 
 
+def cpu_seconds_of(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far, all its threads (``/proc/PID/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_mb(pid: int) -> float | None:
     return _status_kb(pid, "VmRSS")
 

@@ -21,6 +21,7 @@ def test_campaign_runs_levers_under_one_budget_and_resumes(shapes_root: Path, tm
     two = runs["shapes-two-6"]
     assert two["config"]["views"] == 2 and two["config"]["refresh_bank"] and two["config"]["time_budget"] == 6
     assert two["plan"] and two["epochs"] == two["curve"][-1]["epoch"]
+    assert two["eval_wall_s"] is not None and two["eval_wall_s"] >= 0  # a fresh run times its scoring
     for r in (two, runs["shapes-plain-6"]):
         for gallery in ("bank", "reembedded"):
             m = r["final"][gallery]
@@ -72,3 +73,20 @@ def test_fine_tuning_variant_starts_from_the_bundled_encoder(shapes_root: Path, 
     saved = load(out / "checkpoints" / "shapes-init-general-4" / "checkpoint.pt")
     assert saved["init"]["sha256"] == card.sha256
     assert all(0 < r["final"]["bank"][k] <= 100 for k in ("knn", "nn1", "map"))
+
+
+def test_a_sliced_dataset_trains_and_scores_on_the_same_seeded_slice(shapes_root: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """The small-folder case (photos-4k): the slice is the folder, the gallery and the baselines' gallery."""
+    ds = efficiency.Dataset("shapes-90", shapes_root, "tiny", 32, train_images=90)
+    monkeypatch.setitem(efficiency.DATASETS, ds.name, ds)
+    first = efficiency.splits_at(ds, 32, {}, quick=False, progress=False)
+    again = efficiency.splits_at(ds, 32, {}, quick=False, progress=False)
+    assert len(first[0]) == 90 and first[0].paths == again[0].paths  # seeded: the same 90 files every time
+    assert len(first[1]) == 100  # the queries are still the whole test split
+    out = tmp_path / "res"
+    assert efficiency.main(["--dataset", ds.name, "--budgets", "4", "--variants", "plain", "--out", str(out)]) == 0
+    run = json.loads((out / "runs" / "shapes-90-plain-4.json").read_text())
+    base = json.loads((out / "runs" / "shapes-90-baselines.json").read_text())
+    assert run["train_images"] == base["train_images"] == 90 and run["test_images"] == base["test_images"] == 100
+    assert "90-image slice" in (out / "efficiency.md").read_text()

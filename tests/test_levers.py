@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from instdisc import checkpoint
-from instdisc.budget import Measured, plan_epochs, replan_after_first_epoch
+from instdisc.budget import Measured, Plan, plan_epochs, repace, replan_after_first_epoch
 from instdisc.cli import parse_duration
 from instdisc.config import TrainConfig, preset
 from instdisc.data import load_splits
@@ -159,6 +159,21 @@ def test_time_budget_plan_fits_and_says_why():
     assert again.schedule_epochs == pytest.approx(1 + 25.6)  # (582 - 50 - 20) / 20 = 25.6 more
     with pytest.raises(ValueError):
         plan_epochs(0, m)
+
+
+def test_a_run_that_drifts_off_its_budget_is_re_paced_to_end_on_time():
+    # 600 s budget, 30-epoch plan; 10 epochs done in 200 s: on pace (20 s an epoch -> 600 s end... within 2 %)
+    plan = Plan(29.1, 582.0, "first plan")
+    assert repace(600.0, plan, 10, 20.0, 200.0, 0.0, 100) is None
+    # the machine slowed to 26 s an epoch: 19.1 epochs left would end at 697 s; the rest is shortened
+    slow = repace(600.0, plan, 10, 26.0, 200.0, 0.0, 100)
+    assert slow is not None and slow.seconds <= 600.0 * 0.97 + 1e-9
+    assert slow.schedule_epochs == pytest.approx(10 + 14.69)  # (582 - 200) / 26 = 14.69 more
+    assert "re-paced after epoch 10" in slow.reason and slow.reason.startswith("first plan")
+    # it sped up again: the schedule grows, and the note is the latest one only
+    fast = repace(600.0, slow, 15, 15.0, 300.0, 10.0, 100)
+    assert fast is not None and fast.schedule_epochs == pytest.approx(15 + 18.13)  # (582 - 300 - 10) / 15
+    assert fast.reason.count("re-paced") == 1 and "after epoch 15" in fast.reason
 
 
 def test_fractional_schedule_ends_mid_epoch_with_the_cosine_at_zero():
