@@ -7,12 +7,16 @@ through the Gradio API and through the REST API.
 Starts ``python app.py --index INDEX --port FREE`` as a subprocess on 127.0.0.1, waits until
 it answers, then for each path and concurrency level runs that many client threads uploading
 files of the index's own collection (a fixed, spread-out sample, ``webapp.bench.query_files``)
-and waiting for the JSON results (k = 20): ``gradio`` -- one ``gradio_client.Client`` each, the
-``/search`` API (upload + queue + decode + embed + search + response); ``rest`` -- one
-``httpx.Client`` each, ``POST /api/search`` with the file as multipart. Both share the app's
-batcher. The request count per level is bounded (``--requests``, at least 2 per client) and so
-is its time (``--level-seconds``); the app process's peak RSS (VmHWM) is recorded after each
-level; the app is stopped at the end.
+and waiting for the JSON results (k = 20): ``gradio`` -- plain HTTP against the page's ``/search``
+API, as a browser does it (upload, start the event, read its result stream; one ``httpx.Client``
+and one Gradio session each); ``rest`` -- one ``httpx.Client`` each, ``POST /api/search`` with the file
+as multipart; ``gradio_client`` (on request) -- one ``gradio_client.Client`` each, whose own
+threads and 50 ms polling cost ~200 ms of CPU per request on the client side. All share the
+app's batcher. Per level: the app process's CPU time per answered request and this process's
+(the clients'), so a slow path says which side of the socket the time went to. The request
+count per level is bounded (``--requests``, at least 2 per client) and so is its time
+(``--level-seconds``); the app process's peak RSS (VmHWM) is recorded after each level; the
+app is stopped at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pathlib import Path
 from benchmarks import common
 from evaluation.stats import latency_summary
 
-PATHS = ("gradio", "rest")
+PATHS = ("gradio", "rest", "gradio_client")
+DEFAULT_PATHS = ("gradio", "rest")
 
 
 class RestClient:
@@ -46,8 +51,25 @@ class RestClient:
         self.http.close()
 
 
+class GradioHttpClient:
+    """The page's ``/search`` API over plain HTTP, as a browser or curl speaks it: upload, start the
+    event, read its stream (:class:`reliability.load.SearchClient`)."""
+
+    def __init__(self, url: str) -> None:
+        from reliability.load import SearchClient
+
+        self.client = SearchClient(url)
+
+    def search(self, path: Path, k: int) -> dict:
+        return self.client.search(path.name, path.read_bytes(), k)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class GradioClient:
-    """The page's ``/search`` API through gradio_client."""
+    """The page's ``/search`` API through the ``gradio_client`` library (measured: ~7x the app's own
+    CPU per request on the client side, so on one 2-core machine it measures the library)."""
 
     def __init__(self, url: str) -> None:
         from gradio_client import Client
@@ -71,7 +93,7 @@ def run_level(url: str, files: list[Path], clients: int, requests: int, k: int, 
     one (the client threads), so a slow path says which side of the socket the time went to."""
     from reliability.load import cpu_seconds_of
 
-    make = {"gradio": GradioClient, "rest": RestClient}[path]
+    make = {"gradio": GradioHttpClient, "gradio_client": GradioClient, "rest": RestClient}[path]
     per_client = max(2, -(-requests // clients))
     conns = [make(url) for _ in range(clients)]
     lat: list[float] = []
@@ -122,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", default="indexes/cifar10")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="Gradio API and/or REST API")
+    p.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=PATHS,
+                   help="gradio: the Gradio API over plain HTTP; rest: POST /api/search; gradio_client: the "
+                        "Gradio API through the gradio_client library")
     p.add_argument("--requests", type=int, default=96, help="requests per concurrency level (bounded)")
     p.add_argument("--level-seconds", type=float, default=120.0, help="time box per level")
     p.add_argument("--k", type=int, default=20)

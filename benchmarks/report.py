@@ -111,6 +111,18 @@ def _blas(d: dict) -> list[str]:
     return [head, *rows]
 
 
+def _budget_serve(d: dict) -> list[str]:
+    head = ("| vectors | memory budget | `auto` chose | search knob | file B/vector | build (s) "
+            "| open + first query (s) | recall@10 | 1-query p50 / p99 (ms) | serving peak RSS (MiB) | why |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [f"| {r['n']:,} | {r['memory_budget'] / 2**30:.2f} GiB | {r['factory']}{' (mmap)' if r['mmap'] else ''} | "
+            f"{', '.join(f'{k}={v}' for k, v in r['params'].items()) or '-'} | {r['bytes_per_vector']:,.1f} | "
+            f"{r['build_s']:,.1f} | {r['open_plus_first_query_s']:.3g} | {r['recall_at_10']:.3f} | "
+            f"{r['single_p50_ms']:.3g} / {r['single_p99_ms']:.3g} | {r['peak_rss_mib']:,.0f} | {r['reason']} |"
+            for r in d["results"]]
+    return [head, *rows]
+
+
 def _objective(d: dict) -> list[str]:
     head = ("| bank rows N | precision | objective | ms / step (median) | ms / step (fastest) | steps timed | "
             "softmax ÷ NCE (median) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|")
@@ -304,7 +316,7 @@ def _summary(_: dict | None = None) -> list[str]:
 # one benchmark (a rerun on a quiet machine, the 10M run) needs no entry of its own
 RENDER = {"search_scale": _search, "train_throughput": _train, "train_throughput:profile": _profile,
           "objective_cost": _objective, "knn_speed": _knn, "app_latency": _app, "gpu_check": _gpu,
-          "index_bytes": _index_bytes, "faiss_blas_threshold": _blas}
+          "index_bytes": _index_bytes, "faiss_blas_threshold": _blas, "budget_serve": _budget_serve}
 
 
 def render(name: str) -> str:

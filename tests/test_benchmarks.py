@@ -211,6 +211,11 @@ def test_budget_serve_quick(tmp_path):
     assert r["recall_at_10"] >= 0.9  # fresh queries, measured in the serving process
     assert positive(r["peak_rss_mib"]) and positive(r["single_p50_ms"]) and r["single_p99_ms"] >= r["single_p50_ms"]
     assert positive(r["open_plus_first_query_s"]) and r["single_n"] == 50
+    from benchmarks import report
+
+    head, row = report.RENDER["budget_serve"](data)  # BENCHMARKS.md's memory-budget table
+    assert row.count("|") == head.splitlines()[0].count("|") and r["factory"] in row
+    assert f"{r['recall_at_10']:.3f}" in row
 
 
 def test_app_latency_quick(tmp_path, shapes_index):
@@ -220,6 +225,8 @@ def test_app_latency_quick(tmp_path, shapes_index):
     for r in rows.values():
         assert r["failed"] == 0 and r["requests"] >= 8 and positive(r["p50_ms"]) and r["p99_ms"] >= r["p50_ms"]
         assert positive(r["app_peak_rss_mb"])
+        # CPU per request, each side of the socket: the app's (from /proc) and the clients' (this process)
+        assert positive(r["app_cpu_ms_per_request"]) and positive(r["client_cpu_ms_per_request"])
     assert data["index"]["count"] > 0
 
 

@@ -90,3 +90,13 @@ def test_a_sliced_dataset_trains_and_scores_on_the_same_seeded_slice(shapes_root
     base = json.loads((out / "runs" / "shapes-90-baselines.json").read_text())
     assert run["train_images"] == base["train_images"] == 90 and run["test_images"] == base["test_images"] == 100
     assert "90-image slice" in (out / "efficiency.md").read_text()
+
+
+def test_an_unseen_dataset_splits_the_test_split_into_folder_and_queries(shapes_root: Path) -> None:
+    """photos-unseen: folder/gallery and queries are disjoint seeded halves of the test split."""
+    ds = efficiency.Dataset("shapes-unseen", shapes_root, "tiny", 32, unseen=True)
+    folder, queries = efficiency.splits_at(ds, 32, {}, quick=False, progress=False)
+    again, _ = efficiency.splits_at(ds, 32, {}, quick=False, progress=False)
+    assert len(folder) == len(queries) == 50 and folder.paths == again.paths
+    assert not set(folder.paths) & set(queries.paths)
+    assert folder.root == queries.root and folder.classes == queries.classes
