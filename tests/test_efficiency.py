@@ -37,10 +37,24 @@ def test_campaign_runs_levers_under_one_budget_and_resumes(shapes_root: Path, tm
     text = report.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text and "| two |" in text
     assert (out / "efficiency.png").stat().st_size > 0
+    assert {"pixels", "random_init", "pixels_whitened"} <= set(base)
+    assert "| two |" in table and "PCA-whitened" in table
     # a second call trains nothing
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     assert efficiency.main(args) == 0
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    # runs and baselines recorded before the whitened column gain it from their checkpoints, unchanged otherwise
+    path, base_path = out / "runs" / "shapes-two-6.json", out / "runs" / "shapes-baselines.json"
+    whitened = two["final"].pop("bank_whitened")
+    path.write_text(json.dumps(two))
+    pixels_whitened = base.pop("pixels_whitened")
+    base_path.write_text(json.dumps(base))
+    assert efficiency.main(["--dataset", "shapes", "--out", str(out), "--rescore-whitened"]) == 0
+    again, base_again = json.loads(path.read_text()), json.loads(base_path.read_text())
+    assert again["final"]["bank"] == two["final"]["bank"] and base_again["pixels"] == base["pixels"]
+    assert base_again["pixels_whitened"] == pixels_whitened
+    for key in ("knn", "nn1", "map"):  # the same checkpoint re-embedded: equal up to float rounding
+        assert abs(again["final"]["bank_whitened"][key] - whitened[key]) < 1e-3
 
 
 def test_variant_specs_are_validated() -> None:
