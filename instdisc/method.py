@@ -8,7 +8,9 @@ Beyond the paper (issue 14, each off by default): ``views`` >= 2 encodes several
 views per image; every view gets the paper's loss against the bank, and each view and the
 next are each other's extra positive in a softmax over the batch (Ye et al., CVPR 2019),
 symmetrically. Small crops (multi-crop, SwAV) are extra anchors the same way: the paper's
-loss against the bank, plus the batch softmax with the first full view.
+loss against the bank, plus the batch softmax with the first full view. ``bank_weight`` scales
+the bank terms; at 0 only the batch softmax trains the encoder (the bank is still updated, for
+the monitor and the export) and the step skips the product with all N bank rows.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from .objectives import build_objective, cross_view
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor  # scalar: mean of the bank terms + mean of the cross-view terms (if any)
+    loss: torch.Tensor  # scalar: bank_weight x mean of the bank terms + mean of the cross-view terms (if any)
     features: torch.Tensor  # (B, d) detached: what the bank receives (the mean of the full views)
-    positive_prob: torch.Tensor  # (B,) detached P(i | first view), for the gradient bank update
+    positive_prob: torch.Tensor | None  # (B,) detached P(i | first view), for the gradient bank update; None
+    # when the bank loss is off (bank_weight 0)
 
 
 class InstDisc(nn.Module):
@@ -37,10 +40,16 @@ class InstDisc(nn.Module):
         super().__init__()
         if cfg.views < 1 or cfg.small_crops < 0:
             raise ValueError(f"views must be >= 1 and small_crops >= 0, got {cfg.views} and {cfg.small_crops}")
+        if cfg.bank_weight < 0 or (cfg.bank_weight == 0 and cfg.views < 2 and cfg.small_crops == 0):
+            raise ValueError(f"bank_weight must be > 0, or 0 with views >= 2 or small crops (a batch softmax to "
+                             f"learn from), got {cfg.bank_weight} with views {cfg.views}")
+        if cfg.bank_weight == 0 and cfg.bank_update == "gradient":
+            raise ValueError("the gradient bank update needs the bank loss's probabilities: bank_weight must be > 0")
         self.encoder = Encoder.from_config(cfg)
         self.bank = MemoryBank(num_instances, cfg.low_dim, cfg.memory_momentum, cfg.bank_update)
         self.objective = build_objective(cfg, num_instances)
         self.temperature = cfg.temperature
+        self.bank_weight = cfg.bank_weight
 
     def forward(
         self, views: list[torch.Tensor], idx: torch.Tensor, noise: torch.Tensor | None = None,
@@ -55,7 +64,8 @@ class InstDisc(nn.Module):
         # Under the loop's bf16 autocast the objective's matmul runs in bf16 too: measured on the
         # 2-core AMX CPU it is faster than fp32 at 50k bank rows (21.5 vs 33.2 ms a step) and as
         # fast at 1.28M, and its gradient stays within ~1 % of fp64 (BENCHMARKS.md section 2).
-        terms = [self.objective(fv, idx, self.bank, noise) for fv in full]  # the paper's loss, every view
+        bank_loss = self.bank_weight > 0  # 0: the batch softmax alone (Ye et al.'s own form), no N-row product
+        terms = [self.objective(fv, idx, self.bank, noise) for fv in full] if bank_loss else []  # every view
         pairs = []
         if len(views) > 1:  # view v and view v+1 are each other's positive (two views: one symmetric pair)
             for v in range(len(views) if len(views) > 2 else 1):
@@ -63,13 +73,15 @@ class InstDisc(nn.Module):
                 pairs += [cross_view(a, o, self.temperature), cross_view(o, a, self.temperature)]
         if small is not None:
             crops = self.encoder(small).view(-1, b, full.shape[-1])  # C x B x d
-            terms += [self.objective(c, idx, self.bank, noise) for c in crops]
+            if bank_loss:
+                terms += [self.objective(c, idx, self.bank, noise) for c in crops]
             pairs += [cross_view(c, full[0], self.temperature) for c in crops]
-        loss = torch.stack([t.loss for t in terms]).mean()
+        parts = [self.bank_weight * torch.stack([t.loss for t in terms]).mean()] if terms else []
         if pairs:
-            loss = loss + torch.stack(pairs).mean()
+            parts.append(torch.stack(pairs).mean())
+        loss = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         feats = F.normalize(full.detach().float().mean(0), dim=1) if len(views) > 1 else full[0].detach().float()
-        return StepOutput(loss, feats, terms[0].positive_prob)
+        return StepOutput(loss, feats, terms[0].positive_prob if terms else None)
 
     def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:
         """The objective's noise rows for these instances (None for objectives that draw none)."""

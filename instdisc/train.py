@@ -353,7 +353,8 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model.encoder)
-        gathered = StepOutput(out.loss, ddp.all_gather_cat(out.features), ddp.all_gather_cat(out.positive_prob))
+        prob = None if out.positive_prob is None else ddp.all_gather_cat(out.positive_prob)
+        gathered = StepOutput(out.loss, ddp.all_gather_cat(out.features), prob)
         self.model.update_bank(ddp.all_gather_cat(idx.to(out.features.device)), gathered)
         self.global_step += 1
         return ddp.mean_value(out.loss)

@@ -241,3 +241,44 @@ def test_crop_larger_than_images_is_refused(shapes_root, tmp_path):
     train, ev = load_splits(shapes_root, 32, progress=False)
     with pytest.raises(ValueError, match="crop_size"):
         Trainer(preset("tiny", crop_size=48), train, ev, tmp_path, device="cpu", progress=False)
+
+
+def test_bank_weight_scales_the_bank_loss_and_zero_leaves_the_batch_softmax_alone():
+    torch.manual_seed(0)
+    cfg = preset("tiny", views=2, low_dim=16)
+    model = InstDisc(cfg, 20)
+    model.bank.reset_random(torch.Generator().manual_seed(1))
+    x = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+    idx = torch.tensor([0, 5, 7, 9])
+    model.eval()  # BatchNorm from running statistics: the same features in every forward below
+    f = torch.stack([model.encoder(v) for v in x])  # 2 x 4 x 16
+    objective = model.objective
+    bank = torch.stack([objective(fv, idx, model.bank).loss for fv in f]).mean()
+    batch = (cross_view(f[0], f[1], cfg.temperature) + cross_view(f[1], f[0], cfg.temperature)) / 2
+    assert model(x, idx).loss.item() == pytest.approx((bank + batch).item(), rel=1e-5)
+    half = InstDisc(preset("tiny", views=2, low_dim=16, bank_weight=0.5), 20)
+    half.load_state_dict(model.state_dict())
+    half.eval()
+    assert half(x, idx).loss.item() == pytest.approx((0.5 * bank + batch).item(), rel=1e-5)
+    off = InstDisc(preset("tiny", views=2, low_dim=16, bank_weight=0.0), 20)
+    off.load_state_dict(model.state_dict())
+    off.eval()
+    out = off(x, idx)
+    assert out.loss.item() == pytest.approx(batch.item(), rel=1e-5) and out.positive_prob is None
+    before = off.bank.features.clone()
+    off.update_bank(idx, out)  # the bank still follows the features (monitor, export)
+    assert not torch.equal(off.bank.features[idx], before[idx])
+    bad_configs = ({"bank_weight": 0.0}, {"bank_weight": -1.0},
+                   {"bank_weight": 0.0, "views": 2, "bank_update": "gradient"})
+    for bad in bad_configs:
+        with pytest.raises(ValueError, match="bank_weight"):
+            InstDisc(preset("tiny", **bad), 20)
+
+
+def test_a_batch_only_run_trains_in_the_loop_and_keeps_its_bank_current(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", views=2, bank_weight=0.0, refresh_bank=True)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    t = Trainer(cfg, train, ev, tmp_path, device="cpu", progress=False)
+    history = t.fit()
+    assert history[-1]["epoch"] == 1 and math.isfinite(history[-1]["loss"])
+    assert torch.allclose(t.model.bank.features, t.features(train), atol=1e-5)  # exported rows = the final encoder's
