@@ -1,5 +1,6 @@
-"""Baseline featurisers computed the same way on the same images: raw pixels, a random-init encoder,
-an ImageNet-supervised ResNet18 (only when its weights are already on disk)."""
+"""Baseline featurisers computed the same way on the same images: raw pixels (as they are and
+PCA-whitened on the gallery), a random-init encoder, an ImageNet-supervised ResNet18 (only when its
+weights are already on disk)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-BASELINES = ("reembed", "pixels", "random", "imagenet")  # what --baselines accepts
+from .whitening import Whitening
+
+BASELINES = ("reembed", "pixels", "pixels-whitened", "random", "imagenet")  # what --baselines accepts
 
 
 @dataclass
@@ -61,6 +64,13 @@ def imagenet_resnet18(weights: Path, size: int) -> TorchvisionEmbedder:
 def pixel_featuriser(mean: torch.Tensor, size: int):
     def feat(imgs: torch.Tensor, desc: str = "") -> np.ndarray:
         return pixel_features(imgs, size, mean)[0].numpy()
+
+    return feat
+
+
+def whitened_pixel_featuriser(mean: torch.Tensor, whitening: Whitening, size: int):
+    def feat(imgs: torch.Tensor, desc: str = "") -> np.ndarray:
+        return whitening.apply(pixel_features(imgs, size, mean)[0]).numpy()
 
     return feat
 

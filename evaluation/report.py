@@ -17,6 +17,7 @@ PAPER_CIFAR10 = [
     {"method": "random network", "knn_top1": 32.0, "linear_svm": None},
 ]
 METHOD_NAMES = {"ours": "ours (index vectors)", "reembed": "ours, gallery re-embedded", "pixels": "raw pixels",
+                "pixels-whitened": "raw pixels, PCA-whitened",
                 "random": "random-init encoder", "imagenet": "ImageNet ResNet18 (supervised)"}
 
 

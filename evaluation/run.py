@@ -44,12 +44,21 @@ from instdisc.images import ImageError, nchw
 from instdisc.runtime import pick_device, use_bf16
 
 from . import metrics as M
-from .baselines import BASELINES, Method, imagenet_resnet18, imagenet_weights, pixel_features, pixel_featuriser
+from .baselines import (
+    BASELINES,
+    Method,
+    imagenet_resnet18,
+    imagenet_weights,
+    pixel_features,
+    pixel_featuriser,
+    whitened_pixel_featuriser,
+)
 from .figures import draw_grid, plot_knn_vs_k, plot_pr
 from .near_duplicates import near_duplicates
 from .options import EvalOptions
 from .report import CIFAR10_CLASSES, PAPER_CIFAR10, json_safe, render_markdown
 from .speed import ann_and_batched, latency
+from .whitening import fit_whitening
 
 __all__ = ["BASELINES", "EvalOptions", "evaluate", "gallery_images", "query_folder"]
 
@@ -237,6 +246,13 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
                     methods[b] = Method(b, gp, torch.from_numpy(feat(qc.images)) if class_level else None, feat,
                                         note=f"{min(o.pixel_size, image_size)}x{min(o.pixel_size, image_size)} "
                                              "pixels, gallery mean subtracted, L2-normalised")
+                elif b == "pixels-whitened":  # the fairness check: whitening lifts pixels' kNN a lot
+                    gp, mean = pixel_features(g_imgs, o.pixel_size)
+                    w = fit_whitening(gp)
+                    feat = whitened_pixel_featuriser(mean, w, o.pixel_size)
+                    methods[b] = Method(b, w.apply(gp), torch.from_numpy(feat(qc.images)) if class_level else None,
+                                        feat, note=f"the raw pixels above, PCA-whitened on the gallery "
+                                                   f"({w.proj.shape[1]} axes; evaluation/whitening.py)")
                 elif b == "random":
                     enc = ckpt.untrained_encoder(o.seed).to(device)
                     feat = enc_featurise(enc, device, bf16)

@@ -5,7 +5,7 @@ root of its variance, re-normalise) is label-free and is learned from the galler
 Chum, ECCV 2012, "Negative evidences and co-occurrences in image retrieval: the benefit of PCA and
 whitening"). It is here as a *fairness check* on the baselines, not as a lever: measured on the
 CIFAR-10 JPEG copy (test vs train, k = 200), it lifts raw pixels' weighted kNN from 41.2 % to
-58-60 % and a 7-minute ``cpu-cifar-fast`` encoder's from 53.6 % to 58.6 % (REPRODUCTION.md,
+58-60 % and a 7-minute ``cpu-cifar-fast`` encoder's from 53.6 % to 58.7 % (REPRODUCTION.md,
 "Beyond the paper"), so a claim against raw pixels has to hold against whitened pixels too.
 """
 

@@ -253,7 +253,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     out = tmp_path / "report"
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--index", str(tiny_index), "--queries",
            str(shapes_root), "--out", str(out), "--ks", "1", "20", "--limit", "40", "--baselines", "reembed",
-           "pixels", "random", "imagenet", *FAST]
+           "pixels", "pixels-whitened", "random", "imagenet", *FAST]
     no_hub = tmp_path / "empty-torch-home"  # whatever weights this machine has cached, the run sees none
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env={**os.environ, "TORCH_HOME": str(no_hub)})
@@ -265,7 +265,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     assert r["class_level"] is True and r["queries"]["count"] == 40 and r["gallery"]["count"] == 240
     assert r["config"]["temperature"] == pytest.approx(0.1) and r["config"]["query_folder"].endswith("test")
     # no ImageNet weights on disk -> skipped with a note
-    assert set(r["methods"]) == {"ours", "reembed", "pixels", "random"}
+    assert set(r["methods"]) == {"ours", "reembed", "pixels", "pixels-whitened", "random"}
     assert any("ImageNet baseline skipped" in n for n in r["notes"])
     for name, m in r["methods"].items():
         assert set(m["knn_top1"]) == {"1", "20", "200"}, name
@@ -279,7 +279,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     # 4 balanced classes, 60 gallery images each: precision@100 of any method is near the 25 % base rate
     assert 0.1 < r["methods"]["pixels"]["precision_at"]["100"] < 0.6
     nd = r["near_duplicate"]
-    assert nd["samples"] == 12 and set(nd["methods"]) == {"ours", "reembed", "pixels", "random"}
+    assert nd["samples"] == 12 and set(nd["methods"]) == {"ours", "reembed", "pixels", "pixels-whitened", "random"}
     for m in nd["methods"].values():
         assert _fraction_of(m["top1"], 12) and _fraction_of(m["top10"], 12) and m["top10"] >= m["top1"]
     assert r["ann"]["recall"] == pytest.approx(1.0) and r["ann"]["index_type"] == "flat"  # Flat: exact
@@ -288,6 +288,7 @@ def test_script_end_to_end_on_tiny_index(tiny_index: Path, shapes_root: Path, tm
     assert s["single_image"]["p50_ms"] > 0 and s["batched_images"]["qps"] > 0
     md = (out / "report.md").read_text()
     assert "| ours (index vectors) |" in md and "raw pixels" in md and "80.8" in md
+    assert "| raw pixels, PCA-whitened |" in md
     for png in ("knn_vs_k.png", "pr_curve.png", "retrieval_grid.png"):
         with Image.open(out / png) as im:
             assert im.format == "PNG" and im.width > 100
