@@ -61,16 +61,11 @@ def imagenet_resnet18(weights: Path, size: int) -> TorchvisionEmbedder:
     return TorchvisionEmbedder(net, 512, size).eval()
 
 
-def pixel_featuriser(mean: torch.Tensor, size: int):
+def pixel_featuriser(mean: torch.Tensor, size: int, whitening: Whitening | None = None):
+    """Raw pixels with the gallery's ``mean`` (and, for the whitened baseline, its ``whitening``)."""
     def feat(imgs: torch.Tensor, desc: str = "") -> np.ndarray:
-        return pixel_features(imgs, size, mean)[0].numpy()
-
-    return feat
-
-
-def whitened_pixel_featuriser(mean: torch.Tensor, whitening: Whitening, size: int):
-    def feat(imgs: torch.Tensor, desc: str = "") -> np.ndarray:
-        return whitening.apply(pixel_features(imgs, size, mean)[0]).numpy()
+        x = pixel_features(imgs, size, mean)[0]
+        return (x if whitening is None else whitening.apply(x)).numpy()
 
     return feat
 

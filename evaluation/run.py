@@ -51,7 +51,6 @@ from .baselines import (
     imagenet_weights,
     pixel_features,
     pixel_featuriser,
-    whitened_pixel_featuriser,
 )
 from .figures import draw_grid, plot_knn_vs_k, plot_pr
 from .near_duplicates import near_duplicates
@@ -225,6 +224,7 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
         q_ours = ours_feat(qc.images, "embed queries")
     methods["ours"] = Method("ours", torch.from_numpy(g_ours), torch.from_numpy(q_ours), ours_feat)
 
+    pixels: tuple[torch.Tensor, torch.Tensor] | None = None  # (gallery features, mean): shared by both pixel rows
     if o.baselines and g_imgs is None:
         notes.append(f"Baselines skipped: {why_no_imgs}.")
     elif o.baselines:
@@ -241,15 +241,17 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
                                              "transform) instead of the memory bank's running averages: the "
                                              "paper's final kNN protocol (recomputed memory)")
                 elif b == "pixels":
-                    gp, mean = pixel_features(g_imgs, o.pixel_size)
+                    pixels = pixels or pixel_features(g_imgs, o.pixel_size)
+                    gp, mean = pixels
                     feat = pixel_featuriser(mean, o.pixel_size)
                     methods[b] = Method(b, gp, torch.from_numpy(feat(qc.images)) if class_level else None, feat,
                                         note=f"{min(o.pixel_size, image_size)}x{min(o.pixel_size, image_size)} "
                                              "pixels, gallery mean subtracted, L2-normalised")
                 elif b == "pixels-whitened":  # the fairness check: whitening lifts pixels' kNN a lot
-                    gp, mean = pixel_features(g_imgs, o.pixel_size)
+                    pixels = pixels or pixel_features(g_imgs, o.pixel_size)
+                    gp, mean = pixels
                     w = fit_whitening(gp)
-                    feat = whitened_pixel_featuriser(mean, w, o.pixel_size)
+                    feat = pixel_featuriser(mean, o.pixel_size, w)
                     methods[b] = Method(b, w.apply(gp), torch.from_numpy(feat(qc.images)) if class_level else None,
                                         feat, note=f"the raw pixels above, PCA-whitened on the gallery "
                                                    f"({w.proj.shape[1]} axes; evaluation/whitening.py)")

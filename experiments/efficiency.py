@@ -123,6 +123,14 @@ def score(queries: torch.Tensor, q_labels: torch.Tensor, gallery: torch.Tensor, 
     return {"knn": 100 * r.knn[200], "nn1": 100 * r.knn[1], "map": 100 * r.map}
 
 
+def score_whitened(queries: torch.Tensor, test: ImageCollection, gallery: torch.Tensor,
+                   train: ImageCollection) -> dict:
+    """:func:`score` after PCA whitening fitted on the gallery: the fairness check (whitening lifts
+    raw pixels too; evaluation/whitening.py)."""
+    g_w, q_w = whitened(gallery, queries)
+    return score(q_w, test.labels, g_w, train.labels, len(train.classes))
+
+
 def baselines(ds: Dataset, train: ImageCollection, test: ImageCollection) -> dict:
     """Raw pixels (as they are and PCA-whitened on the gallery) and the untrained encoder of the
     dataset's preset, scored like every run. A file written before the whitened row gains it."""
@@ -142,8 +150,7 @@ def baselines(ds: Dataset, train: ImageCollection, test: ImageCollection) -> dic
             "pixels": score(q_pix, test.labels, g_pix, train.labels, nc),
             "random_init": score(embed(enc, test.images), test.labels, embed(enc, train.images), train.labels, nc),
         }
-    g_w, q_w = whitened(g_pix, q_pix)
-    out["pixels_whitened"] = score(q_w, test.labels, g_w, train.labels, nc)
+    out["pixels_whitened"] = score_whitened(q_pix, test, g_pix, train)
     atomic_write_text(path, json.dumps(out, indent=1))
     return out
 
@@ -180,10 +187,9 @@ def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test
     nc = len(train.classes)
     q = trainer.features(test)
     bank = trainer.model.bank.features
-    g_w, q_w = whitened(bank, q)  # the fairness check: whitening lifts raw pixels too (evaluation/whitening.py)
     final = {"bank": score(q, test.labels, bank, train.labels, nc),
              "reembedded": score(q, test.labels, trainer.features(train), train.labels, nc),
-             "bank_whitened": score(q_w, test.labels, g_w, train.labels, nc)}
+             "bank_whitened": score_whitened(q, test, bank, train)}
     result = {
         "name": name, "dataset": ds.name, "variant": v.name, "what": v.what, "budget_s": budget,
         "train_images": len(train), "test_images": len(test),
@@ -214,8 +220,7 @@ def rescore_whitened(ds: Dataset, train: ImageCollection, test: ImageCollection)
         if bank.shape[0] != len(train) or c.architecture.image_size != ds.image_size:
             continue  # a run on another slice of the data, or a fine-tuned encoder of another input size
         bf16 = use_bf16(torch.device("cpu"), c.config.precision)  # the precision the run embedded with
-        g_w, q_w = whitened(bank, embed(c.encoder(), test.images, bf16=bf16))
-        r["final"]["bank_whitened"] = score(q_w, test.labels, g_w, train.labels, len(train.classes))
+        r["final"]["bank_whitened"] = score_whitened(embed(c.encoder(), test.images, bf16=bf16), test, bank, train)
         atomic_write_text(path, json.dumps(r, indent=1))
         done.append(r["name"])
     return done

@@ -79,7 +79,7 @@ class InstDisc(nn.Module):
         parts = [self.bank_weight * torch.stack([t.loss for t in terms]).mean()] if terms else []
         if pairs:
             parts.append(torch.stack(pairs).mean())
-        loss = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        loss = sum(parts[1:], parts[0])
         feats = F.normalize(full.detach().float().mean(0), dim=1) if len(views) > 1 else full[0].detach().float()
         return StepOutput(loss, feats, terms[0].positive_prob if terms else None)
 
