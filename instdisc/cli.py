@@ -89,7 +89,7 @@ def resolve_training(
     return name, replace(cfg, image_size=res.image_size, cifar_stem=stem), res
 
 
-ARCH_FIELDS = ("arch", "width", "cifar_stem", "low_dim", "image_size")  # what fine-tuning must keep
+ARCH_FIELDS = ("arch", "width", "cifar_stem", "low_dim", "projector", "image_size")  # what fine-tuning must keep
 
 
 def with_architecture(cfg: TrainConfig, init: TrainConfig) -> TrainConfig:

@@ -40,6 +40,7 @@ class TrainConfig:
     small_crops: int = 0  # extra low-resolution crops per image, positive = the image's full view (multi-crop)
     small_crop_size: int = 16  # side of those crops in pixels
     bank_weight: float = 1.0  # the paper's bank loss beside the batch softmax (views >= 2, small crops); 0: batch only
+    projector: int = 0  # >0: hidden width of an MLP head only the loss sees; the embedding is the trunk's (SimCLR)
     self_distill: float = 0.0  # weight of KL(sqrt-renormalised softmax || softmax) (Cao & Wu 2024); softmax only
     bank_update: str = "momentum"  # momentum (paper) | gradient: the positive row moves by its loss gradient
     crop_size: int = 0  # training crop side; 0: image_size (smaller crops = cheaper steps, eval stays at image_size)

@@ -10,7 +10,9 @@ next are each other's extra positive in a softmax over the batch (Ye et al., CVP
 symmetrically. Small crops (multi-crop, SwAV) are extra anchors the same way: the paper's
 loss against the bank, plus the batch softmax with the first full view. ``bank_weight`` scales
 the bank terms; at 0 only the batch softmax trains the encoder (the bank is still updated, for
-the monitor and the export) and the step skips the product with all N bank rows.
+the monitor and the export) and the step skips the product with all N bank rows. With a
+``projector`` (SimCLR's MLP head) the batch softmax runs on the projections and the bank
+receives the embeddings (the trunk's features), so it needs ``bank_weight`` 0.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from torch import nn
 
 from .config import TrainConfig
 from .memory import MemoryBank
-from .model import Encoder
+from .model import Encoder, embedding_dim
 from .objectives import build_objective, cross_view
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # scalar: bank_weight x mean of the bank terms + mean of the cross-view terms (if any)
-    features: torch.Tensor  # (B, d) detached: what the bank receives (the mean of the full views)
+    features: torch.Tensor  # (B, embedding d) detached: what the bank receives (the mean of the full views)
     positive_prob: torch.Tensor | None  # (B,) detached P(i | first view), for the gradient bank update; None
     # when the bank loss is off (bank_weight 0)
 
@@ -45,8 +47,11 @@ class InstDisc(nn.Module):
                              f"learn from), got {cfg.bank_weight} with views {cfg.views}")
         if cfg.bank_weight == 0 and cfg.bank_update == "gradient":
             raise ValueError("the gradient bank update needs the bank loss's probabilities: bank_weight must be > 0")
+        if cfg.projector and cfg.bank_weight > 0:
+            raise ValueError("a projector head needs bank_weight 0: the bank holds the embeddings (the trunk's "
+                             "features), not the projections the loss compares")
         self.encoder = Encoder.from_config(cfg)
-        self.bank = MemoryBank(num_instances, cfg.low_dim, cfg.memory_momentum, cfg.bank_update)
+        self.bank = MemoryBank(num_instances, embedding_dim(cfg), cfg.memory_momentum, cfg.bank_update)
         self.objective = build_objective(cfg, num_instances)
         self.temperature = cfg.temperature
         self.bank_weight = cfg.bank_weight
@@ -60,7 +65,8 @@ class InstDisc(nn.Module):
         drawn beforehand by :meth:`sample_noise` (for the global batch when data-parallel).
         """
         b = idx.shape[0]
-        full = self.encoder(torch.cat(views) if len(views) > 1 else views[0]).view(len(views), b, -1)  # V x B x d
+        emb, full = self.encoder.encode(torch.cat(views) if len(views) > 1 else views[0])
+        emb, full = emb.view(len(views), b, -1), full.view(len(views), b, -1)  # V x B x embedding d, V x B x d
         # Under the loop's bf16 autocast the objective's matmul runs in bf16 too: measured on the
         # 2-core AMX CPU it is faster than fp32 at 50k bank rows (21.5 vs 33.2 ms a step) and as
         # fast at 1.28M, and its gradient stays within ~1 % of fp64 (BENCHMARKS.md section 2).
@@ -72,7 +78,7 @@ class InstDisc(nn.Module):
                 a, o = full[v], full[(v + 1) % len(views)]
                 pairs += [cross_view(a, o, self.temperature), cross_view(o, a, self.temperature)]
         if small is not None:
-            crops = self.encoder(small).view(-1, b, full.shape[-1])  # C x B x d
+            crops = self.encoder.encode(small)[1].view(-1, b, full.shape[-1])  # C x B x d
             if bank_loss:
                 terms += [self.objective(c, idx, self.bank, noise) for c in crops]
             pairs += [cross_view(c, full[0], self.temperature) for c in crops]
@@ -80,7 +86,7 @@ class InstDisc(nn.Module):
         if pairs:
             parts.append(torch.stack(pairs).mean())
         loss = sum(parts[1:], parts[0])
-        feats = F.normalize(full.detach().float().mean(0), dim=1) if len(views) > 1 else full[0].detach().float()
+        feats = F.normalize(emb.detach().float().mean(0), dim=1) if len(views) > 1 else emb[0].detach().float()
         return StepOutput(loss, feats, terms[0].positive_prob if terms else None)
 
     def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:

@@ -4,6 +4,12 @@ The paper's encoder is a standard ResNet whose classifier is replaced by a linea
 ``low_dim`` followed by L2 normalisation (forgetting the normalisation breaks kNN). For
 32x32 images the stem is a 3x3 stride-1 conv without max-pool. ``width`` scales every stage
 so that CPU presets can train a narrower network with the same topology.
+
+With ``projector`` > 0 (a lever beyond the paper, SimCLR's: Chen et al., ICML 2020, section
+4.2) the loss sees an MLP projection (Linear-BN-ReLU-Linear to ``low_dim``) of the trunk's
+pooled feature, and the embedding that the bank, the index and every query hold is that
+pooled feature itself, L2-normalised: the layers just before a contrastive loss learn to
+discard what the augmentations change (colour, crop), which retrieval still wants.
 """
 
 from __future__ import annotations
@@ -63,27 +69,44 @@ class ResNetTrunk(tv_resnet.ResNet):
 
 
 class Encoder(nn.Module):
-    """Image batch (float, normalised) -> unit-length ``low_dim`` embedding.
+    """Image batch (float, normalised) -> unit-length embedding of ``low_dim`` dimensions.
 
-    ``flip_average``: in eval mode the embedding is the normalised sum of the image's and its
-    mirror's embeddings (test-time flip), so the bank export, the index and every query are
-    embedded alike; training (one augmented view) is unchanged.
+    ``low_dim`` is the embedding's dimension: the linear head's (the paper's 128), or with a
+    ``projector`` the trunk's pooled feature's (``embedding_dim``); :meth:`encode` also returns
+    what the loss sees. ``flip_average``: in eval mode the embedding is the normalised sum of
+    the image's and its mirror's embeddings (test-time flip), so the bank export, the index and
+    every query are embedded alike; training (one augmented view) is unchanged.
     """
 
     def __init__(
         self, arch: str = "resnet18", width: int = 64, cifar_stem: bool = True, low_dim: int = 128,
-        flip_average: bool = False,
+        flip_average: bool = False, projector: int = 0,
     ) -> None:
         super().__init__()
+        if projector < 0:
+            raise ValueError(f"projector must be >= 0 (0: none), got {projector}")
         self.trunk = ResNetTrunk(arch, width, cifar_stem)
-        self.head = nn.Linear(self.trunk.out_dim, low_dim)
-        self.low_dim = low_dim
+        d = self.trunk.out_dim
+        # no projector: the paper's linear map to low_dim is both the embedding and what the loss sees
+        self.head = nn.Identity() if projector else nn.Linear(d, low_dim)
+        self.projector = nn.Sequential(nn.Linear(d, projector), nn.BatchNorm1d(projector), nn.ReLU(inplace=True),
+                                       nn.Linear(projector, low_dim)) if projector else None
+        self.low_dim = d if projector else low_dim
         self.flip_average = flip_average
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Encoder:
         """The one place an encoder is built from a training configuration."""
-        return cls(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim, cfg.flip_embed)
+        return cls(cfg.arch, cfg.width, cfg.cifar_stem, cfg.low_dim, cfg.flip_embed, cfg.projector)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (embedding B x low_dim, what the loss sees B x cfg.low_dim), both unit length; the
+        same tensor twice without a projector."""
+        h = self.head(self.trunk(x))
+        emb = F.normalize(h.float(), dim=1)
+        if self.projector is None:
+            return emb, emb
+        return emb, F.normalize(self.projector(h).float(), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip_average and not self.training:
@@ -91,3 +114,11 @@ class Encoder(nn.Module):
             z = self.head(self.trunk(torch.cat([x, x.flip(3)]))).float()  # 2B x low_dim
             return F.normalize(F.normalize(z[:b], dim=1) + F.normalize(z[b:], dim=1), dim=1)
         return F.normalize(self.head(self.trunk(x)).float(), dim=1)
+
+
+def embedding_dim(cfg: TrainConfig) -> int:
+    """The dimension of the vectors a configuration's encoder embeds, banks and indexes."""
+    if not cfg.projector:
+        return cfg.low_dim
+    block, _ = ARCHS[cfg.arch]
+    return cfg.width * 8 * block.expansion

@@ -17,7 +17,7 @@ import torch
 from .checkpoint import CheckpointError, bank_from, encoder_from, load
 from .config import TrainConfig
 from .fsutil import sha256_file
-from .model import Encoder
+from .model import Encoder, embedding_dim
 
 LOAD_ATTEMPTS = 3  # a training run replaces checkpoint.pt every epoch: re-read if it changed under us
 
@@ -29,7 +29,7 @@ class Architecture:
     arch: str
     width: int
     cifar_stem: bool
-    low_dim: int
+    low_dim: int  # the embedding's dimension (the index's vectors)
     image_size: int
 
     def to_dict(self) -> dict:
@@ -98,7 +98,7 @@ class Checkpoint:
     def architecture(self) -> Architecture:
         c = self.config
         size = self.files.image_size if self.files.image_size is not None else c.image_size
-        return Architecture(c.arch, c.width, c.cifar_stem, c.low_dim, int(size))
+        return Architecture(c.arch, c.width, c.cifar_stem, embedding_dim(c), int(size))
 
     @property
     def temperature(self) -> float:

@@ -20,11 +20,13 @@ from instdisc.cli import parse_duration
 from instdisc.config import TrainConfig, preset
 from instdisc.data import load_splits
 from instdisc.ema import WeightEMA
+from instdisc.embed import embed
 from instdisc.memory import MemoryBank
 from instdisc.method import InstDisc
-from instdisc.model import Encoder
+from instdisc.model import Encoder, embedding_dim
 from instdisc.objectives import NonParametricSoftmax, cross_view
 from instdisc.train import Interrupted, Trainer, lr_at, steps_in_epoch
+from instdisc.trained import Checkpoint
 
 
 def _bank(n: int = 9, d: int = 6, seed: int = 0) -> MemoryBank:
@@ -282,3 +284,42 @@ def test_a_batch_only_run_trains_in_the_loop_and_keeps_its_bank_current(shapes_r
     history = t.fit()
     assert history[-1]["epoch"] == 1 and math.isfinite(history[-1]["loss"])
     assert torch.allclose(t.model.bank.features, t.features(train), atol=1e-5)  # exported rows = the final encoder's
+
+
+def test_projector_head_trains_on_projections_and_embeds_the_trunk_feature():
+    torch.manual_seed(0)
+    cfg = preset("tiny", views=2, bank_weight=0.0, projector=32, low_dim=16)  # width 8: trunk feature 64-d
+    assert embedding_dim(cfg) == 64 and embedding_dim(preset("tiny")) == 128
+    model = InstDisc(cfg, 20)
+    assert model.bank.features.shape == (20, 64) and model.encoder.low_dim == 64
+    x = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+    idx = torch.tensor([0, 5, 7, 9])
+    model.eval()
+    enc = model.encoder
+    emb = torch.stack([enc(v) for v in x])  # 2 x 4 x 64: the pooled trunk feature, unit length
+    assert torch.allclose(emb[0], F.normalize(enc.trunk(x[0]), dim=1), atol=1e-6)
+    z = torch.stack([enc.encode(v)[1] for v in x])  # 2 x 4 x 16: what the loss compares
+    assert z.shape == (2, 4, 16) and torch.allclose(z.norm(dim=2), torch.ones(2, 4), atol=1e-5)
+    out = model(x, idx)
+    batch = (cross_view(z[0], z[1], cfg.temperature) + cross_view(z[1], z[0], cfg.temperature)) / 2
+    assert out.loss.item() == pytest.approx(batch.item(), rel=1e-5)
+    assert torch.allclose(out.features, F.normalize(emb.mean(0), dim=1), atol=1e-6)  # the bank gets embeddings
+    model.train()
+    model(x, idx).loss.backward()
+    assert enc.projector[0].weight.grad.abs().sum() > 0 and enc.trunk.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="projector"):
+        InstDisc(preset("tiny", views=2, projector=32), 20)  # the bank loss would compare across spaces
+
+
+def test_a_projector_run_exports_trunk_features_that_the_index_reads(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", views=2, bank_weight=0.0, projector=32,
+                 refresh_bank=True)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    t = Trainer(cfg, train, ev, tmp_path, device="cpu", progress=False)
+    history = t.fit()
+    assert math.isfinite(history[-1]["loss"]) and history[-1]["knn_top1"] is not None
+    ckpt = Checkpoint.load(tmp_path)
+    assert ckpt.architecture.low_dim == 64 == ckpt.bank().shape[1]
+    enc = ckpt.encoder()
+    assert enc.projector is not None and enc.low_dim == 64
+    assert torch.allclose(ckpt.bank(), embed(enc, train.images), atol=1e-4)
