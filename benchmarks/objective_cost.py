@@ -1,4 +1,5 @@
-"""Cost of one objective step against the memory-bank size: full softmax vs NCE (m = 4096).
+"""Cost of one objective step against the memory-bank size: full softmax vs NCE (m = 4096), NCE's noise
+drawn per sample (the paper's) or once per batch (``nce_noise shared``).
 
     python benchmarks/objective_cost.py                  # N = 50k, 1.28M, 10M (a few minutes)
     python benchmarks/objective_cost.py --quick          # smoke test, seconds
@@ -29,6 +30,7 @@ from instdisc.objectives import NCE, NonParametricSoftmax
 from instdisc.runtime import autocast
 
 DIM, BATCH = 128, 128
+CASES = ("softmax", "nce", "nce-shared")  # nce: m noise rows per sample (a B x (m+1) x d gather); shared: one draw
 
 
 def random_bank(n: int, seed: int = 0, chunk: int = 1 << 20) -> MemoryBank:
@@ -56,7 +58,8 @@ def available_bytes() -> int:
 def run_case(objective: str, n: int, bf16: bool, steps: int, nce_k: int) -> dict:
     g = torch.Generator().manual_seed(1)
     bank = random_bank(n)
-    obj = NonParametricSoftmax(0.1) if objective == "softmax" else NCE(n, 0.07, nce_k)
+    obj = NonParametricSoftmax(0.1) if objective == "softmax" else NCE(n, 0.07, nce_k,
+                                                                       shared_noise=objective == "nce-shared")
     raw = torch.randn(BATCH, DIM, generator=g)
     idx = torch.randint(0, n, (BATCH,), generator=g)
     dev = torch.device("cpu")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--case" in argv:
         p = argparse.ArgumentParser()
-        p.add_argument("--case", choices=("softmax", "nce"))
+        p.add_argument("--case", choices=CASES)
         p.add_argument("--n", type=int)
         p.add_argument("--bf16", type=int)
         p.add_argument("--steps", type=int)
@@ -97,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     rec = common.Record("objective_cost", vars(args), args.out)
     for n, steps in zip(args.sizes, args.steps, strict=True):
         for prec in args.precisions:
-            for obj in ("softmax", "nce"):
-                row = {"objective": obj if obj == "softmax" else f"nce m={args.nce_k}", "n": n, "precision": prec}
-                need = n * DIM * 4 + (softmax_bytes(n) if obj == "softmax" else 2 * BATCH * (args.nce_k + 1) * DIM * 4)
+            for obj in CASES:
+                row = {"objective": obj if obj == "softmax" else f"{obj} m={args.nce_k}", "n": n, "precision": prec}
+                need = n * DIM * 4 + {"softmax": softmax_bytes(n), "nce": 2 * BATCH * (args.nce_k + 1) * DIM * 4,
+                                      "nce-shared": 2 * (BATCH + 1) * args.nce_k * 4 * 2}[obj]
                 row["estimated_bytes"] = need
                 if need > 0.9 * available_bytes():
                     row["skipped"] = (f"needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available")

@@ -23,6 +23,7 @@ class TrainConfig:
     nce_k: int = 4096  # noise samples m
     z_momentum: float = -1.0  # <0: Z fixed from the first batch (paper); else EMA momentum
     nce_z: str = "constant"  # constant (one Z, the paper's; see z_momentum) | per-sample (each row's own noise draws)
+    nce_noise: str = "per-sample"  # per-sample (the paper's: m draws per row) | shared (one draw of m rows per batch)
     memory_momentum: float = 0.5
     bank_init: str = "random"  # random (paper) | encoder (fill from the untrained encoder)
     # optimisation

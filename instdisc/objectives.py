@@ -99,11 +99,17 @@ class NCE(Objective):
     has the same Z_i -- the constraint of self-normalisation, which fights the clusters kNN needs.
     With Z_i the expected gradient is the full softmax's (results/nce/, REPRODUCTION.md).
     ``log_z`` then holds the last batch's mean, for logging.
+
+    ``shared_noise=True`` draws one set of m noise rows for the whole batch instead of m per row
+    (the paper's): the scores are one B x d by d x m product instead of a gather of B x (m+1) bank
+    rows (128 x 4,097 x 128 floats a step at m = 4096), so NCE costs what a softmax over m rows
+    costs. Each row's noise is still m uniform draws; rows are correlated through the shared draw.
+    A row whose own instance is among the draws drops that entry (m/N of rows lose one, on average).
     """
 
     def __init__(
         self, num_instances: int, temperature: float, num_noise: int, z_momentum: float | None = None,
-        per_sample_z: bool = False,
+        per_sample_z: bool = False, shared_noise: bool = False,
     ) -> None:
         super().__init__()
         if num_instances < 2:
@@ -111,6 +117,7 @@ class NCE(Objective):
         if per_sample_z and z_momentum is not None:
             raise ValueError("per-sample Z is estimated afresh each step: it takes no z_momentum")
         self.per_sample_z = per_sample_z
+        self.shared_noise = shared_noise
         self.temperature = temperature
         self.num_noise = num_noise
         self.num_instances = num_instances
@@ -118,7 +125,11 @@ class NCE(Objective):
         self.register_buffer("log_z", torch.tensor(float("nan")))
 
     def sample_noise(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Uniform over the N - 1 other instances: draw from [0, N-2], shift past the positive."""
+        """Uniform over the N - 1 other instances: draw from [0, N-2], shift past the positive. Shared:
+        one draw of m over all N, the same row for every sample (B x m, expanded: sliced per rank like
+        per-sample noise); the forward masks a sample's own instance."""
+        if self.shared_noise:
+            return torch.randint(0, self.num_instances, (1, self.num_noise), generator=gen).expand(idx.shape[0], -1)
         noise = torch.randint(0, self.num_instances - 1, (idx.shape[0], self.num_noise), generator=gen)
         return noise + (noise >= idx.cpu().view(-1, 1)).long()
 
@@ -131,13 +142,24 @@ class NCE(Objective):
         if noise is None:
             raise ValueError("NCE needs noise rows: draw them with sample_noise(idx, generator)")
         noise = noise.to(f.device)
-        rows = torch.cat([idx.to(f.device).view(-1, 1), noise], 1)  # B x (m+1), positive first
-        weights = bank.features[rows]  # B x (m+1) x d
-        # the B x (m+1) x d product may run in bf16 under autocast; everything after it in fp32: in bf16,
+        idx = idx.to(f.device)
+        fs = f / self.temperature
+        # the score products may run in bf16 under autocast; everything after them in fp32: in bf16,
         # log(P + m Pn) ~ -2.5 has a resolution of 0.016, coarser than a noise sample's term (~1e-3), which
         # put the reported loss up to 30 % off (gradients stayed within 2 %; tests/test_objectives.py)
-        log_s = torch.einsum("bkd,bd->bk", weights, f / self.temperature)  # log exp(s/tau)
+        if self.shared_noise:
+            shared = noise[0]  # m: the batch's one draw
+            own = noise == idx.view(-1, 1)  # B x m: a sample's own instance drawn as its noise
+            log_s = torch.cat([(fs * bank.features[idx]).sum(1, keepdim=True),
+                               fs @ bank.features[shared].t()], 1)  # B x (m+1), positive first
+        else:
+            own = None
+            rows = torch.cat([idx.view(-1, 1), noise], 1)  # B x (m+1), positive first
+            log_s = torch.einsum("bkd,bd->bk", bank.features[rows], fs)  # log exp(s/tau); gather B x (m+1) x d
         log_s = log_s.to(torch.promote_types(log_s.dtype, torch.float32))  # bf16 -> fp32; fp64 stays fp64
+        kept = None if own is None else (~own).to(log_s.dtype)  # B x m: 1 for a noise entry the loss counts
+        # Z's Monte-Carlo estimates keep every draw: Z_i sums over all N instances, the row's own included,
+        # so a shared draw (uniform over all N) is an unbiased sample for it as it is
         with torch.no_grad():
             if self.per_sample_z:  # B x 1: N x mean over the row's own noise draws; log_z keeps the batch mean
                 log_z = torch.logsumexp(log_s[:, 1:], 1, keepdim=True) + math.log(self.num_instances / self.num_noise)
@@ -156,7 +178,8 @@ class NCE(Objective):
         # h = P / (P + m Pn); data term log h(pos), noise term log(1 - h(noise)).
         log_denominator = torch.logaddexp(log_p, torch.full_like(log_p, log_m_pn))
         data = log_p[:, 0] - log_denominator[:, 0]
-        noise_term = (log_m_pn - log_denominator[:, 1:]).sum(1)
+        noise_terms = log_m_pn - log_denominator[:, 1:]  # B x m
+        noise_term = (noise_terms if kept is None else noise_terms * kept).sum(1)
         return ObjectiveOutput(-(data + noise_term).mean(), log_p[:, 0].detach().exp().clamp(max=1.0))
 
 
@@ -180,6 +203,7 @@ class ParametricSoftmax(Objective):
 
 OBJECTIVES = ("softmax", "nce", "parametric")
 NCE_Z = ("constant", "per-sample")
+NCE_NOISE = ("per-sample", "shared")
 
 
 def build_objective(cfg: TrainConfig, num_instances: int) -> Objective:
@@ -191,8 +215,10 @@ def build_objective(cfg: TrainConfig, num_instances: int) -> Objective:
     if cfg.objective == "nce":
         if cfg.nce_z not in NCE_Z:
             raise ValueError(f"unknown nce_z {cfg.nce_z!r}; choose one of {NCE_Z}")
+        if cfg.nce_noise not in NCE_NOISE:
+            raise ValueError(f"unknown nce_noise {cfg.nce_noise!r}; choose one of {NCE_NOISE}")
         return NCE(num_instances, cfg.temperature, cfg.nce_k, cfg.z_momentum if cfg.z_momentum >= 0 else None,
-                   per_sample_z=cfg.nce_z == "per-sample")
+                   per_sample_z=cfg.nce_z == "per-sample", shared_noise=cfg.nce_noise == "shared")
     if cfg.objective == "parametric":
         if cfg.views > 1 or cfg.small_crops:
             raise ValueError("views/small_crops need the softmax or nce objective, not the parametric classifier")

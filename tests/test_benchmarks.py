@@ -160,7 +160,7 @@ def test_train_throughput_quick(tmp_path, monkeypatch):
 def test_objective_cost_quick(tmp_path):
     data = run("objective_cost", tmp_path, "--quick", *ONE_THREAD, "--precisions", "fp32")
     rows = {r["objective"]: r for r in data["results"]}
-    assert set(rows) == {"softmax", "nce m=256"}
+    assert set(rows) == {"softmax", "nce m=256", "nce-shared m=256"}
     for r in rows.values():
         assert positive(r["ms_per_step"]) and len(r["seconds_per_step"]) == 2 and r["n"] == 5000
         assert r["peak_rss_mib"] > r["bank_mib"]

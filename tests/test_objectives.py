@@ -296,3 +296,51 @@ def test_constant_z_pushes_dense_regions_apart_per_sample_z_does_not():
     assert torch.allclose(w_const, ratio, rtol=0.15)
     assert w_const[:2].min() > 5 * w_const[2:].max()  # the cluster's members pushed out far harder
     assert torch.allclose(w_own, torch.ones(4), atol=0.05)  # the softmax's weight, whatever the density
+
+
+def test_nce_shared_noise_is_the_papers_nce_over_one_draw_without_the_own_instance():
+    """``nce_noise shared``: one draw of m rows for the batch; each row's loss and gradient are the paper's
+    NCE over that draw with its own instance left out (m stays the draw's size in h = P/(P + m Pn)), and Z
+    is the same Monte-Carlo mean over every score as the per-sample path's."""
+    n, d, b, m, tau = 300, 16, 6, 25, 0.07
+    bank, idx, f = _float64_batch(9, n, d, b)
+    nce = NCE(n, tau, m, shared_noise=True)
+    noise = nce.sample_noise(idx, torch.Generator().manual_seed(3))
+    assert noise.shape == (b, m) and bool((noise == noise[0]).all())  # one draw, every row
+    noise = noise[0].clone()
+    noise[3], noise[7] = idx[0], idx[2]  # two samples drew their own instance
+    noise = noise.expand(b, -1)
+    fg = f.clone().requires_grad_(True)
+    loss = nce(fg, idx, bank, noise).loss
+    (grad,) = torch.autograd.grad(loss, fg)
+    v, fn = bank.features.numpy(), f.numpy()
+    scores = [[float(v[j] @ fn[r]) / tau for j in [int(idx[r]), *noise[r].tolist()]] for r in range(b)]
+    z = n * sum(math.exp(s) for row in scores for s in row) / (b * (m + 1))
+    assert float(nce.log_z) == pytest.approx(math.log(z), rel=1e-6)
+    z = math.exp(float(nce.log_z))
+    ref_loss, ref_grad = 0.0, torch.zeros_like(f)
+    for r in range(b):
+        rows = [int(idx[r]), *[j for j in noise[r].tolist() if j != int(idx[r])]]
+        assert len(rows) == m + (0 if r in (0, 2) else 1)
+        hs = [math.exp(float(v[j] @ fn[r]) / tau) / z for j in rows]
+        hs = [p / (p + m / n) for p in hs]
+        ref_loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
+        ref_grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
+                       + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
+    assert loss.item() == pytest.approx(ref_loss / b, rel=1e-10)
+    assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    # the per-sample normaliser over a shared draw: N x the mean over all m draws (own ones included)
+    per = NCE(n, tau, m, per_sample_z=True, shared_noise=True)
+    per(f, idx, bank, noise)
+    zs = [n * sum(math.exp(s) for s in row[1:]) / m for row in scores]
+    assert float(per.log_z) == pytest.approx(math.log(sum(zs) / b), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown nce_noise"):
+        build_objective(TrainConfig(objective="nce", nce_noise="batch"), n)
+
+
+def test_nce_shared_draw_is_uniform_over_all_instances():
+    nce = NCE(10, 0.07, 4000, shared_noise=True)
+    counts = torch.bincount(nce.sample_noise(torch.tensor([3, 5]), torch.Generator().manual_seed(0))[0],
+                            minlength=10).double()
+    chi2 = float(((counts - 400) ** 2 / 400).sum())
+    assert chi2 < 27.9  # the 99.9 % point of chi-square with 9 degrees of freedom
