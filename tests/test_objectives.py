@@ -177,14 +177,15 @@ def _float64_batch(seed: int, n: int, d: int, b: int) -> tuple[MemoryBank, torch
 
 
 def _paper_nce(bank: MemoryBank, f: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor, tau: float,
-               z_of_row) -> tuple[float, torch.Tensor]:  # noqa: ANN001 (row index, exp scores -> Z)
+               z_of_row, drop_own: bool = False) -> tuple[float, torch.Tensor]:  # noqa: ANN001 (row, exp scores -> Z)
     """The paper's NCE loss and analytic gradient in plain float64 loops, with Z given per row:
-    h = P/(P + m Pn), loss = -log h(pos) - sum log(1 - h), dL/df = [-(1 - h_pos) v_pos + sum h_j v_j] / (tau B)."""
+    h = P/(P + m Pn), loss = -log h(pos) - sum log(1 - h), dL/df = [-(1 - h_pos) v_pos + sum h_j v_j] / (tau B).
+    ``drop_own``: a row's own instance among its noise draws is left out (m stays the draw's size)."""
     n, b, m = bank.features.shape[0], f.shape[0], noise.shape[1]
     v, fn = bank.features.numpy(), f.numpy()
     loss, grad = 0.0, torch.zeros_like(f)
     for r in range(b):
-        rows = [int(idx[r]), *noise[r].tolist()]
+        rows = [int(idx[r]), *[j for j in noise[r].tolist() if not (drop_own and j == int(idx[r]))]]
         e = [math.exp(float(v[j] @ fn[r]) / tau) for j in rows]
         z = z_of_row(r, e)
         hs = [x / z / (x / z + m / n) for x in e]
@@ -192,6 +193,21 @@ def _paper_nce(bank: MemoryBank, f: torch.Tensor, idx: torch.Tensor, noise: torc
         grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
                    + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
     return loss / b, grad
+
+
+def _scores(bank: MemoryBank, f: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor, tau: float) -> list[list[float]]:
+    """Per row, v_j . f / tau for the positive then each noise draw, in float64."""
+    v, fn = bank.features.numpy(), f.numpy()
+    return [[float(v[j] @ fn[r]) / tau for j in [int(idx[r]), *noise[r].tolist()]] for r in range(f.shape[0])]
+
+
+def _first_batch_z(nce: NCE, bank: MemoryBank, f: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor) -> float:
+    """Check the constant Z the objective fixed: N x the mean of exp over the first batch's positive and noise
+    scores (the paper's estimate); returns the Z it holds (float32), for the reference to use."""
+    scores = _scores(bank, f, idx, noise, nce.temperature)
+    z = nce.num_instances * sum(math.exp(s) for row in scores for s in row) / (len(scores) * len(scores[0]))
+    assert float(nce.log_z) == pytest.approx(math.log(z), rel=1e-6)  # the buffer holds it in float32
+    return math.exp(float(nce.log_z))
 
 
 def test_nce_loss_and_gradient_match_the_papers_equations_in_float64():
@@ -205,12 +221,7 @@ def test_nce_loss_and_gradient_match_the_papers_equations_in_float64():
     fg = f.clone().requires_grad_(True)
     loss = nce(fg, idx, bank, noise).loss
     (grad,) = torch.autograd.grad(loss, fg)
-    # Z: N x the mean of exp over the first batch's positive and noise scores (the paper's estimate)
-    v, fn = bank.features.numpy(), f.numpy()
-    scores = [[float(v[j] @ fn[r]) / tau for j in [int(idx[r]), *noise[r].tolist()]] for r in range(b)]
-    z = n * sum(math.exp(s) for row in scores for s in row) / (b * (m + 1))
-    assert float(nce.log_z) == pytest.approx(math.log(z), rel=1e-6)  # the buffer holds it in float32
-    z = math.exp(float(nce.log_z))  # so the reference uses the Z the objective holds
+    z = _first_batch_z(nce, bank, f, idx, noise)
     ref_loss, ref_grad = _paper_nce(bank, f, idx, noise, tau, lambda r, e: z)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-10)
     assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
@@ -313,26 +324,14 @@ def test_nce_shared_noise_is_the_papers_nce_over_one_draw_without_the_own_instan
     fg = f.clone().requires_grad_(True)
     loss = nce(fg, idx, bank, noise).loss
     (grad,) = torch.autograd.grad(loss, fg)
-    v, fn = bank.features.numpy(), f.numpy()
-    scores = [[float(v[j] @ fn[r]) / tau for j in [int(idx[r]), *noise[r].tolist()]] for r in range(b)]
-    z = n * sum(math.exp(s) for row in scores for s in row) / (b * (m + 1))
-    assert float(nce.log_z) == pytest.approx(math.log(z), rel=1e-6)
-    z = math.exp(float(nce.log_z))
-    ref_loss, ref_grad = 0.0, torch.zeros_like(f)
-    for r in range(b):
-        rows = [int(idx[r]), *[j for j in noise[r].tolist() if j != int(idx[r])]]
-        assert len(rows) == m + (0 if r in (0, 2) else 1)
-        hs = [math.exp(float(v[j] @ fn[r]) / tau) / z for j in rows]
-        hs = [p / (p + m / n) for p in hs]
-        ref_loss -= math.log(hs[0]) + sum(math.log(1 - h) for h in hs[1:])
-        ref_grad[r] = (-(1 - hs[0]) * bank.features[rows[0]]
-                       + sum(h * bank.features[j] for h, j in zip(hs[1:], rows[1:], strict=True))) / (tau * b)
-    assert loss.item() == pytest.approx(ref_loss / b, rel=1e-10)
+    z = _first_batch_z(nce, bank, f, idx, noise)
+    ref_loss, ref_grad = _paper_nce(bank, f, idx, noise, tau, lambda r, e: z, drop_own=True)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-10)
     assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
     # the per-sample normaliser over a shared draw: N x the mean over all m draws (own ones included)
     per = NCE(n, tau, m, per_sample_z=True, shared_noise=True)
     per(f, idx, bank, noise)
-    zs = [n * sum(math.exp(s) for s in row[1:]) / m for row in scores]
+    zs = [n * sum(math.exp(s) for s in row[1:]) / m for row in _scores(bank, f, idx, noise, tau)]
     assert float(per.log_z) == pytest.approx(math.log(sum(zs) / b), rel=1e-6)
     with pytest.raises(ValueError, match="unknown nce_noise"):
         build_objective(TrainConfig(objective="nce", nce_noise="batch"), n)
