@@ -295,3 +295,15 @@ def test_auto_1m_quick(tmp_path):
     assert 0.0 < d["recall_at_10_fresh_queries"] <= 1.0 and positive(d["exact_brute_force_ms_per_query"])
     assert d["search"]["single_p99_ms"] >= d["search"]["single_p50_ms"] > 0 and "flat_baseline_search" in d
     check_load(d["load"], d["machine"]["loadavg_before"], d["machine"]["loadavg_after"])
+
+
+def test_train_ram_quick(tmp_path):
+    data = run("train_ram", tmp_path, "--quick", "--work", str(tmp_path))
+    rows = {r["max_ram"]: r for r in data["results"]}
+    assert set(rows) == {"none", "8M"} and rows["8M"]["max_ram_mib"] == 8 and rows["none"]["max_ram_mib"] is None
+    for r in rows.values():  # each a real training run of the tiny preset on the 300 photos, its own peak RSS
+        assert r["epochs"] == 1 and positive(r["images_per_s"]) and positive(r["wall_s"])
+        assert 100 < r["peak_rss_mib"] < 8192
+    assert data["images"] == 300 and abs(data["bytes_per_image"] - 80 * 80 * 3) < 1  # 80 px rows + the header
+    assert positive(data["decode"]["wall_s"]) and data["folder_mib"] > 0
+    assert not list(tmp_path.glob("tmp*"))  # the photos and the cache went with the temporary folder
