@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "INSTDISC_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
         env.pop("INSTDISC_MAX_RAM", None)
         decode = run_child([sys.executable, "-c", "import sys, pathlib; from instdisc.data import load_folder; "
-                            "c = load_folder(pathlib.Path(sys.argv[1]), 64, store_size=80, progress=False); "
-                            "print(c.report.cache_bytes)", str(root)], env)
+                            "load_folder(pathlib.Path(sys.argv[1]), 64, store_size=80, progress=False)",
+                            str(root)], env)
         cache_bytes = sum(f.stat().st_size for f in cache.rglob("*.npy"))
         print(f"{args.images:,} photos ({folder_bytes / 2**20:.0f} MiB) written in {written_s:.0f} s; decoded in "
               f"{decode['wall_s']} s into a {cache_bytes / 2**30:.2f} GiB cache "

@@ -28,6 +28,12 @@ ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
 }
 
 
+def trunk_dim(arch: str, width: int) -> int:
+    """The pooled feature's dimension of a trunk: the last stage's channels (8 x width x expansion)."""
+    block, _ = ARCHS[arch]
+    return width * 8 * block.expansion
+
+
 class ResNetTrunk(tv_resnet.ResNet):
     """torchvision's ResNet with a configurable base width and stem.
 
@@ -59,7 +65,7 @@ class ResNetTrunk(tv_resnet.ResNet):
         self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Identity()
-        self.out_dim = width * 8 * block.expansion
+        self.out_dim = trunk_dim(arch, width)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -118,7 +124,4 @@ class Encoder(nn.Module):
 
 def embedding_dim(cfg: TrainConfig) -> int:
     """The dimension of the vectors a configuration's encoder embeds, banks and indexes."""
-    if not cfg.projector:
-        return cfg.low_dim
-    block, _ = ARCHS[cfg.arch]
-    return cfg.width * 8 * block.expansion
+    return trunk_dim(cfg.arch, cfg.width) if cfg.projector else cfg.low_dim
