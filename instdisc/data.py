@@ -20,7 +20,7 @@ import os
 import shutil
 import tarfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,9 +44,11 @@ SKIP_LISTED = 50  # unreadable files named in the warning (the ingest report lis
 class ImageCollection:
     """Decoded images of one split with stable indices; labels are -1 where unknown.
 
-    ``images`` may be stored above the side the encoder sees (``eval_size``): training cuts
-    its random crops from the stored pixels (``image_size``), embedding resizes to
-    ``eval_size`` (the tensor is then an :class:`instdisc.imagecache.StoredImages`).
+    ``images`` may be stored at another side than the one the encoder embeds at (``eval_size``):
+    above it in a training cache (random crops are cut from the stored pixels, ``image_size``),
+    below it when the encoder embeds whole images enlarged (``TrainConfig.embed_scale``).
+    Embedding resizes to ``eval_size`` (the tensor is then an
+    :class:`instdisc.imagecache.StoredImages`).
     """
 
     root: str
@@ -71,8 +73,14 @@ class ImageCollection:
 
     @property
     def eval_size(self) -> int:
-        """Side the encoder sees: training crops and embeddings."""
+        """Side the encoder embeds these images at (the index and the app embed files at it too)."""
         return int(getattr(self.images, "eval_size", self.image_size))
+
+    def at_eval_size(self, size: int) -> ImageCollection:
+        """The same images (not copied), embedded at ``size`` (the trainer's :func:`~instdisc.config.embed_size`)."""
+        if size == self.eval_size:
+            return self
+        return replace(self, images=mark_stored(self.images, size, getattr(self.images, "guard", None)))
 
     def subset(self, idx: torch.Tensor | list[int]) -> ImageCollection:
         """The rows ``idx`` (their pixels copied into memory), same classes and eval size."""

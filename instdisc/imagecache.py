@@ -17,7 +17,7 @@ the file's cached pages around it too (Linux "fault-around", 64 KiB, which ``MAD
 not turn off), so the guard charges each row read the 64 KiB windows it can touch, not its bytes:
 counting bytes let a 4 MiB cap hold 20 MiB of 12 KiB rows (tests/test_imagecache_ram.py).
 
-:class:`StoredImages` is that tensor, marked with the side the encoder sees (``eval_size``):
+:class:`StoredImages` is that tensor, marked with the side the encoder embeds at (``eval_size``):
 training crops are cut from the stored side, embedding resizes to ``eval_size``
 (:func:`instdisc.embed.embed`). Slices stay StoredImages; every other operation gives a
 plain tensor.

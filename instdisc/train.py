@@ -48,7 +48,7 @@ from .budget import (
     repace,
     replan_after_first_epoch,
 )
-from .config import TrainConfig
+from .config import TrainConfig, embed_size
 from .data import DataError, ImageCollection
 from .ema import WeightEMA
 from .embed import embed
@@ -101,8 +101,10 @@ class Trainer:
         """``progress``: tqdm bars and the plan/epoch lines; ``announce``: the lines without the bars
         (a log file, ``--no-progress``)."""
         self.cfg = cfg
-        self.train_set = train
-        self.eval_set = evalset if (evalset is not None and evalset.has_labels and train.has_labels) else None
+        self.embed_size = embed_size(cfg)  # every embedding of this run (bank fill, monitor, refresh, export) at it
+        self.train_set = train = train.at_eval_size(self.embed_size)
+        labelled = evalset is not None and evalset.has_labels and train.has_labels
+        self.eval_set = evalset.at_eval_size(self.embed_size) if labelled else None
         self.out = Path(out_dir)
         if ddp.is_main():  # the other ranks of a data-parallel run write nothing
             self.out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +258,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model.encoder
 
     def features(self, coll: ImageCollection) -> torch.Tensor:
-        return embed(self.inference_encoder, coll.images, self.device, self.bf16)
+        return embed(self.inference_encoder, coll.at_eval_size(self.embed_size).images, self.device, self.bf16)
 
     def warm_start_bank(self) -> None:
         """Fill the bank from the untrained encoder instead of random vectors (bank_init=encoder).

@@ -21,7 +21,7 @@ from instdisc import bundled, distributed
 from instdisc.checkpoint import CheckpointError
 from instdisc.checkpoint import load as load_checkpoint
 from instdisc.cli import add_config_flags, adopt_architecture, parse_ram, preset_names, resolve_training
-from instdisc.config import TrainConfig
+from instdisc.config import TrainConfig, embed_size
 from instdisc.conventions import split_dirs
 from instdisc.data import DataError, load_splits, random_subset, resolve_source
 from instdisc.imagecache import RAM_ENV, max_ram_from_env
@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         init = Checkpoint.load(bundled.resolve(args.init)) if args.init and resumed is None else None
         if init is not None:
             cfg, res = adopt_architecture(args, cfg, init.config, sample, args.init)
-        say(f"resolution {res.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem: {res.reason}",
-            flush=True)
+        say(f"resolution {res.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem: {res.reason}"
+            + (f"; whole images embedded at {embed_size(cfg)} px (--embed-scale {cfg.embed_scale:g})"
+               if embed_size(cfg) != cfg.image_size else ""), flush=True)
         with distributed.main_first():  # one decode per node; the other ranks read the cache
             train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
                                          progress=not args.no_progress and ctx.is_main, store_size=res.store_size,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from experiments import efficiency
 
 
@@ -114,3 +116,20 @@ def test_an_unseen_dataset_splits_the_test_split_into_folder_and_queries(shapes_
     assert len(folder) == len(queries) == 50 and folder.paths == again.paths
     assert not set(folder.paths) & set(queries.paths)
     assert folder.root == queries.root and folder.classes == queries.classes
+
+
+def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shapes_root, tmp_path):
+    from experiments import embed_resolution
+
+    out = tmp_path / "res.json"
+    assert embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "1", "1.5",
+                                  "--flip", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(row["side"], row["flip"]) for row in r["rows"]] == [(32, False), (32, True), (48, False), (48, True)]
+    for row in r["rows"]:
+        assert 0 <= row["nn1"] <= 100 and 0 < row["map"] <= 100
+    assert len({round(row["map"], 6) for row in r["rows"]}) > 1  # the side changes the embeddings
+    assert out.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "0.5",
+                               "--out", str(out)])

@@ -323,3 +323,36 @@ def test_a_projector_run_exports_trunk_features_that_the_index_reads(shapes_root
     enc = ckpt.encoder()
     assert enc.projector is not None and enc.low_dim == 64
     assert torch.allclose(ckpt.bank(), embed(enc, train.images), atol=1e-4)
+
+
+def test_embed_scale_embeds_whole_images_enlarged_everywhere(shapes_root, tmp_path):
+    """FixRes: training crops stay at image_size; the bank, the monitor, the export, the index and
+    the queries all embed at image_size x embed_scale, read from the checkpoint."""
+    from index.build import BuildOptions, build
+    from index.search import SearchIndex
+    from instdisc.config import embed_size
+    from instdisc.images import resize_squares
+
+    assert embed_size(preset("tiny", embed_scale=1.5)) == 48 and embed_size(preset("tiny")) == 32
+    with pytest.raises(ValueError, match="embed_scale"):
+        embed_size(preset("tiny", embed_scale=0.5))
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", embed_scale=1.5, refresh_bank=True)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    t = Trainer(cfg, train, ev, tmp_path / "run", device="cpu", progress=False)
+    assert t.augment.size == 32  # training crops are not enlarged
+    t.fit()
+    ckpt = Checkpoint.load(tmp_path / "run")
+    assert ckpt.architecture.image_size == 48
+    enc = ckpt.encoder()
+    enlarged = resize_squares(train.images.float(), 48).round().clamp(0, 255).to(torch.uint8)
+    assert torch.allclose(ckpt.bank(), embed(enc, enlarged), atol=2e-2)
+    assert not torch.allclose(ckpt.bank(), embed(enc, train.images), atol=2e-2)  # the 32 px embedding differs
+    build(tmp_path / "run" / "checkpoint.pt", tmp_path / "index", images=shapes_root / "train",
+          options=BuildOptions(progress=False), overwrite=True)
+    idx = SearchIndex.open(tmp_path / "index")
+    assert idx.image_size == 48
+    from PIL import Image
+
+    first = sorted((shapes_root / "train").rglob("*.png"))[0]
+    hits = idx.search_images([Image.open(first)], k=1)[0]
+    assert idx.image_path(hits[0].id).name == first.name and hits[0].score > 0.99

@@ -1,0 +1,122 @@
+"""At which side should a trained encoder embed whole images? (``TrainConfig.embed_scale``)
+
+    python experiments/embed_resolution.py --checkpoint runs/cpu-cifar-fast/checkpoint.pt \
+        --data ../shared/datasets/cifar10-jpeg.tar.gz --scales 1 1.25 1.375 1.5 1.75 2 \
+        --out results/embed_resolution/cifar10-42min.json
+
+Training sees random-resized crops, which show an object larger than the whole image does at
+the same side; the network then recognises whole images best when they are enlarged (Touvron
+et al., "Fixing the train-test resolution discrepancy", arXiv 1906.06423). This measures it on a
+finished checkpoint, with no retraining: the training split (the gallery) and the test split
+(the queries) are decoded at the checkpoint's training side, resized to ``scale`` x that side
+(antialiased bilinear, :func:`instdisc.images.resize_squares`, as the trainer's bank refresh
+does), embedded, and scored like every efficiency run (weighted kNN k = 200, 1-NN, full-ranking
+mAP; ``experiments/efficiency.py``), optionally flip-averaged too. Writes the JSON and a plot
+of the three metrics against the embedding side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from experiments.efficiency import machine, score
+from instdisc.config import embed_size
+from instdisc.data import load_splits
+from instdisc.embed import embed
+from instdisc.fsutil import atomic_write, atomic_write_text
+from instdisc.imagecache import mark_stored
+from instdisc.runtime import use_bf16
+from instdisc.trained import Checkpoint
+
+
+def side_for(train_side: int, scale: float) -> int:
+    """The embedding side a run with this ``embed_scale`` uses (:func:`instdisc.config.embed_size`)."""
+    return round(train_side * scale)
+
+
+def features(encoder: torch.nn.Module, images: torch.Tensor, bf16: bool, flip: bool) -> torch.Tensor:
+    """(N, d) unit embeddings of ``images`` (already marked with the side to embed at); ``flip``
+    averages each with its mirror image's."""
+    f = embed(encoder, images, bf16=bf16)
+    if flip:
+        mirrored = mark_stored(images.flip(-1), int(getattr(images, "eval_size", images.shape[-1])))
+        f = F.normalize(f + embed(encoder, mirrored, bf16=bf16), dim=1)
+    return f
+
+
+def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progress: bool) -> dict:
+    train_side = ckpt.config.image_size
+    train, test = load_splits(data, train_side, progress=progress)
+    if test is None or not test.has_labels or not train.has_labels:
+        raise SystemExit(f"{data}: needs labelled train/ and test/ splits to score")
+    enc = ckpt.encoder()
+    bf16 = use_bf16(torch.device("cpu"), "auto")
+    nc = len(train.classes)
+    rows = []
+    for scale in scales:
+        side = side_for(train_side, scale)
+        for flipped in ((False, True) if flip else (False,)):
+            t0 = time.time()
+            g = features(enc, train.at_eval_size(side).images, bf16, flipped)
+            q = features(enc, test.at_eval_size(side).images, bf16, flipped)
+            row = {"scale": scale, "side": side, "flip": flipped, **score(q, test.labels, g, train.labels, nc),
+                   "seconds": round(time.time() - t0, 1)}
+            print(f"side {side} ({scale:g}x){' flip' if flipped else ''}: kNN {row['knn']:.2f} 1-NN {row['nn1']:.2f} "
+                  f"mAP {row['map']:.2f}", flush=True)
+            rows.append(row)
+    return {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "data": str(data), "train_side": train_side,
+            "trained_embed_side": embed_size(ckpt.config), "train_images": len(train), "test_images": len(test),
+            "rows": rows, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("knn", "weighted kNN (k=200) %"), ("nn1", "1-NN %"), ("map", "mAP %")]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for flipped in sorted({r["flip"] for r in result["rows"]}):
+            rows = [r for r in result["rows"] if r["flip"] == flipped]
+            ax.plot([r["side"] for r in rows], [r[key] for r in rows], "o-",
+                    label="flip-averaged" if flipped else "plain")
+        ax.axvline(result["train_side"], color="grey", ls=":", lw=1)
+        ax.set_xlabel("embedding side (px); dotted: training side")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{Path(result['data']).name}: one checkpoint embedded at several sides", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="a folder or archive with labelled train/ and test/")
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0, 1.25, 1.5, 1.75])
+    p.add_argument("--flip", action="store_true", help="also score flip-averaged embeddings at every side")
+    p.add_argument("--out", type=Path, required=True, help="JSON path; the plot goes beside it (.png)")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    if any(s < 1 for s in args.scales):
+        raise SystemExit(f"--scales must be >= 1, got {args.scales}")
+    result = measure(Checkpoint.load(args.checkpoint), args.data, args.scales, args.flip, args.progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=1))
+    plot(result, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
