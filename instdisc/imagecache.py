@@ -235,7 +235,7 @@ class StoredImages(torch.Tensor):
 def mark_stored(images: torch.Tensor, eval_size: int, guard: RamGuard | None = None) -> torch.Tensor:
     """``images`` as :class:`StoredImages` when they need resizing to ``eval_size`` or guarding, else as is."""
     if guard is None and int(images.shape[-1]) == int(eval_size):
-        return images
+        return images.as_subclass(torch.Tensor) if isinstance(images, StoredImages) else images
     return StoredImages.wrap(images, eval_size, guard)
 
 

@@ -101,7 +101,11 @@ class Trainer:
         """``progress``: tqdm bars and the plan/epoch lines; ``announce``: the lines without the bars
         (a log file, ``--no-progress``)."""
         self.cfg = cfg
-        self.embed_size = embed_size(cfg)  # every embedding of this run (bank fill, monitor, refresh, export) at it
+        self.embed_size = embed_size(cfg)  # the final bank refresh, the export, the index and the queries embed at it
+        if self.embed_size != cfg.image_size and not cfg.refresh_bank:
+            raise ValueError(f"embed_scale {cfg.embed_scale} needs refresh_bank: the bank the training steps write "
+                             f"holds {cfg.image_size} px features, the index and the queries embed at "
+                             f"{self.embed_size} px")
         self.train_set = train = train.at_eval_size(self.embed_size)
         labelled = evalset is not None and evalset.has_labels and train.has_labels
         self.eval_set = evalset.at_eval_size(self.embed_size) if labelled else None
@@ -257,21 +261,29 @@ class Trainer:
         """What evaluates and exports: the weight average when kept, else the live encoder."""
         return self.ema.module if self.ema is not None else self.model.encoder
 
-    def features(self, coll: ImageCollection) -> torch.Tensor:
-        return embed(self.inference_encoder, coll.at_eval_size(self.embed_size).images, self.device, self.bf16)
+    def features(self, coll: ImageCollection, side: int | None = None) -> torch.Tensor:
+        """(N, d) embeddings of ``coll`` by the inference encoder at ``side`` (default: the run's embed side)."""
+        return embed(self.inference_encoder, coll.at_eval_size(side or self.embed_size).images, self.device,
+                     self.bf16)
+
+    @property
+    def bank_side(self) -> int:
+        """Side the bank's rows were embedded at: the training side while the training steps write
+        them, the embed side once the final refresh has re-embedded them (what is exported)."""
+        return self.embed_size if self.refreshed else self.cfg.image_size
 
     def warm_start_bank(self) -> None:
         """Fill the bank from the untrained encoder instead of random vectors (bank_init=encoder).
 
         Data-parallel: each rank embeds its contiguous shard and the shards are all-gathered.
         """
-        self.fill_bank(self.model.encoder)
+        self.fill_bank(self.model.encoder, self.cfg.image_size)
 
-    def fill_bank(self, encoder: Encoder) -> None:
-        """Every bank row <- ``encoder``'s embedding of its image (warm start, final refresh)."""
+    def fill_bank(self, encoder: Encoder, side: int) -> None:
+        """Every bank row <- ``encoder``'s embedding of its image at ``side`` (warm start, final refresh)."""
         n = len(self.train_set)
         lo, hi = ddp.shard_range(n, self.rank, self.world)
-        local = embed(encoder, self.train_set.images[lo:hi], self.device, self.bf16)
+        local = embed(encoder, self.train_set.at_eval_size(side).images[lo:hi], self.device, self.bf16)
         feats = ddp.all_gather_rows(local.to(self.device), n)
         self.model.bank.fill(torch.arange(n), feats)
 
@@ -291,7 +303,7 @@ class Trainer:
         return out  # type: ignore[return-value]
 
     def _knn(self) -> dict:
-        q = self.features(self.eval_set)
+        q = self.features(self.eval_set, self.bank_side)  # queries made like the bank rows they are compared with
         acc = knn_accuracy(
             q, self.eval_set.labels, self.model.bank.features, self.train_set.labels,
             ks=(1, self.cfg.knn_k), temperature=self.cfg.temperature,
@@ -432,7 +444,7 @@ class Trainer:
         self.epoch_loss = [0.0, 0]
         last = self.epoch == cfg.epochs
         if last and cfg.refresh_bank and not self.refreshed:
-            self.fill_bank(self.inference_encoder)
+            self.fill_bank(self.inference_encoder, self.embed_size)
             self.refreshed = True
         if self.eval_set is not None and (last or (cfg.knn_every and self.epoch % cfg.knn_every == 0)):
             row.update(self.evaluate())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -338,9 +339,14 @@ def test_embed_scale_embeds_whole_images_enlarged_everywhere(shapes_root, tmp_pa
         embed_size(preset("tiny", embed_scale=0.5))
     cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", embed_scale=1.5, refresh_bank=True)
     train, ev = load_splits(shapes_root, 32, progress=False)
+    with pytest.raises(ValueError, match="refresh_bank"):  # else the exported bank would be 32 px features
+        Trainer(replace(cfg, refresh_bank=False), train, ev, tmp_path / "no", device="cpu", progress=False)
     t = Trainer(cfg, train, ev, tmp_path / "run", device="cpu", progress=False)
     assert t.augment.size == 32  # training crops are not enlarged
+    t.warm_start_bank()  # while the steps write the bank, its rows (and the monitor's queries) are at 32 px
+    assert t.bank_side == 32 and torch.allclose(t.model.bank.features, embed(t.model.encoder, train.images), atol=1e-5)
     t.fit()
+    assert t.bank_side == 48
     ckpt = Checkpoint.load(tmp_path / "run")
     assert ckpt.architecture.image_size == 48
     enc = ckpt.encoder()
