@@ -11,8 +11,9 @@ finished checkpoint, with no retraining: the training split (the gallery) and th
 (the queries) are decoded at the checkpoint's training side, resized to ``scale`` x that side
 (antialiased bilinear, :func:`instdisc.images.resize_squares`, as the trainer's bank refresh
 does), embedded, and scored like every efficiency run (weighted kNN k = 200, 1-NN, full-ranking
-mAP; ``experiments/efficiency.py``), optionally flip-averaged too. Writes the JSON and a plot
-of the three metrics against the embedding side.
+mAP; ``experiments/efficiency.py``), as they are and PCA-whitened on the gallery
+(``evaluation/whitening.py``), optionally flip-averaged too. Writes the JSON and a plot of the
+three metrics against the embedding side.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from evaluation.whitening import whitened
 from experiments.efficiency import machine, score
 from instdisc.config import embed_size
 from instdisc.data import load_splits
@@ -66,10 +68,12 @@ def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progre
             t0 = time.time()
             g = features(enc, train.at_eval_size(side).images, bf16, flipped)
             q = features(enc, test.at_eval_size(side).images, bf16, flipped)
+            g_w, q_w = whitened(g, q)
             row = {"scale": scale, "side": side, "flip": flipped, **score(q, test.labels, g, train.labels, nc),
-                   "seconds": round(time.time() - t0, 1)}
+                   "whitened": score(q_w, test.labels, g_w, train.labels, nc), "seconds": round(time.time() - t0, 1)}
+            w = row["whitened"]
             print(f"side {side} ({scale:g}x){' flip' if flipped else ''}: kNN {row['knn']:.2f} 1-NN {row['nn1']:.2f} "
-                  f"mAP {row['map']:.2f}", flush=True)
+                  f"mAP {row['map']:.2f}; PCA-whitened {w['knn']:.2f} / {w['nn1']:.2f} / {w['map']:.2f}", flush=True)
             rows.append(row)
     return {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "data": str(data), "train_side": train_side,
             "trained_embed_side": embed_size(ckpt.config), "train_images": len(train), "test_images": len(test),
@@ -87,8 +91,9 @@ def plot(result: dict, path: Path) -> None:
     for ax, (key, title) in zip(axes, panels, strict=True):
         for flipped in sorted({r["flip"] for r in result["rows"]}):
             rows = [r for r in result["rows"] if r["flip"] == flipped]
-            ax.plot([r["side"] for r in rows], [r[key] for r in rows], "o-",
-                    label="flip-averaged" if flipped else "plain")
+            name = "flip-averaged" if flipped else "plain"
+            ax.plot([r["side"] for r in rows], [r[key] for r in rows], "o-", label=name)
+            ax.plot([r["side"] for r in rows], [r["whitened"][key] for r in rows], "x--", label=name + ", whitened")
         ax.axvline(result["train_side"], color="grey", ls=":", lw=1)
         ax.set_xlabel("embedding side (px); dotted: training side")
         ax.set_title(title)

@@ -127,7 +127,7 @@ def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shape
     r = json.loads(out.read_text())
     assert [(row["side"], row["flip"]) for row in r["rows"]] == [(32, False), (32, True), (48, False), (48, True)]
     for row in r["rows"]:
-        assert 0 <= row["nn1"] <= 100 and 0 < row["map"] <= 100
+        assert 0 <= row["nn1"] <= 100 and 0 < row["map"] <= 100 and 0 < row["whitened"]["map"] <= 100
     assert len({round(row["map"], 6) for row in r["rows"]}) > 1  # the side changes the embeddings
     assert out.with_suffix(".png").stat().st_size > 0
     with pytest.raises(SystemExit):
