@@ -12,21 +12,28 @@ finished checkpoint, with no retraining: the training split (the gallery) and th
 (antialiased bilinear, :func:`instdisc.images.resize_squares`, as the trainer's bank refresh
 does), embedded, and scored like every efficiency run (weighted kNN k = 200, 1-NN, full-ranking
 mAP; ``experiments/efficiency.py``), as they are and PCA-whitened on the gallery
-(``evaluation/whitening.py``), optionally flip-averaged too. Writes the JSON and a plot of the
-three metrics against the embedding side.
+(``evaluation/whitening.py``), optionally flip-averaged too; and instance-level retrieval:
+500 seeded training images, each strongly edited as ``scripts/evaluate.py``'s near-duplicate
+test does, decoded at that side like an app query, how often the original comes back first.
+Writes the JSON and a plot of the four against the embedding side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from evaluation.metrics import rank_of_targets
+from evaluation.near_duplicates import strong_augment
 from evaluation.whitening import whitened
 from experiments.efficiency import machine, score
 from instdisc.config import embed_size
@@ -34,8 +41,11 @@ from instdisc.data import load_splits
 from instdisc.embed import embed
 from instdisc.fsutil import atomic_write, atomic_write_text
 from instdisc.imagecache import mark_stored
+from instdisc.images import fit_square, nchw
 from instdisc.runtime import use_bf16
 from instdisc.trained import Checkpoint
+
+NEAR_DUP_SAMPLES = 500  # edited copies of training images queried at every side (as scripts/evaluate.py does)
 
 
 def side_for(train_side: int, scale: float) -> int:
@@ -53,7 +63,26 @@ def features(encoder: torch.nn.Module, images: torch.Tensor, bf16: bool, flip: b
     return f
 
 
-def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progress: bool) -> dict:
+def edited_copies(train: torch.Tensor, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor]:
+    """``n`` seeded training images, each as a strongly edited copy (the evaluation's near-duplicate
+    edit, :func:`evaluation.near_duplicates.strong_augment`), and their rows."""
+    rows = np.sort(np.random.default_rng(seed + 1).choice(len(train), min(n, len(train)), replace=False))
+    edited = [strong_augment(Image.fromarray(train[int(i)].permute(1, 2, 0).numpy()),
+                             random.Random(seed * 1_000_003 + int(i)))[0] for i in rows]
+    return edited, torch.from_numpy(rows)
+
+
+def near_duplicate_top1(encoder: torch.nn.Module, edited: list[Image.Image], rows: torch.Tensor,
+                        gallery: torch.Tensor, side: int, bf16: bool) -> dict:
+    """How often (per cent) an edited copy, decoded at ``side`` like an app query, finds its original first / in
+    the top 10 of ``gallery``."""
+    q = embed(encoder, nchw(np.stack([fit_square(e, side) for e in edited])), bf16=bf16)
+    r = rank_of_targets(q, gallery, rows).numpy()
+    return {"top1": 100 * float((r == 0).mean()), "top10": 100 * float((r < 10).mean())}
+
+
+def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progress: bool,
+            near_dup: int = NEAR_DUP_SAMPLES) -> dict:
     train_side = ckpt.config.image_size
     train, test = load_splits(data, train_side, progress=progress)
     if test is None or not test.has_labels or not train.has_labels:
@@ -61,6 +90,7 @@ def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progre
     enc = ckpt.encoder()
     bf16 = use_bf16(torch.device("cpu"), "auto")
     nc = len(train.classes)
+    edited, targets = edited_copies(train.images, near_dup)
     rows = []
     for scale in scales:
         side = side_for(train_side, scale)
@@ -70,10 +100,14 @@ def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progre
             q = features(enc, test.at_eval_size(side).images, bf16, flipped)
             g_w, q_w = whitened(g, q)
             row = {"scale": scale, "side": side, "flip": flipped, **score(q, test.labels, g, train.labels, nc),
-                   "whitened": score(q_w, test.labels, g_w, train.labels, nc), "seconds": round(time.time() - t0, 1)}
+                   "whitened": score(q_w, test.labels, g_w, train.labels, nc)}
+            if not flipped:
+                row["near_duplicate"] = near_duplicate_top1(enc, edited, targets, g, side, bf16)
+            row["seconds"] = round(time.time() - t0, 1)
             w = row["whitened"]
             print(f"side {side} ({scale:g}x){' flip' if flipped else ''}: kNN {row['knn']:.2f} 1-NN {row['nn1']:.2f} "
-                  f"mAP {row['map']:.2f}; PCA-whitened {w['knn']:.2f} / {w['nn1']:.2f} / {w['map']:.2f}", flush=True)
+                  f"mAP {row['map']:.2f}; PCA-whitened {w['knn']:.2f} / {w['nn1']:.2f} / {w['map']:.2f}"
+                  + (f"; edited copy first {row['near_duplicate']['top1']:.1f}" if not flipped else ""), flush=True)
             rows.append(row)
     return {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "data": str(data), "train_side": train_side,
             "trained_embed_side": embed_size(ckpt.config), "train_images": len(train), "test_images": len(test),
@@ -86,9 +120,9 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     panels = [("knn", "weighted kNN (k=200) %"), ("nn1", "1-NN %"), ("map", "mAP %")]
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    for ax, (key, title) in zip(axes[:3], panels, strict=True):
         for flipped in sorted({r["flip"] for r in result["rows"]}):
             rows = [r for r in result["rows"] if r["flip"] == flipped]
             name = "flip-averaged" if flipped else "plain"
@@ -98,6 +132,14 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("embedding side (px); dotted: training side")
         ax.set_title(title)
         ax.grid(alpha=0.3)
+    plain = [r for r in result["rows"] if not r["flip"]]
+    axes[3].plot([r["side"] for r in plain], [r["near_duplicate"]["top1"] for r in plain], "o-", label="top-1")
+    axes[3].plot([r["side"] for r in plain], [r["near_duplicate"]["top10"] for r in plain], "s-", label="top-10")
+    axes[3].axvline(result["train_side"], color="grey", ls=":", lw=1)
+    axes[3].set_xlabel("embedding side (px)")
+    axes[3].set_title("edited copy finds its original %")
+    axes[3].grid(alpha=0.3)
+    axes[3].legend()
     axes[0].legend()
     fig.suptitle(f"{Path(result['data']).name}: one checkpoint embedded at several sides", fontsize=10)
     fig.tight_layout()

@@ -129,6 +129,10 @@ def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shape
     for row in r["rows"]:
         assert 0 <= row["nn1"] <= 100 and 0 < row["map"] <= 100 and 0 < row["whitened"]["map"] <= 100
     assert len({round(row["map"], 6) for row in r["rows"]}) > 1  # the side changes the embeddings
+    for row in r["rows"]:
+        assert ("near_duplicate" in row) == (not row["flip"])
+        if not row["flip"]:
+            assert 0 <= row["near_duplicate"]["top1"] <= row["near_duplicate"]["top10"] <= 100
     assert out.with_suffix(".png").stat().st_size > 0
     with pytest.raises(SystemExit):
         embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "0.5",
