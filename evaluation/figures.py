@@ -11,19 +11,13 @@ from PIL import Image, ImageDraw
 
 from index.search import SearchIndex
 from instdisc.data import ImageCollection
-from instdisc.fsutil import atomic_write, atomic_write_bytes
+from instdisc.fsutil import atomic_write_bytes
 from instdisc.images import fit_square, hwc, load_image
+from instdisc.plots import save_png
 
 from .metrics import RankingResult
 from .options import EvalOptions
 from .report import METHOD_NAMES, pct
-
-
-def _save_fig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
 
 
 def _plt():
@@ -52,7 +46,7 @@ def plot_knn_vs_k(methods: dict[str, dict], path: Path, paper: float | None = No
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_png(fig, path)
 
 
 def plot_pr(methods: dict[str, dict], path: Path) -> None:
@@ -69,7 +63,7 @@ def plot_pr(methods: dict[str, dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_png(fig, path)
 
 
 def retrieval_grid(

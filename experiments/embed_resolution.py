@@ -39,9 +39,10 @@ from experiments.efficiency import machine, score
 from instdisc.config import embed_size
 from instdisc.data import load_splits
 from instdisc.embed import embed
-from instdisc.fsutil import atomic_write, atomic_write_text
+from instdisc.fsutil import atomic_write_text
 from instdisc.imagecache import mark_stored
 from instdisc.images import fit_square, nchw
+from instdisc.plots import save_png
 from instdisc.runtime import use_bf16
 from instdisc.trained import Checkpoint
 
@@ -143,8 +144,7 @@ def plot(result: dict, path: Path) -> None:
     axes[0].legend()
     fig.suptitle(f"{Path(result['data']).name}: one checkpoint embedded at several sides", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

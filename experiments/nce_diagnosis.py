@@ -211,7 +211,7 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from instdisc.fsutil import atomic_write
+    from instdisc.plots import save_png
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for i, r in enumerate(runs):
@@ -236,8 +236,7 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from instdisc.fsutil import atomic_write, atomic_write_text
+from instdisc.fsutil import atomic_write_text
+from instdisc.plots import save_png
 
 NCE_NAME = re.compile(r"nce-m(\d+)")  # a run named nce-m<M>... is NCE with m = M noise samples
 WITHIN = 3.0  # the target: NCE m = 4096 within this many kNN points of the full softmax
@@ -96,8 +97,7 @@ def plot(runs: list[RunCurve], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

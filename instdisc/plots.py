@@ -1,4 +1,4 @@
-"""Training curves as a PNG: loss and kNN accuracy per epoch."""
+"""Training curves as a PNG (loss and kNN accuracy per epoch), and the one way figures are written."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .fsutil import atomic_write  # noqa: E402
+
+
+def save_png(fig: plt.Figure, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG at 110 dpi, atomically (a reader never sees half a file), and close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
 
 
 def plot_training(history: list[dict], path: str | os.PathLike) -> None:
@@ -28,5 +34,4 @@ def plot_training(history: list[dict], path: str | os.PathLike) -> None:
     for ax in (a, b):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path)
