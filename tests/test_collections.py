@@ -124,6 +124,13 @@ def test_stored_above_the_training_size_embeds_like_the_index(tmp_path):
     assert a.shape == b.shape == (6, 128) and float(cos.min()) > 0.995, cos
     sub = stored.subset([1, 3])
     assert sub.eval_size == 32 and torch.allclose(embed(enc, sub.images), a[[1, 3]], atol=1e-5)
+    # embedding above the stored side (embed_scale) and back: the same pixels, re-marked, never copied
+    up = stored.at_eval_size(48)
+    assert up.eval_size == 48 and up.image_size == 40 and up.images.data_ptr() == stored.images.data_ptr()
+    assert embed(enc, up.images).shape == (6, 128) and not torch.allclose(embed(enc, up.images), a, atol=1e-3)
+    back = up.at_eval_size(40)
+    assert not isinstance(back.images, StoredImages) and back.eval_size == 40  # nothing left to resize
+    assert stored.at_eval_size(32) is stored
 
 
 # ---------------------------------------------------------------- the memory-mapped cache
