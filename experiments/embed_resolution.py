@@ -34,7 +34,7 @@ from PIL import Image
 
 from evaluation.metrics import rank_of_targets
 from evaluation.near_duplicates import strong_augment
-from evaluation.whitening import whitened
+from evaluation.whitening import fit_whitening
 from experiments.efficiency import machine, score
 from instdisc.config import embed_size
 from instdisc.data import load_splits
@@ -73,12 +73,10 @@ def edited_copies(train: torch.Tensor, n: int, seed: int = 0) -> tuple[list[Imag
     return edited, torch.from_numpy(rows)
 
 
-def near_duplicate_top1(encoder: torch.nn.Module, edited: list[Image.Image], rows: torch.Tensor,
-                        gallery: torch.Tensor, side: int, bf16: bool) -> dict:
-    """How often (per cent) an edited copy, decoded at ``side`` like an app query, finds its original first / in
-    the top 10 of ``gallery``."""
-    q = embed(encoder, nchw(np.stack([fit_square(e, side) for e in edited])), bf16=bf16)
-    r = rank_of_targets(q, gallery, rows).numpy()
+def near_duplicate_top1(queries: torch.Tensor, rows: torch.Tensor, gallery: torch.Tensor) -> dict:
+    """How often (per cent) edited copy i (``queries`` row i) finds its original (gallery row ``rows[i]``) first /
+    in the top 10 of ``gallery``."""
+    r = rank_of_targets(queries, gallery, rows).numpy()
     return {"top1": 100 * float((r == 0).mean()), "top10": 100 * float((r < 10).mean())}
 
 
@@ -99,11 +97,14 @@ def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progre
             t0 = time.time()
             g = features(enc, train.at_eval_size(side).images, bf16, flipped)
             q = features(enc, test.at_eval_size(side).images, bf16, flipped)
-            g_w, q_w = whitened(g, q)
+            w = fit_whitening(g)
+            g_w = w.apply(g)
             row = {"scale": scale, "side": side, "flip": flipped, **score(q, test.labels, g, train.labels, nc),
-                   "whitened": score(q_w, test.labels, g_w, train.labels, nc)}
-            if not flipped:
-                row["near_duplicate"] = near_duplicate_top1(enc, edited, targets, g, side, bf16)
+                   "whitened": score(w.apply(q), test.labels, g_w, train.labels, nc)}
+            if not flipped:  # edited copies decoded at this side like an app query
+                e = embed(enc, nchw(np.stack([fit_square(x, side) for x in edited])), bf16=bf16)
+                row["near_duplicate"] = near_duplicate_top1(e, targets, g)
+                row["whitened"]["near_duplicate"] = near_duplicate_top1(w.apply(e), targets, g_w)
             row["seconds"] = round(time.time() - t0, 1)
             w = row["whitened"]
             print(f"side {side} ({scale:g}x){' flip' if flipped else ''}: kNN {row['knn']:.2f} 1-NN {row['nn1']:.2f} "

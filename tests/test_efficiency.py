@@ -133,6 +133,7 @@ def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shape
         assert ("near_duplicate" in row) == (not row["flip"])
         if not row["flip"]:
             assert 0 <= row["near_duplicate"]["top1"] <= row["near_duplicate"]["top10"] <= 100
+            assert 0 <= row["whitened"]["near_duplicate"]["top1"] <= 100
     assert out.with_suffix(".png").stat().st_size > 0
     with pytest.raises(SystemExit):
         embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "0.5",
