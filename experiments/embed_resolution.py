@@ -21,15 +21,16 @@ Writes the JSON and a plot of the four against the embedding side.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from evaluation.metrics import rank_of_targets
@@ -40,28 +41,12 @@ from instdisc.config import embed_size
 from instdisc.data import load_splits
 from instdisc.embed import embed
 from instdisc.fsutil import atomic_write_text
-from instdisc.imagecache import mark_stored
 from instdisc.images import fit_square, nchw
 from instdisc.plots import save_png
 from instdisc.runtime import use_bf16
 from instdisc.trained import Checkpoint
 
 NEAR_DUP_SAMPLES = 500  # edited copies of training images queried at every side (as scripts/evaluate.py does)
-
-
-def side_for(train_side: int, scale: float) -> int:
-    """The embedding side a run with this ``embed_scale`` uses (:func:`instdisc.config.embed_size`)."""
-    return round(train_side * scale)
-
-
-def features(encoder: torch.nn.Module, images: torch.Tensor, bf16: bool, flip: bool) -> torch.Tensor:
-    """(N, d) unit embeddings of ``images`` (already marked with the side to embed at); ``flip``
-    averages each with its mirror image's."""
-    f = embed(encoder, images, bf16=bf16)
-    if flip:
-        mirrored = mark_stored(images.flip(-1), int(getattr(images, "eval_size", images.shape[-1])))
-        f = F.normalize(f + embed(encoder, mirrored, bf16=bf16), dim=1)
-    return f
 
 
 def edited_copies(train: torch.Tensor, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor]:
@@ -86,25 +71,28 @@ def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progre
     train, test = load_splits(data, train_side, progress=progress)
     if test is None or not test.has_labels or not train.has_labels:
         raise SystemExit(f"{data}: needs labelled train/ and test/ splits to score")
-    enc = ckpt.encoder()
+    plain = ckpt.encoder()
+    mirrored = copy.deepcopy(plain)
+    mirrored.flip_average = True  # the encoder's own flip averaging (--flip-embed)
     bf16 = use_bf16(torch.device("cpu"), "auto")
     nc = len(train.classes)
     edited, targets = edited_copies(train.images, near_dup)
     rows = []
     for scale in scales:
-        side = side_for(train_side, scale)
+        side = embed_size(replace(ckpt.config, embed_scale=scale))
         for flipped in ((False, True) if flip else (False,)):
+            enc = mirrored if flipped else plain
             t0 = time.time()
-            g = features(enc, train.at_eval_size(side).images, bf16, flipped)
-            q = features(enc, test.at_eval_size(side).images, bf16, flipped)
-            w = fit_whitening(g)
-            g_w = w.apply(g)
+            g = embed(enc, train.at_eval_size(side).images, bf16=bf16)
+            q = embed(enc, test.at_eval_size(side).images, bf16=bf16)
+            whitening = fit_whitening(g)
+            g_w = whitening.apply(g)
             row = {"scale": scale, "side": side, "flip": flipped, **score(q, test.labels, g, train.labels, nc),
-                   "whitened": score(w.apply(q), test.labels, g_w, train.labels, nc)}
+                   "whitened": score(whitening.apply(q), test.labels, g_w, train.labels, nc)}
             if not flipped:  # edited copies decoded at this side like an app query
                 e = embed(enc, nchw(np.stack([fit_square(x, side) for x in edited])), bf16=bf16)
                 row["near_duplicate"] = near_duplicate_top1(e, targets, g)
-                row["whitened"]["near_duplicate"] = near_duplicate_top1(w.apply(e), targets, g_w)
+                row["whitened"]["near_duplicate"] = near_duplicate_top1(whitening.apply(e), targets, g_w)
             row["seconds"] = round(time.time() - t0, 1)
             w = row["whitened"]
             print(f"side {side} ({scale:g}x){' flip' if flipped else ''}: kNN {row['knn']:.2f} 1-NN {row['nn1']:.2f} "

@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         init = Checkpoint.load(bundled.resolve(args.init)) if args.init and resumed is None else None
         if init is not None:
             cfg, res = adopt_architecture(args, cfg, init.config, sample, args.init)
+        side = embed_size(cfg)
         say(f"resolution {res.image_size} px, {'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem: {res.reason}"
-            + (f"; whole images embedded at {embed_size(cfg)} px (--embed-scale {cfg.embed_scale:g})"
-               if embed_size(cfg) != cfg.image_size else ""), flush=True)
+            + (f"; whole images embedded at {side} px (--embed-scale {cfg.embed_scale:g})"
+               if side != cfg.image_size else ""), flush=True)
         with distributed.main_first():  # one decode per node; the other ranks read the cache
             train, evalset = load_splits(args.data, cfg.image_size, args.labels, args.strict,
                                          progress=not args.no_progress and ctx.is_main, store_size=res.store_size,
