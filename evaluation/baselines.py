@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .whitening import Whitening
+from instdisc.whitening import Whitening
 
 BASELINES = ("reembed", "pixels", "pixels-whitened", "random", "imagenet")  # what --baselines accepts
 

@@ -42,6 +42,7 @@ from instdisc.embed import embed
 from instdisc.fsutil import atomic_write_text
 from instdisc.images import ImageError, nchw
 from instdisc.runtime import pick_device, use_bf16
+from instdisc.whitening import fit_whitening
 
 from . import metrics as M
 from .baselines import (
@@ -57,7 +58,6 @@ from .near_duplicates import near_duplicates
 from .options import EvalOptions
 from .report import CIFAR10_CLASSES, PAPER_CIFAR10, json_safe, render_markdown
 from .speed import ann_and_batched, latency
-from .whitening import fit_whitening
 
 __all__ = ["BASELINES", "EvalOptions", "evaluate", "gallery_images", "query_folder"]
 
@@ -156,8 +156,8 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
     g_paths = [r.path for r in rows]
     g_label_names = [r.label for r in rows]
     tau = float(m.temperature if m.temperature is not None else ckpt.temperature)
-    image_size = idx.image_size
-    encoder = ckpt.encoder().to(device)
+    image_size = idx.image_size  # the side images are decoded at: the largest of the index's sides
+    ours = idx.embedder.placed(device, bf16, o.batch_size)  # the index's own embedding (sides, whitening)
     with timer("gallery vectors"):
         g_ours = idx.vectors(ids)
     index_info = {k: v for k, v in m.index.to_dict().items() if k != "tuning"}
@@ -204,7 +204,9 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
         return lambda imgs, desc="embed": normalise(
             embed(enc, imgs, dev, use_bf, o.batch_size, progress=o.progress, desc=desc).numpy())
 
-    ours_feat = enc_featurise(encoder, device, bf16)
+    def ours_feat(imgs: torch.Tensor, desc: str = "embed") -> np.ndarray:
+        return ours(imgs, progress=o.progress, desc=desc)
+
     g_imgs, why_no_imgs = (None, None)
     want_imgs = bool(o.baselines) or g_ours is None
     g_ours_from_images = g_ours is None
@@ -254,7 +256,7 @@ def _evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, out_dir:
                     feat = pixel_featuriser(mean, o.pixel_size, w)
                     methods[b] = Method(b, w.apply(gp), torch.from_numpy(feat(qc.images)) if class_level else None,
                                         feat, note=f"the raw pixels above, PCA-whitened on the gallery "
-                                                   f"({w.proj.shape[1]} axes; evaluation/whitening.py)")
+                                                   f"({w.proj.shape[1]} axes; instdisc/whitening.py)")
                 elif b == "random":
                     enc = ckpt.untrained_encoder(o.seed).to(device)
                     feat = enc_featurise(enc, device, bf16)

@@ -36,7 +36,6 @@ import torch
 
 from evaluation.baselines import pixel_features
 from evaluation.metrics import rank_and_score
-from evaluation.whitening import whitened
 from instdisc import bundled
 from instdisc.cli import with_architecture
 from instdisc.config import TrainConfig, preset
@@ -47,6 +46,7 @@ from instdisc.model import Encoder
 from instdisc.runtime import use_bf16
 from instdisc.train import Trainer
 from instdisc.trained import Checkpoint
+from instdisc.whitening import whitened
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -126,7 +126,7 @@ def score(queries: torch.Tensor, q_labels: torch.Tensor, gallery: torch.Tensor, 
 def score_whitened(queries: torch.Tensor, test: ImageCollection, gallery: torch.Tensor,
                    train: ImageCollection) -> dict:
     """:func:`score` after PCA whitening fitted on the gallery: the fairness check (whitening lifts
-    raw pixels too; evaluation/whitening.py)."""
+    raw pixels too; instdisc/whitening.py)."""
     g_w, q_w = whitened(gallery, queries)
     return score(q_w, test.labels, g_w, train.labels, len(train.classes))
 

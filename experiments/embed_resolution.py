@@ -12,7 +12,7 @@ finished checkpoint, with no retraining: the training split (the gallery) and th
 (antialiased bilinear, :func:`instdisc.images.resize_squares`, as the trainer's bank refresh
 does), embedded, and scored like every efficiency run (weighted kNN k = 200, 1-NN, full-ranking
 mAP; ``experiments/efficiency.py``), as they are and PCA-whitened on the gallery
-(``evaluation/whitening.py``), optionally flip-averaged too; and instance-level retrieval:
+(``instdisc/whitening.py``), optionally flip-averaged too; and instance-level retrieval:
 500 seeded training images, each strongly edited as ``scripts/evaluate.py``'s near-duplicate
 test does, decoded at that side like an app query, how often the original comes back first.
 Writes the JSON and a plot of the four against the embedding side.
@@ -35,7 +35,6 @@ from PIL import Image
 
 from evaluation.metrics import rank_of_targets
 from evaluation.near_duplicates import strong_augment
-from evaluation.whitening import fit_whitening
 from experiments.efficiency import machine, score
 from instdisc.config import embed_size
 from instdisc.data import load_splits
@@ -45,6 +44,7 @@ from instdisc.images import fit_square, nchw
 from instdisc.plots import save_png
 from instdisc.runtime import use_bf16
 from instdisc.trained import Checkpoint
+from instdisc.whitening import fit_whitening
 
 NEAR_DUP_SAMPLES = 500  # edited copies of training images queried at every side (as scripts/evaluate.py does)
 

@@ -24,16 +24,16 @@ from tqdm import tqdm
 
 from instdisc.conventions import labels_and_splits, unwrap
 from instdisc.data import DataError, decode_all, resolve_source
-from instdisc.embed import embed
 from instdisc.fsutil import sha256_file
 from instdisc.images import ImageError, ImageInfo, is_image_name, nchw, probe
 from instdisc.ingest import REPORT_NAME, IngestReport, facts_from, write_reports
-from instdisc.model import Encoder
 from instdisc.runtime import pick_device, use_bf16
 from instdisc.scan import ScanResult, scan_folder
 from instdisc.trained import Checkpoint
+from instdisc.whitening import Whitening, fit_whitening
 
 from .auto import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, RECALL_QUERIES, build_vector_index
+from .embedding import WHITENING_KEY, IndexEmbedder, sides_for, whitening_of
 from .errors import IndexDirError
 from .faiss_util import apply_knobs, create_index, index_ids, normalise
 from .layout import (
@@ -46,12 +46,13 @@ from .layout import (
     verified_checkpoint,
     write_index_file,
 )
-from .manifest import MANIFEST, Manifest, Update, now
+from .manifest import MANIFEST, EmbeddingInfo, Manifest, Update, now
 from .store import Row, update_db, write_db
 
 __all__ = ["BuildOptions", "Collected", "add", "build", "labels_and_splits", "open_source", "remove"]
 
 DECODE_CHUNK = 1024
+WHITEN_MIN_PER_DIM = 2  # --whiten: gallery vectors per dimension, so no axis is fitted on noise alone
 INGEST_SPLIT = "images"  # the key of an index build's one entry in ingest.json
 
 
@@ -70,6 +71,8 @@ class BuildOptions:
     batch_size: int = 256
     progress: bool = True
     seed: int = 0
+    scales: tuple[float, ...] = (1.0,)  # sides as multiples of the checkpoint's, vectors averaged (index/embedding.py)
+    whiten: bool = False  # PCA-whiten the vectors, fitted on this gallery (index/embedding.py)
 
 
 @dataclass
@@ -144,38 +147,49 @@ def scan_source(path: str | os.PathLike) -> tuple[Path, ScanResult]:
 
 
 def embed_files(
-    encoder: Encoder, root: Path, paths: list[str], image_size: int, device: torch.device, bf16: bool,
-    batch_size: int, progress: bool,
+    embedder: IndexEmbedder, root: Path, paths: list[str], progress: bool,
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """Decode (in parallel, chunk by chunk so memory stays bounded) and embed; unreadable files are skipped."""
+    """Decode (in parallel, chunk by chunk so memory stays bounded) and embed, *before* any whitening
+    (a new index fits its whitening on these; callers apply :meth:`IndexEmbedder.whiten`);
+    unreadable files are skipped."""
     vecs, kept, skipped = [], [], []
     bar = tqdm(total=len(paths), desc="embed", unit="img", disable=not progress)
     for i in range(0, len(paths), DECODE_CHUNK):
         chunk = paths[i : i + DECODE_CHUNK]
-        imgs, ok, bad = decode_all(root, chunk, image_size, progress=False)
+        imgs, ok, bad = decode_all(root, chunk, embedder.input_size, progress=False)
         skipped.extend(bad)
         if len(ok):
-            x = nchw(imgs)
-            vecs.append(embed(encoder, x, device, bf16, batch_size).numpy())
+            vecs.append(embedder.unwhitened(nchw(imgs)).numpy())
             kept.extend(ok)
         bar.update(len(chunk))
     bar.close()
     if skipped:
         listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:20])
         warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root}:\n{listing}", stacklevel=2)
-    d = encoder.low_dim
-    out = np.concatenate(vecs) if vecs else np.zeros((0, d), np.float32)
+    out = np.concatenate(vecs) if vecs else np.zeros((0, embedder.encoder.low_dim), np.float32)
     return normalise(out), kept, skipped
 
 
-def placed_encoder(ckpt: Checkpoint, options: BuildOptions) -> tuple[Encoder, torch.device, bool]:
-    """The checkpoint's encoder on the options' device, and whether it runs in bf16 there."""
+def placed_embedder(ckpt: Checkpoint, options: BuildOptions, sides: tuple[int, ...],
+                    whitening: Whitening | None = None) -> IndexEmbedder:
+    """The checkpoint's encoder on the options' device (bf16 where the chip has it), embedding at ``sides``."""
     device = pick_device(options.device)
-    return ckpt.encoder().to(device), device, use_bf16(device, options.precision)
+    return IndexEmbedder(ckpt.encoder().to(device), sides, whitening, device, use_bf16(device, options.precision),
+                         options.batch_size)
 
 
-def from_memory_bank(ckpt: Checkpoint) -> Collected:
+def build_sides(ckpt: Checkpoint, options: BuildOptions) -> tuple[int, ...]:
+    """The whole-image sides a new index embeds at (``options.scales`` x the checkpoint's side)."""
+    return sides_for(ckpt.architecture.image_size, options.scales)
+
+
+def from_memory_bank(ckpt: Checkpoint, options: BuildOptions | None = None) -> Collected:
     """The bank rows with the training paths and labels they belong to (nothing is decoded)."""
+    sides = build_sides(ckpt, options or BuildOptions())
+    if sides != (ckpt.architecture.image_size,):
+        raise ValueError(f"the memory bank holds embeddings at {ckpt.architecture.image_size} px only: embedding at "
+                         f"{list(sides)} px needs the images (pass --images, e.g. the training folder "
+                         f"{ckpt.files.root})")
     files = ckpt.files
     bank = ckpt.bank().float().numpy()
     if bank.shape[0] != len(files.paths):
@@ -187,9 +201,8 @@ def from_memory_bank(ckpt: Checkpoint) -> Collected:
 def from_images(ckpt: Checkpoint, images: str | os.PathLike, options: BuildOptions) -> Collected:
     root, found = scan_source(images)
     rels = found.paths
-    encoder, device, bf16 = placed_encoder(ckpt, options)
-    vecs, kept, skipped = embed_files(encoder, root, rels, ckpt.architecture.image_size, device, bf16,
-                                      options.batch_size, options.progress)
+    embedder = placed_embedder(ckpt, options, build_sides(ckpt, options))
+    vecs, kept, skipped = embed_files(embedder, root, rels, options.progress)
     if not kept:
         raise DataError(f"{root}: none of the {len(rels)} image files could be decoded")
     labels, splits = labels_and_splits(kept)
@@ -215,7 +228,7 @@ def build(
     out = Path(out_dir)
     check_new(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
-    col = from_memory_bank(ckpt) if images is None else from_images(ckpt, images, options)
+    col = from_memory_bank(ckpt, options) if images is None else from_images(ckpt, images, options)
     return write_new(out, col, ckpt, "memory_bank" if images is None else "embedded", options)
 
 
@@ -227,26 +240,37 @@ def check_new(out: Path, overwrite: bool) -> None:
 
 
 def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options: BuildOptions) -> Manifest:
-    """Index ``col``'s vectors (ids 0..n-1 in its order), write the files and commit; return the manifest."""
+    """Index ``col``'s (unwhitened) vectors (ids 0..n-1 in its order), whitened first if the options
+    ask, write the files and commit; return the manifest."""
     n = len(col.paths)
     ids = np.arange(n, dtype=np.int64)
+    sides = build_sides(ckpt, options)
+    vectors, embedding, db_info = col.vectors, EmbeddingInfo(list(sides)), {}
+    if options.whiten:
+        if n < WHITEN_MIN_PER_DIM * col.vectors.shape[1]:
+            raise ValueError(f"--whiten fits {col.vectors.shape[1]} axes on the gallery: it needs at least "
+                             f"{WHITEN_MIN_PER_DIM * col.vectors.shape[1]} images, this one has {n}")
+        whitening = fit_whitening(torch.from_numpy(col.vectors))
+        vectors = normalise(whitening.apply(torch.from_numpy(col.vectors)).numpy())
+        db_info[WHITENING_KEY] = whitening.to_json()
+        embedding = EmbeddingInfo(list(sides), Whitening.digest(db_info[WHITENING_KEY]), n)
     index, info = build_vector_index(
-        col.vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
+        vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
         options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
     infos = _infos(col.root, col.paths, options.progress)
     rows = [_row(i, p, lab, sp, info) for i, p, lab, sp, info in zip(ids, col.paths, col.labels, col.splits, infos,
                                                                        strict=True)]
-    manifest = Manifest.new(ckpt=ckpt, source=source, root=col.root, dim=col.vectors.shape[1], index_info=info,
-                            count=n, next_id=n)
+    manifest = Manifest.new(ckpt=ckpt, source=source, root=col.root, dim=vectors.shape[1], index_info=info,
+                            count=n, next_id=n, embedding=embedding)
     manifest.skipped = [list(s) for s in col.skipped[:100]]
     with locked(out):
         gen = new_generation()
         names = file_names(gen)
         write_index_file(out / names["index"], index)
-        write_db(out / names["db"], rows, {"generation": gen})
+        write_db(out / names["db"], rows, {"generation": gen, **db_info})
         commit(out, manifest, gen)
         if col.found is not None:
-            write_reports(out / REPORT_NAME, {INGEST_SPLIT: ingest_report(col, infos, ckpt.architecture.image_size)})
+            write_reports(out / REPORT_NAME, {INGEST_SPLIT: ingest_report(col, infos, max(sides))})
     return manifest
 
 
@@ -378,11 +402,11 @@ def add(
             unchanged = len(rels) - len(todo)
             if not todo:  # all already indexed and unchanged
                 return m
-            encoder, device, bf16 = placed_encoder(ckpt, options)
-            vecs, kept, unreadable = embed_files(encoder, src_root, [rels[i] for i in todo], m.image_size, device,
-                                                 bf16, options.batch_size, options.progress)
-            if vecs.shape[1] != m.dim:
-                raise IndexDirError(f"encoder gives {vecs.shape[1]}-d vectors, the index holds {m.dim}-d")
+            embedder = placed_embedder(ckpt, options, m.sides, whitening_of(m, loaded.store.info, str(d)))
+            if embedder.dim != m.dim:
+                raise IndexDirError(f"encoder gives {embedder.dim}-d vectors, the index holds {m.dim}-d")
+            vecs, kept, unreadable = embed_files(embedder, src_root, [rels[i] for i in todo], options.progress)
+            vecs = embedder.whiten(vecs)
             pos = {r: i for i, r in enumerate(rels)}
             kept_i = [pos[r] for r in kept]
             replaced = [existing[full[i]][0] for i in kept_i if full[i] in existing]

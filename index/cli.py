@@ -62,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=BuildOptions.batch_size)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true")
+    e = p.add_argument_group("how images become vectors (index/embedding.py; fixed when the index is built)")
+    e.add_argument("--scales", nargs="+", type=float, default=list(BuildOptions.scales), metavar="S",
+                   help="embed whole images at S x the checkpoint's side and average the vectors (e.g. 1 1.5: "
+                        "photos, docs/photos.md); more than one scale needs --images")
+    e.add_argument("--whiten", action="store_true",
+                   help="PCA-whiten the vectors: fitted on this gallery, kept with the index, applied to queries "
+                        "and --add too")
     g = p.add_argument_group("sharded embedding (torchrun does this by itself with --images)")
     g.add_argument("--shards", type=int, help="with --shard-id: embed one shard of --images into a shard file")
     g.add_argument("--shard-id", type=int, help="which shard, 0 .. --shards - 1")
@@ -86,6 +93,9 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
     if args.add or args.remove:
         if args.images:
             raise ValueError("--images builds a new index; use --add PATH to extend an existing one")
+        if args.whiten or tuple(args.scales) != BuildOptions.scales:
+            raise ValueError("--scales and --whiten are fixed when an index is built: --add embeds as the index "
+                             "already does (rebuild with --overwrite to change them)")
         return "update"
     if not args.checkpoint and not args.images:
         raise ValueError("--checkpoint is required to export a memory bank (or pass --images FOLDER to embed a "
@@ -116,6 +126,10 @@ def summary(m: Manifest) -> str:
     ]
     if ix.reason:
         lines.append(f"why: {ix.reason}")
+    e = m.embedding
+    lines.append(f"embedding: whole images at {' + '.join(f'{s} px' for s in m.sides)}"
+                 + (", averaged" if len(m.sides) > 1 else "")
+                 + (f", PCA-whitened (fitted on {e.whitening_fitted_on} vectors)" if e.whitening_sha256 else ""))
     return "\n".join(lines)
 
 
@@ -124,7 +138,7 @@ def options_of(args: argparse.Namespace) -> BuildOptions:
         index_type=args.index_type, memory_budget=parse_bytes(args.memory_budget),
         target_recall=args.target_recall, flat_max=args.flat_max, prefer_hnsw=args.hnsw,
         recall_queries=args.recall_queries, device=args.device, batch_size=args.batch_size,
-        progress=not args.no_progress)
+        progress=not args.no_progress, scales=tuple(args.scales), whiten=args.whiten)
 
 
 # ---------------------------------------------------------------- the modes

@@ -92,6 +92,19 @@ class IndexInfo:
 
 
 @dataclass
+class EmbeddingInfo:
+    """How images become the index's vectors beyond the checkpoint's encoder (``index/embedding.py``)."""
+
+    sides: list[int] = field(default_factory=list)  # whole-image sides averaged over; []: the checkpoint's side
+    whitening_sha256: str = ""  # "": not whitened; else the hash of the whitening kept in the metadata database
+    whitening_fitted_on: int = 0  # how many vectors it was fitted on (the gallery at build time)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EmbeddingInfo:
+        return cls(**_known(cls, d))
+
+
+@dataclass
 class Update:
     """One --add / --remove applied to the index (kept in the manifest as its history)."""
 
@@ -131,6 +144,7 @@ class Manifest:
     knn_top1: float | None = None  # the training monitor's last kNN top-1
     updates: list[Update] = field(default_factory=list)
     skipped: list[list[str]] | None = None  # [path, why] of unreadable files at build time (first 100)
+    embedding: EmbeddingInfo = field(default_factory=EmbeddingInfo)
     generation: str | None = None
     files: DataFiles | None = None
     created: str = ""
@@ -144,20 +158,25 @@ class Manifest:
 
     @classmethod
     def new(cls, *, ckpt: Checkpoint, source: str, root: str | os.PathLike, dim: int, index_info: IndexInfo,
-            count: int, next_id: int) -> Manifest:
+            count: int, next_id: int, embedding: EmbeddingInfo | None = None) -> Manifest:
         """A manifest for a freshly built index (generation and files are filled in at commit)."""
         t = now()
         return cls(source=source, root=str(Path(root).resolve()), count=int(count), next_id=int(next_id),
                    dim=int(dim), index=index_info,
                    checkpoint=CheckpointRecord(str(ckpt.path), ckpt.sha256, ckpt.epoch),
                    architecture=ckpt.architecture, temperature=ckpt.temperature, knn_top1=ckpt.knn_top1,
-                   created=t, updated=t)
+                   embedding=embedding or EmbeddingInfo(), created=t, updated=t)
 
     @property
     def image_size(self) -> int:
         if self.architecture is None:
             raise IndexDirError("the manifest records no architecture (an index from an older version): rebuild it")
         return self.architecture.image_size
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """The whole-image sides the vectors average over, largest first (the checkpoint's side by default)."""
+        return tuple(self.embedding.sides) or (self.image_size,)
 
     # ------------------------------------------------------------ JSON
 
@@ -171,7 +190,7 @@ class Manifest:
             "checkpoint": asdict(self.checkpoint),
             "architecture": self.architecture.to_dict() if self.architecture else None,
             "temperature": self.temperature, "knn_top1": self.knn_top1,
-            "updates": [u.to_dict() for u in self.updates],
+            "updates": [u.to_dict() for u in self.updates], "embedding": asdict(self.embedding),
         }
         if self.skipped is not None:
             d["skipped"] = self.skipped
@@ -197,6 +216,7 @@ class Manifest:
                 architecture=Architecture.from_dict(m["architecture"]) if m.get("architecture") else None,
                 temperature=m.get("temperature"), knn_top1=m.get("knn_top1"),
                 updates=[Update.from_dict(u) for u in m.get("updates") or []], skipped=m.get("skipped"),
+                embedding=EmbeddingInfo.from_dict(m.get("embedding") or {}),
                 generation=m["generation"], files=DataFiles(**_known(DataFiles, m["files"])),
                 created=m.get("created", ""), updated=m.get("updated", ""), normalisation=m["normalisation"],
                 metric=m["metric"], format=m["format"], format_version=int(m["format_version"]))

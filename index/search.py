@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instdisc.embed import embed
 from instdisc.images import fit_square, load_image, nchw, to_rgb
 from instdisc.runtime import use_bf16
 from instdisc.trained import Checkpoint
 
 from .backends import FaissBackend, TorchFlatBackend
+from .embedding import IndexEmbedder, whitening_of
 from .errors import IndexDirError, UnsafePathError
 from .faiss_util import gpu_available, index_kind, normalise, stored_vectors
 from .layout import open_dir, verified_checkpoint
@@ -97,6 +97,8 @@ class SearchIndex:
 
     manifest: Manifest
     checkpoint: Checkpoint  # the (hash-verified) checkpoint whose encoder embeds the queries
+    embedder: IndexEmbedder  # images -> this index's vectors (sides, whitening); the evaluation embeds with it too
+    image_size: int  # the side query images are decoded at (the largest of the index's sides)
     root: Path
     device: str
 
@@ -126,16 +128,16 @@ class SearchIndex:
             self.checkpoint = ckpt
             self.root = Path(loaded.manifest.root)
             self.dim = loaded.manifest.dim
-            self.image_size = loaded.manifest.image_size
             self.checkpoint_path = ckpt.path
             self._index = loaded.index
             self._store = loaded.store
             self._backend = backend
             self.device = backend.name
             enc_device = torch.device("cuda" if torch.cuda.is_available() and req != "cpu" else "cpu")
-            self._encoder = ckpt.encoder().to(enc_device)
-            self._enc_device = enc_device
-            self._bf16 = use_bf16(enc_device, "auto")
+            self.embedder = IndexEmbedder(ckpt.encoder().to(enc_device), loaded.manifest.sides,
+                                          whitening_of(loaded.manifest, loaded.store.info, str(loaded.dir)),
+                                          enc_device, use_bf16(enc_device, "auto"), batch_size=256)
+            self.image_size = self.embedder.input_size
             self._embed_lock = threading.Lock()
         except BaseException:
             loaded.store.close()
@@ -208,8 +210,7 @@ class SearchIndex:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
         with self._embed_lock:
-            v = embed(self._encoder, nchw(pixels), self._enc_device, self._bf16, batch_size=256)
-        return normalise(v.numpy())
+            return self.embedder(nchw(pixels))
 
     def embed_images(self, images: list) -> np.ndarray:
         """PIL images / paths / bytes / HxWx3 arrays -> (B, d) float32 unit rows (evaluation transform)."""

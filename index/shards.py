@@ -32,11 +32,12 @@ from instdisc.fsutil import atomic_write_bytes
 from .build import (
     BuildOptions,
     Collected,
+    build_sides,
     check_new,
     embed_files,
     labels_and_splits,
     open_source,
-    placed_encoder,
+    placed_embedder,
     write_new,
 )
 from .errors import IndexDirError
@@ -76,12 +77,12 @@ def embed_shard(
     ckpt = load_checkpoint(checkpoint)
     root, rels = open_source(images)
     lo, hi = shard_range(len(rels), shard, shards)
-    encoder, device, bf16 = placed_encoder(ckpt, options)
-    vecs, kept, skipped = embed_files(encoder, root, rels[lo:hi], ckpt.architecture.image_size, device, bf16,
-                                      options.batch_size, options.progress)
+    sides = build_sides(ckpt, options)
+    embedder = placed_embedder(ckpt, options, sides)
+    vecs, kept, skipped = embed_files(embedder, root, rels[lo:hi], options.progress)  # unwhitened: the merge fits it
     meta = {"format": FORMAT, "version": VERSION, "shard": shard, "shards": shards, "range": [lo, hi],
             "root": str(root), "files": len(rels), "files_sha256": files_digest(rels), "checkpoint_sha256": ckpt.sha256,
-            "dim": int(encoder.low_dim)}
+            "dim": int(embedder.encoder.low_dim), "sides": list(sides)}
     buf = io.BytesIO()
     np.savez(buf, vectors=vecs.astype(np.float32), paths=np.array(kept, dtype=str),
              skipped=np.array(skipped, dtype=str).reshape(-1, 2), meta=np.array(json.dumps(meta)))
@@ -107,8 +108,10 @@ def read_shard(path: Path) -> tuple[dict, np.ndarray, list[str], list[tuple[str,
     return meta, vecs, paths, skipped  # type: ignore[return-value]
 
 
-def merge_shards(shard_dir: str | os.PathLike, shards: int, checkpoint_sha256: str) -> Collected:
-    """All ``shards`` shard files as one collection, in file order; refuses mixed or missing shards."""
+def merge_shards(shard_dir: str | os.PathLike, shards: int, checkpoint_sha256: str,
+                 sides: tuple[int, ...] | None = None) -> Collected:
+    """All ``shards`` shard files as one collection, in file order; refuses mixed or missing shards, and
+    shards embedded at other sides than ``sides`` (the merge's ``--scales``)."""
     metas, vecs, paths, skipped = [], [], [], []
     for i in range(shards):
         path = shard_path(shard_dir, i, shards)
@@ -119,6 +122,10 @@ def merge_shards(shard_dir: str | os.PathLike, shards: int, checkpoint_sha256: s
         if metas and any(meta[k] != metas[0][k] for k in ("root", "files", "files_sha256", "dim")):
             raise IndexDirError(f"{path} was cut from another file list or folder than shard 0 "
                                 f"({meta['root']}, {meta['files']} files vs {metas[0]['root']}, {metas[0]['files']})")
+        shard_sides = tuple(meta.get("sides") or ())
+        if sides is not None and shard_sides and shard_sides != tuple(sides):
+            raise IndexDirError(f"{path} was embedded at {list(shard_sides)} px, this merge asks for {list(sides)} px "
+                                "(give the merge the --scales the shards were embedded with)")
         if (meta["shard"], meta["shards"]) != (i, shards):
             raise IndexDirError(f"{path} holds shard {meta['shard']} of {meta['shards']}, expected {i} of {shards}")
         metas.append(meta)
@@ -141,7 +148,7 @@ def build_from_shards(
     shard_dir = Path(shard_dir) if shard_dir is not None else default_shard_dir(out)
     check_new(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
-    col = merge_shards(shard_dir, shards, ckpt.sha256)
+    col = merge_shards(shard_dir, shards, ckpt.sha256, build_sides(ckpt, options))
     manifest = write_new(out, col, ckpt, "embedded", options)
     if not keep_shards:
         for i in range(shards):

@@ -25,10 +25,15 @@ def embed(
     batch_size: int = 512,
     progress: bool = False,
     desc: str = "embed",
+    size: int | None = None,
 ) -> torch.Tensor:
-    """(N, 3, S, S) uint8 -> (N, low_dim) float32 on the CPU; the encoder's mode is restored."""
+    """(N, 3, S, S) uint8 -> (N, low_dim) float32 on the CPU; the encoder's mode is restored.
+
+    ``size``: the side the encoder sees (default: the images' ``eval_size``, else their own side);
+    an index embedding at several sides passes each in turn.
+    """
     device = device or next(encoder.parameters()).device
-    size = int(getattr(images, "eval_size", images.shape[-1]))
+    size = int(size or getattr(images, "eval_size", images.shape[-1]))
     was_training = encoder.training
     encoder.eval()
     out = torch.empty(images.shape[0], encoder.low_dim)

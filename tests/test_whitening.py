@@ -1,11 +1,11 @@
-"""PCA whitening fitted on a gallery (evaluation/whitening.py): the fairness check on the pixel baseline."""
+"""PCA whitening fitted on a gallery (instdisc/whitening.py): the fairness check on the pixel baseline."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from evaluation.whitening import fit_whitening, whitened
+from instdisc.whitening import fit_whitening, whitened
 
 
 def _anisotropic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,18 +1,26 @@
-"""PCA whitening fitted on a gallery: the classic retrieval post-processing, applied to every featuriser alike.
+"""PCA whitening fitted on a gallery: an index option, and the evaluation's fairness check on pixels.
 
 Whitening (centre on the gallery mean, rotate to the principal axes, divide each axis by the square
 root of its variance, re-normalise) is label-free and is learned from the gallery alone (Jégou &
 Chum, ECCV 2012, "Negative evidences and co-occurrences in image retrieval: the benefit of PCA and
-whitening"). It is here as a *fairness check* on the baselines, not as a lever: measured on the
-CIFAR-10 JPEG copy (test vs train, k = 200), it lifts raw pixels' weighted kNN from 41.2 % to
-58-60 % and a 7-minute ``cpu-cifar-fast`` encoder's from 53.6 % to 58.7 % (REPRODUCTION.md,
-"Beyond the paper"), so a claim against raw pixels has to hold against whitened pixels too.
+whitening"; Radenović et al., TPAMI 2018, learned whitening on top of a CNN descriptor). Two uses:
+
+* ``scripts/build_index.py --whiten`` fits it on the index's own vectors and keeps it with the
+  index (``index/embedding.py``), so queries, ``--add`` and the evaluation are whitened alike.
+  Measured on the photo subset it lifts a 20-minute encoder's kNN (docs/photos.md); on CIFAR-10
+  it costs mAP (REPRODUCTION.md, "Beyond the paper"), hence an option, not a default.
+* the *fairness check* on the baselines: it lifts raw pixels' weighted kNN on CIFAR-10 from 41.2 %
+  to 58-60 %, so a claim against raw pixels has to hold against whitened pixels too.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +40,32 @@ class Whitening:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (N, k) unit rows."""
         return F.normalize((x.float() - self.mean) @ self.proj, dim=1)
+
+    def to_json(self) -> str:
+        """The three arrays as base64 float32 in one JSON text (kept in an index's metadata database)."""
+        arrays = {"mean": self.mean, "proj": self.proj, "eigenvalues": self.eigenvalues}
+        return json.dumps({k: {"shape": list(v.shape), "float32": base64.b64encode(
+            v.float().contiguous().numpy().tobytes()).decode("ascii")} for k, v in arrays.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Whitening:
+        """Inverse of :meth:`to_json`; ValueError naming what is malformed."""
+        try:
+            d = json.loads(text)
+            arrays = {k: torch.from_numpy(np.frombuffer(base64.b64decode(d[k]["float32"]), np.float32)
+                                          .reshape(d[k]["shape"]).copy()) for k in ("mean", "proj", "eigenvalues")}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"malformed whitening ({type(e).__name__}: {e})") from e
+        w = cls(**arrays)
+        if w.mean.ndim != 1 or w.proj.shape[0] != w.mean.shape[0] or w.eigenvalues.shape != w.proj.shape[1:]:
+            raise ValueError(f"inconsistent whitening shapes: mean {tuple(w.mean.shape)}, proj {tuple(w.proj.shape)}, "
+                             f"eigenvalues {tuple(w.eigenvalues.shape)}")
+        return w
+
+    @staticmethod
+    def digest(text: str) -> str:
+        """SHA-256 of :meth:`to_json`'s text (the manifest records it; a mismatch is refused at open)."""
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def fit_whitening(gallery: torch.Tensor, dims: int = DIMS, power: float = POWER, eps: float = EPS) -> Whitening:
