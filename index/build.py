@@ -71,8 +71,10 @@ class BuildOptions:
     batch_size: int = 256
     progress: bool = True
     seed: int = 0
-    scales: tuple[float, ...] = (1.0,)  # sides as multiples of the checkpoint's, vectors averaged (index/embedding.py)
-    whiten: bool = False  # PCA-whiten the vectors, fitted on this gallery (index/embedding.py)
+    # how images become vectors (index/embedding.py); None: the checkpoint's own recipe (TrainConfig.index_scales /
+    # index_whiten, e.g. the photo preset's 1x + 1.5x, whitened)
+    scales: tuple[float, ...] | None = None  # whole-image sides as multiples of the checkpoint's, vectors averaged
+    whiten: bool | None = None  # PCA-whiten the vectors, fitted on this gallery
 
 
 @dataclass
@@ -179,17 +181,32 @@ def placed_embedder(ckpt: Checkpoint, options: BuildOptions, sides: tuple[int, .
 
 
 def build_sides(ckpt: Checkpoint, options: BuildOptions) -> tuple[int, ...]:
-    """The whole-image sides a new index embeds at (``options.scales`` x the checkpoint's side)."""
-    return sides_for(ckpt.architecture.image_size, options.scales)
+    """The whole-image sides a new index embeds at (``options.scales``, else the checkpoint's recipe, x its side)."""
+    scales = options.scales if options.scales is not None else ckpt.config.index_scales
+    return sides_for(ckpt.architecture.image_size, scales)
+
+
+def needs_images(ckpt: Checkpoint, options: BuildOptions) -> bool:
+    """Whether the index's sides differ from the memory bank's one side (so images must be re-embedded)."""
+    return build_sides(ckpt, options) != (ckpt.architecture.image_size,)
+
+
+def training_folder(ckpt: Checkpoint) -> Path:
+    """The folder the checkpoint was trained on (to re-embed instead of exporting its bank); ValueError if gone."""
+    root = Path(ckpt.files.root)
+    if not root.is_dir():
+        raise ValueError(f"this index embeds at {list(build_sides(ckpt, BuildOptions()))} px, which needs the images, "
+                         f"and the training folder {root} is not here: pass --images FOLDER (or --scales 1)")
+    return root
 
 
 def from_memory_bank(ckpt: Checkpoint, options: BuildOptions | None = None) -> Collected:
     """The bank rows with the training paths and labels they belong to (nothing is decoded)."""
-    sides = build_sides(ckpt, options or BuildOptions())
-    if sides != (ckpt.architecture.image_size,):
+    options = options or BuildOptions()
+    if needs_images(ckpt, options):
         raise ValueError(f"the memory bank holds embeddings at {ckpt.architecture.image_size} px only: embedding at "
-                         f"{list(sides)} px needs the images (pass --images, e.g. the training folder "
-                         f"{ckpt.files.root})")
+                         f"{list(build_sides(ckpt, options))} px needs the images (pass --images, e.g. the training "
+                         f"folder {ckpt.files.root})")
     files = ckpt.files
     bank = ckpt.bank().float().numpy()
     if bank.shape[0] != len(files.paths):
@@ -223,11 +240,16 @@ def build(
     checkpoint: str | os.PathLike, out_dir: str | os.PathLike, images: str | os.PathLike | None = None,
     options: BuildOptions | None = None, overwrite: bool = False,
 ) -> Manifest:
-    """Build INDEX_DIR from the memory bank (``images=None``) or from embedded images; return the manifest."""
+    """Build INDEX_DIR from the memory bank (``images=None``) or from embedded images; return the manifest.
+
+    A bank holds one side; an index embedding at other sides (``options.scales`` or the checkpoint's
+    recipe) re-embeds the checkpoint's training folder instead when ``images`` is None."""
     options = options or BuildOptions()
     out = Path(out_dir)
     check_new(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
+    if images is None and needs_images(ckpt, options):  # the bank holds one side: re-embed the training folder
+        images = training_folder(ckpt)
     col = from_memory_bank(ckpt, options) if images is None else from_images(ckpt, images, options)
     return write_new(out, col, ckpt, "memory_bank" if images is None else "embedded", options)
 
@@ -246,10 +268,14 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
     ids = np.arange(n, dtype=np.int64)
     sides = build_sides(ckpt, options)
     vectors, embedding, db_info = col.vectors, EmbeddingInfo(list(sides)), {}
-    if options.whiten:
-        if n < WHITEN_MIN_PER_DIM * col.vectors.shape[1]:
-            raise ValueError(f"--whiten fits {col.vectors.shape[1]} axes on the gallery: it needs at least "
-                             f"{WHITEN_MIN_PER_DIM * col.vectors.shape[1]} images, this one has {n}")
+    too_few = n < WHITEN_MIN_PER_DIM * col.vectors.shape[1]
+    why_few = (f"whitening fits {col.vectors.shape[1]} axes on the gallery: it needs at least "
+               f"{WHITEN_MIN_PER_DIM * col.vectors.shape[1]} images, this one has {n}")
+    if options.whiten and too_few:
+        raise ValueError(f"--whiten: {why_few}")
+    if options.whiten is None and ckpt.config.index_whiten and too_few:
+        warnings.warn(f"not whitened although the checkpoint's recipe asks for it: {why_few}", stacklevel=3)
+    elif options.whiten or (options.whiten is None and ckpt.config.index_whiten):
         whitening = fit_whitening(torch.from_numpy(col.vectors))
         vectors = normalise(whitening.apply(torch.from_numpy(col.vectors)).numpy())
         db_info[WHITENING_KEY] = whitening.to_json()

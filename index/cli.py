@@ -63,12 +63,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true")
     e = p.add_argument_group("how images become vectors (index/embedding.py; fixed when the index is built)")
-    e.add_argument("--scales", nargs="+", type=float, default=list(BuildOptions.scales), metavar="S",
-                   help="embed whole images at S x the checkpoint's side and average the vectors (e.g. 1 1.5: "
-                        "photos, docs/photos.md); more than one scale needs --images")
-    e.add_argument("--whiten", action="store_true",
+    e.add_argument("--scales", nargs="+", type=float, default=None, metavar="S",
+                   help="embed whole images at S x the checkpoint's side and average the vectors (e.g. 1 1.5); "
+                        "default: the checkpoint's recipe (1 1.5 for cpu-photos-fast, else 1). Without --images, "
+                        "sides the memory bank lacks re-embed the training folder")
+    e.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                    help="PCA-whiten the vectors: fitted on this gallery, kept with the index, applied to queries "
-                        "and --add too")
+                        "and --add too (default: the checkpoint's recipe: on for cpu-photos-fast)")
     g = p.add_argument_group("sharded embedding (torchrun does this by itself with --images)")
     g.add_argument("--shards", type=int, help="with --shard-id: embed one shard of --images into a shard file")
     g.add_argument("--shard-id", type=int, help="which shard, 0 .. --shards - 1")
@@ -93,7 +94,7 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
     if args.add or args.remove:
         if args.images:
             raise ValueError("--images builds a new index; use --add PATH to extend an existing one")
-        if args.whiten or tuple(args.scales) != BuildOptions.scales:
+        if args.whiten is not None or args.scales is not None:
             raise ValueError("--scales and --whiten are fixed when an index is built: --add embeds as the index "
                              "already does (rebuild with --overwrite to change them)")
         return "update"
@@ -138,7 +139,7 @@ def options_of(args: argparse.Namespace) -> BuildOptions:
         index_type=args.index_type, memory_budget=parse_bytes(args.memory_budget),
         target_recall=args.target_recall, flat_max=args.flat_max, prefer_hnsw=args.hnsw,
         recall_queries=args.recall_queries, device=args.device, batch_size=args.batch_size,
-        progress=not args.no_progress, scales=tuple(args.scales), whiten=args.whiten)
+        progress=not args.no_progress, scales=tuple(args.scales) if args.scales else None, whiten=args.whiten)
 
 
 # ---------------------------------------------------------------- the modes

@@ -23,7 +23,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(default, tuple):
-            group.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
+            group.add_argument(flag, type=type(default[0]) if default else int, nargs="+", default=None,
+                               help=help_text)
         else:
             group.add_argument(flag, type=type(default), default=None, help=help_text)
 

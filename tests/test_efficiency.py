@@ -123,7 +123,7 @@ def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shape
 
     out = tmp_path / "res.json"
     assert embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "1", "1.5",
-                                  "--flip", "--out", str(out)]) == 0
+                                  "--flip", "--combine", "1,1.5", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert [(row["side"], row["flip"]) for row in r["rows"]] == [(32, False), (32, True), (48, False), (48, True)]
     for row in r["rows"]:
@@ -134,7 +134,15 @@ def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shape
         if not row["flip"]:
             assert 0 <= row["near_duplicate"]["top1"] <= row["near_duplicate"]["top10"] <= 100
             assert 0 <= row["whitened"]["near_duplicate"]["top1"] <= 100
+    (combined,) = r["combined"]
+    assert combined["sides"] == [32, 48] and 0 < combined["map"] <= 100
+    assert 0 <= combined["dba10"]["near_duplicate"]["top1"] <= 100
+    # the average of two sides is neither side's embedding
+    assert round(combined["map"], 6) not in {round(row["map"], 6) for row in r["rows"]}
     assert out.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="not among --scales"):
+        embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "1",
+                               "--combine", "1,2", "--out", str(out)])
     with pytest.raises(SystemExit):
         embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "0.5",
                                "--out", str(out)])

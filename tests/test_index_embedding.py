@@ -106,12 +106,37 @@ def test_a_tampered_whitening_is_refused(whitened_index: Path, tmp_path: Path):
         SearchIndex.open(idx_dir, device="cpu")
 
 
-def test_memory_bank_cannot_embed_at_other_sides(tiny_run: Path, tmp_path: Path):
-    with pytest.raises(ValueError, match="needs the images"):
-        build(tiny_run / "checkpoint.pt", tmp_path / "idx", options=BuildOptions(progress=False, scales=(1.0, 1.5)))
+def test_other_sides_than_the_bank_re_embed_the_training_folder(tiny_run: Path, shapes_root: Path, tmp_path: Path):
+    m = build(tiny_run / "checkpoint.pt", tmp_path / "idx", options=BuildOptions(progress=False, scales=(1.0, 1.5)))
+    assert m.source == "embedded" and m.sides == (48, 32) and m.count == 240
+    assert Path(m.root) == (shapes_root / "train").resolve()
     # whitening alone is fitted on the bank rows (240 here: too few for 128 axes)
     with pytest.raises(ValueError, match="at least 256 images, this one has 240"):
-        build(tiny_run / "checkpoint.pt", tmp_path / "idx", options=BuildOptions(progress=False, whiten=True))
+        build(tiny_run / "checkpoint.pt", tmp_path / "idx2", options=BuildOptions(progress=False, whiten=True))
+
+
+def test_the_recipe_needs_the_training_folder_or_images(shapes_root: Path, tmp_path: Path):
+    """A checkpoint whose recipe embeds at 1x and 1.5x (the photo preset's), trained on a folder since deleted:
+    the build says to pass --images; with --images it builds at the recipe's sides, whitened by the recipe."""
+    from instdisc.config import preset
+    from instdisc.data import load_splits
+    from instdisc.train import Trainer
+
+    data = tmp_path / "gone"
+    shutil.copytree(shapes_root, data)
+    cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", index_scales=(1.0, 1.5), index_whiten=True)
+    train, ev = load_splits(data, cfg.image_size, progress=False)
+    Trainer(cfg, train, ev, tmp_path / "run", device="cpu", progress=False).fit()
+    shutil.rmtree(data)
+    with pytest.raises(ValueError, match="pass --images"):
+        build(tmp_path / "run" / "checkpoint.pt", tmp_path / "idx", options=BuildOptions(progress=False))
+    m = build(tmp_path / "run" / "checkpoint.pt", tmp_path / "idx", images=shapes_root,
+              options=BuildOptions(progress=False))
+    assert m.sides == (48, 32) and m.embedding.whitening_fitted_on == 340
+    with pytest.warns(UserWarning, match="not whitened although the checkpoint's recipe asks for it"):
+        m = build(tmp_path / "run" / "checkpoint.pt", tmp_path / "idx3", images=shapes_root / "test",
+                  options=BuildOptions(progress=False))
+    assert not m.embedding.whitening_sha256 and m.sides == (48, 32)
 
 
 def test_whitening_refuses_a_gallery_too_small_to_fit(tiny_run: Path, shapes_root: Path, tmp_path: Path):
@@ -153,3 +178,19 @@ def test_whitening_json_round_trip():
     assert Whitening.digest(w.to_json()) == Whitening.digest(back.to_json())
     with pytest.raises(ValueError, match="malformed"):
         Whitening.from_json("{}")
+
+
+def test_the_recipe_is_a_training_flag_and_survives_the_checkpoint_round_trip():
+    import argparse
+
+    from instdisc.cli import add_config_flags, config_from_args
+    from instdisc.config import TrainConfig, preset
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    cfg = config_from_args(p.parse_args(["--index-scales", "1", "1.25", "--no-index-whiten"]), "cpu-photos-fast")
+    assert cfg.index_scales == (1.0, 1.25) and cfg.index_whiten is False
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    photos = preset("cpu-photos-fast")
+    assert photos.index_scales == (1.0, 1.5) and photos.index_whiten
+    assert preset("cpu-cifar-fast").index_scales == (1.0,) and not preset("cpu-cifar-fast").index_whiten
