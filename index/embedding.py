@@ -33,16 +33,20 @@ from .errors import IndexDirError
 from .faiss_util import normalise
 from .manifest import Manifest
 
+MIN_SIDE = 8  # the smallest whole-image side an index embeds at
 WHITENING_KEY = "whitening"  # the metadata database's info key holding the index's whitening (JSON)
 
 
 def sides_for(base: int, scales: Sequence[float]) -> tuple[int, ...]:
-    """Whole-image sides for ``scales`` x the checkpoint's side ``base``: distinct, largest first."""
+    """Whole-image sides for ``scales`` x the checkpoint's side ``base``: distinct, largest first.
+
+    Scales under 1 are allowed (a checkpoint exported at an enlarged side, ``--embed-scale``, can
+    still embed at its training side: ``--scales 0.667 1`` at 48 px gives 32 and 48)."""
     if not scales:
         raise ValueError("scales must name at least one scale")
-    bad = [s for s in scales if not s >= 1]
+    bad = [s for s in scales if not round(base * float(s)) >= MIN_SIDE]
     if bad:
-        raise ValueError(f"scales must be >= 1 (multiples of the checkpoint's side {base} px), got {bad}")
+        raise ValueError(f"scales {bad} x the checkpoint's side {base} px give sides under {MIN_SIDE} px")
     return tuple(sorted({round(base * float(s)) for s in scales}, reverse=True))
 
 

@@ -113,6 +113,8 @@ PRESETS: dict[str, dict] = {
     # of 54.0 (at 1.5x: 70.5 / 65.3 / 24.2 but 42.8 %). Not on photos: at 1.5x a 20-minute photo encoder
     # gains 0.4 / 2.0 / 0.36 points but finds an edited copy first 2.6 % of the time instead of 10.6
     # (1.25x is worse on every metric there). Session 10, results/embed_resolution/.
+    # Session 11: the index embeds each image at 32 and 48 px, the vectors averaged (index_scales; the bank
+    # stays at 32): 71.5 / 65.8 / 22.8, edited copy first 57.0 % against 1.25x's 71.1 / 65.1 / 22.1, 53.2 %.
     "cpu-cifar-fast": {
         "width": 16,
         "batch_size": 256,
@@ -122,7 +124,7 @@ PRESETS: dict[str, dict] = {
         "views": 2,
         "bank_weight": 0.0,
         "refresh_bank": True,
-        "embed_scale": 1.25,
+        "index_scales": (1.0, 1.5),
         "time_budget": 42 * 60.0,
     },
     "cpu-photos-fast": {
@@ -137,7 +139,7 @@ PRESETS: dict[str, dict] = {
         "refresh_bank": True,
         "time_budget": 20 * 60.0,
         # its index embeds each photo at 64 and 96 px, averaged, PCA-whitened: on the photo subset a 20-minute
-        # encoder's kNN rises from 22.8 to 26+ % with near-duplicates kept (docs/photos.md)
+        # encoder's kNN rises from 22.8 to 26.7 %, an edited copy found first 9.4 % instead of 10.6 (docs/photos.md)
         "index_scales": (1.0, 1.5),
         "index_whiten": True,
     },

@@ -36,8 +36,9 @@ def whitened_index(tiny_run: Path, shapes_root: Path, tmp_path_factory: pytest.T
 def test_sides_for_scales():
     assert sides_for(32, (1.0, 1.5)) == (48, 32)
     assert sides_for(32, (1.5, 1.0, 1.0)) == (48, 32)  # distinct, largest first
-    with pytest.raises(ValueError, match=">= 1"):
-        sides_for(32, (0.5,))
+    assert sides_for(48, (0.6667, 1.0)) == (48, 32)
+    with pytest.raises(ValueError, match="under 8 px"):
+        sides_for(32, (0.2,))
     with pytest.raises(ValueError, match="at least one"):
         sides_for(32, ())
 
@@ -193,4 +194,5 @@ def test_the_recipe_is_a_training_flag_and_survives_the_checkpoint_round_trip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     photos = preset("cpu-photos-fast")
     assert photos.index_scales == (1.0, 1.5) and photos.index_whiten
-    assert preset("cpu-cifar-fast").index_scales == (1.0,) and not preset("cpu-cifar-fast").index_whiten
+    cifar = preset("cpu-cifar-fast")
+    assert cifar.index_scales == (1.0, 1.5) and not cifar.index_whiten and cifar.embed_scale == 1.0
