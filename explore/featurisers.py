@@ -1,5 +1,6 @@
-"""Embedders for collections that are not an index: raw pixels (the baseline) and a checkpoint's
-encoder (trained or random-init), each ``list[PIL] -> (B, d) unit rows`` like
+"""Embedders for collections that are not an index: raw pixels (the baseline), a checkpoint's
+encoder (trained or random-init) and a checkpoint's index recipe (its sides averaged, whitened on
+the collection, as ``build_index.py`` would embed it), each ``list[PIL] -> (B, d) unit rows`` like
 :meth:`index.search.SearchIndex.embed_images`, so calibration can re-embed edited images."""
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ import torch
 from PIL import Image
 
 from evaluation.baselines import pixel_features
+from index.build import WHITEN_MIN_PER_DIM
+from index.embedding import IndexEmbedder, sides_for
 from instdisc.embed import embed
 from instdisc.images import fit_square, nchw
+from instdisc.trained import Checkpoint
+from instdisc.whitening import fit_whitening
 
 from .collection import Embed
 
@@ -35,5 +40,21 @@ def encoder_embedder(encoder: torch.nn.Module, size: int) -> Embed:
     def featurise(images: list[Image.Image]) -> np.ndarray:
         v = embed(encoder, _batch(images, size), torch.device("cpu"))
         return torch.nn.functional.normalize(v, dim=1).numpy()
+
+    return featurise
+
+
+def recipe_embedder(ckpt: Checkpoint, gallery: list[Image.Image]) -> Embed:
+    """The checkpoint's encoder embedding as an index built from it would (``TrainConfig.index_scales``
+    averaged, ``index_whiten`` fitted on ``gallery`` when it is large enough), on the CPU."""
+    sides = sides_for(ckpt.architecture.image_size, ckpt.config.index_scales)
+    plain = IndexEmbedder(ckpt.encoder(), sides, None, torch.device("cpu"))
+    whitening = None
+    if ckpt.config.index_whiten and len(gallery) >= WHITEN_MIN_PER_DIM * plain.dim:
+        whitening = fit_whitening(plain.unwhitened(_batch(gallery, plain.input_size)))
+    embedder = IndexEmbedder(plain.encoder, sides, whitening, torch.device("cpu"))
+
+    def featurise(images: list[Image.Image]) -> np.ndarray:
+        return embedder(_batch(images, embedder.input_size))
 
     return featurise

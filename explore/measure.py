@@ -25,7 +25,7 @@ from instdisc.trained import Checkpoint
 
 from .clusters import cluster
 from .collection import Embed
-from .featurisers import encoder_embedder, pixel_embedder
+from .featurisers import encoder_embedder, pixel_embedder, recipe_embedder
 from .grouping import chain_guard, group_duplicates
 from .neighbours import K, knn_graph
 from .planted import PLANTED, evaluate_planted
@@ -66,8 +66,10 @@ def featurisers(imgs: list[Image.Image], checkpoint: str | None, seed: int) -> d
         ck = Checkpoint.load(checkpoint)
         out["random-init"] = (encoder_embedder(ck.untrained_encoder(seed), ck.architecture.image_size),
                               f"{ck.architecture.arch} width {ck.architecture.width}, untrained (seed {seed})")
-        out["ours"] = (encoder_embedder(ck.encoder(), ck.architecture.image_size),
-                       f"{checkpoint} (epoch {ck.epoch}, kNN {ck.knn_top1})")
+        out["ours"] = (recipe_embedder(ck, imgs),  # as its index embeds (sides, whitening)
+                       f"{checkpoint} (epoch {ck.epoch}, kNN {ck.knn_top1}), embedded at "
+                       f"{' + '.join(str(round(ck.architecture.image_size * x)) for x in ck.config.index_scales)} px"
+                       + (" and whitened" if ck.config.index_whiten else ""))
     return out
 
 

@@ -64,6 +64,9 @@ def test_multi_scale_whitened_vectors_are_what_the_index_stores(whitened_index: 
         assert np.abs(stored - expected).max() < 2e-3
         # not a no-op: whitening moved the vectors away from the plain multi-scale ones
         assert np.abs(stored - raw.numpy()).max() > 0.1
+        from webapp.collection import CollectionFacts
+
+        assert "48 + 32px input, whitened" in CollectionFacts(idx).info_markdown()  # the app's info panel
         files = [shapes_root / p for p in paths[::70]]
         for f, hits in zip(files, idx.search_images(files, 3), strict=True):
             assert hits[0].path == f.relative_to(shapes_root).as_posix()
@@ -116,28 +119,54 @@ def test_other_sides_than_the_bank_re_embed_the_training_folder(tiny_run: Path, 
         build(tiny_run / "checkpoint.pt", tmp_path / "idx2", options=BuildOptions(progress=False, whiten=True))
 
 
-def test_the_recipe_needs_the_training_folder_or_images(shapes_root: Path, tmp_path: Path):
-    """A checkpoint whose recipe embeds at 1x and 1.5x (the photo preset's), trained on a folder since deleted:
-    the build says to pass --images; with --images it builds at the recipe's sides, whitened by the recipe."""
+@pytest.fixture(scope="module")
+def recipe_run(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint whose recipe embeds at 1x and 1.5x, whitened (the photo preset's), trained on a copy
+    of the shapes folder (``<run>/../data``)."""
     from instdisc.config import preset
     from instdisc.data import load_splits
     from instdisc.train import Trainer
 
-    data = tmp_path / "gone"
-    shutil.copytree(shapes_root, data)
+    base = tmp_path_factory.mktemp("recipe")
+    shutil.copytree(shapes_root, base / "data")
     cfg = preset("tiny", epochs=1, batch_size=32, precision="fp32", index_scales=(1.0, 1.5), index_whiten=True)
-    train, ev = load_splits(data, cfg.image_size, progress=False)
-    Trainer(cfg, train, ev, tmp_path / "run", device="cpu", progress=False).fit()
-    shutil.rmtree(data)
-    with pytest.raises(ValueError, match="pass --images"):
-        build(tmp_path / "run" / "checkpoint.pt", tmp_path / "idx", options=BuildOptions(progress=False))
-    m = build(tmp_path / "run" / "checkpoint.pt", tmp_path / "idx", images=shapes_root,
+    train, ev = load_splits(base / "data", cfg.image_size, progress=False)
+    Trainer(cfg, train, ev, base / "run", device="cpu", progress=False).fit()
+    return base / "run"
+
+
+def test_the_recipe_needs_the_training_folder_or_images(recipe_run: Path, shapes_root: Path, tmp_path: Path):
+    """Trained on a folder since moved away: the build says to pass --images; with --images it builds at the
+    recipe's sides, whitened by the recipe; too small a gallery skips the recipe's whitening with a warning."""
+    data = recipe_run.parent / "data"
+    data.rename(recipe_run.parent / "moved")
+    try:
+        with pytest.raises(ValueError, match="pass --images"):
+            build(recipe_run / "checkpoint.pt", tmp_path / "idx", options=BuildOptions(progress=False))
+    finally:
+        (recipe_run.parent / "moved").rename(data)
+    m = build(recipe_run / "checkpoint.pt", tmp_path / "idx", images=shapes_root,
               options=BuildOptions(progress=False))
     assert m.sides == (48, 32) and m.embedding.whitening_fitted_on == 340
     with pytest.warns(UserWarning, match="not whitened although the checkpoint's recipe asks for it"):
-        m = build(tmp_path / "run" / "checkpoint.pt", tmp_path / "idx3", images=shapes_root / "test",
+        m = build(recipe_run / "checkpoint.pt", tmp_path / "idx3", images=shapes_root / "test",
                   options=BuildOptions(progress=False))
     assert not m.embedding.whitening_sha256 and m.sides == (48, 32)
+
+
+def test_explore_embeds_a_collection_as_its_index_would(recipe_run: Path, shapes_root: Path, tmp_path: Path):
+    """explore's featuriser for a checkpoint (the planted-duplicate evaluation) follows the index recipe."""
+    from explore.featurisers import recipe_embedder
+    from instdisc.images import load_image
+
+    m = build(recipe_run / "checkpoint.pt", tmp_path / "idx", images=shapes_root,
+              options=BuildOptions(progress=False, precision="fp32"))
+    with SearchIndex.open(tmp_path / "idx", device="cpu") as idx:
+        paths, stored = idx.paths(), idx.vectors(idx.ids())
+    feat = recipe_embedder(Checkpoint.load(recipe_run / "checkpoint.pt"), [load_image(shapes_root / p) for p in paths])
+    v = feat([load_image(shapes_root / p) for p in paths[:20]])
+    assert m.embedding.whitening_sha256 and v.shape == (20, 128)
+    assert np.abs(v - stored[:20]).max() < 2e-3
 
 
 def test_whitening_refuses_a_gallery_too_small_to_fit(tiny_run: Path, shapes_root: Path, tmp_path: Path):

@@ -130,7 +130,9 @@ class CollectionFacts:
         """Model (architecture, epochs, recorded kNN accuracy) and index (type, size, device)."""
         m = self.index.manifest
         arch = m.architecture
-        details = f" (width {arch.width}, {arch.low_dim}-d features, {arch.image_size}px input)" if arch else ""
+        sides = " + ".join(f"{s}" for s in m.sides) if arch else ""
+        whitened = ", whitened" if m.embedding.whitening_sha256 else ""
+        details = f" (width {arch.width}, {arch.low_dim}-d features, {sides}px input{whitened})" if arch else ""
         model = f"**{arch.arch if arch else '?'}**{details} · trained {m.checkpoint.epoch} epochs"
         model += (f" · recorded kNN top-1 {m.knn_top1 * 100:.1f}%" if m.knn_top1 is not None
                   else " · kNN accuracy not recorded")
