@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from index.synthetic import clustered_unit_vectors
+from instdisc.conventions import unwrap
 from instdisc.data import resolve_source
 from instdisc.images import is_image_name, load_image
 from instdisc.trained import Checkpoint
@@ -45,7 +46,7 @@ def machine() -> dict:
 def cifar_subset(source: str, train: int, test: int, seed: int) -> tuple[list, list, list, list]:
     """Seeded ``train`` + ``test`` images of a ``train/<class>/``, ``test/<class>/`` collection (folder or
     archive), as PIL with labels, splits and paths; only the sampled files are decoded."""
-    root = resolve_source(source)
+    root = unwrap(resolve_source(source))  # an archive's lone top folder (the photo subset has one)
     rng = np.random.default_rng(seed)
     imgs, labels, splits, paths = [], [], [], []
     for split, n in (("train", train), ("test", test)):

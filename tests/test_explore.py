@@ -253,3 +253,16 @@ def test_explore_cli_clusters_and_map(planted_index: Path, tmp_path: Path, capsy
         assert im.size == (1600, 1600)
     assert explore_main(["clusters", *idx, "--clusters", "1", "--out", str(tmp_path)]) == 2
     assert "k must be between 2 and the number of entries (26), got 1" in capsys.readouterr().err
+
+
+def test_planted_sampling_looks_inside_an_archives_lone_top_folder(shapes_root: Path, tmp_path: Path):
+    """The photo subset's archive holds tinyimagenet-subset/{train,test}/: the planted evaluation samples from it."""
+    import shutil
+
+    from explore.measure import cifar_subset
+
+    shutil.copytree(shapes_root, tmp_path / "wrapper" / "shapes")
+    imgs, labels, splits, paths = cifar_subset(str(tmp_path / "wrapper"), 6, 4, seed=0)
+    assert len(imgs) == 10 and splits.count("train") == 6 and splits.count("test") == 4
+    assert all(p.startswith(("train/", "test/")) for p in paths) and set(labels) <= {
+        d.name for d in (shapes_root / "train").iterdir()}
