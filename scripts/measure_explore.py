@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     b = sub.add_parser("timing")
     b.add_argument("--n", type=int, required=True)
     for s in (a, b):
-        s.add_argument("--out", required=True)
+        s.add_argument("--out", required=True, help="the JSON; planted also writes cross_split_<featuriser>.png "
+                                                  "beside it, so give each collection its own folder")
         s.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = Path(args.out)
