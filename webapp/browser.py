@@ -172,7 +172,8 @@ def explore_screenshots(url: str, out_dir: str | os.PathLike, width: int = 1400,
         page.screenshot(path=str(shots["clusters"]), full_page=True)
         page.get_by_role("tab", name="Map").click()
         page.wait_for_selector("#map circle", timeout=timeout_ms)
-        dot = page.locator("#map circle").nth(page.locator("#map circle").count() // 2)
+        dot = page.locator("#map circle").last  # painted last, so no other point covers it (a dense map's middle
+        # point can be under its neighbours, and the hover then never reaches it)
         dot.hover()
         page.wait_for_function("() => { const t = document.querySelector('#map .map-tip'); const i = t && "
                                "t.querySelector('img'); return t.style.display === 'block' && i.complete && "
