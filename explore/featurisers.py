@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 
 from evaluation.baselines import pixel_features
-from index.build import WHITEN_MIN_PER_DIM
-from index.embedding import IndexEmbedder, sides_for
+from index.build import BuildOptions, build_sides, gallery_whitening
+from index.embedding import IndexEmbedder
 from instdisc.embed import embed
 from instdisc.images import fit_square, nchw
 from instdisc.trained import Checkpoint
-from instdisc.whitening import fit_whitening
 
 from .collection import Embed
 
@@ -46,13 +45,12 @@ def encoder_embedder(encoder: torch.nn.Module, size: int) -> Embed:
 
 def recipe_embedder(ckpt: Checkpoint, gallery: list[Image.Image]) -> Embed:
     """The checkpoint's encoder embedding as an index built from it would (``TrainConfig.index_scales``
-    averaged, ``index_whiten`` fitted on ``gallery`` when it is large enough), on the CPU."""
-    sides = sides_for(ckpt.architecture.image_size, ckpt.config.index_scales)
-    plain = IndexEmbedder(ckpt.encoder(), sides, None, torch.device("cpu"))
-    whitening = None
-    if ckpt.config.index_whiten and len(gallery) >= WHITEN_MIN_PER_DIM * plain.dim:
-        whitening = fit_whitening(plain.unwhitened(_batch(gallery, plain.input_size)))
-    embedder = IndexEmbedder(plain.encoder, sides, whitening, torch.device("cpu"))
+    averaged, ``index_whiten`` fitted on ``gallery`` by the build's own rule), on the CPU."""
+    recipe, cpu = BuildOptions(), torch.device("cpu")
+    sides = build_sides(ckpt, recipe)
+    plain = IndexEmbedder(ckpt.encoder(), sides, None, cpu)
+    whitening = gallery_whitening(plain.unwhitened(_batch(gallery, plain.input_size)).numpy(), ckpt, recipe)
+    embedder = IndexEmbedder(plain.encoder, sides, whitening, cpu)
 
     def featurise(images: list[Image.Image]) -> np.ndarray:
         return embedder(_batch(images, embedder.input_size))

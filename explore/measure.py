@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from index.build import BuildOptions, build_sides
 from index.synthetic import clustered_unit_vectors
 from instdisc.conventions import unwrap
 from instdisc.data import resolve_source
@@ -69,7 +70,7 @@ def featurisers(imgs: list[Image.Image], checkpoint: str | None, seed: int) -> d
                               f"{ck.architecture.arch} width {ck.architecture.width}, untrained (seed {seed})")
         out["ours"] = (recipe_embedder(ck, imgs),  # as its index embeds (sides, whitening)
                        f"{checkpoint} (epoch {ck.epoch}, kNN {ck.knn_top1}), embedded at "
-                       f"{' + '.join(str(round(ck.architecture.image_size * x)) for x in ck.config.index_scales)} px"
+                       f"{' + '.join(map(str, sorted(build_sides(ck, BuildOptions()))))} px"
                        + (" and whitened" if ck.config.index_whiten else ""))
     return out
 

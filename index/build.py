@@ -33,7 +33,7 @@ from instdisc.trained import Checkpoint
 from instdisc.whitening import Whitening, fit_whitening
 
 from .auto import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, RECALL_QUERIES, build_vector_index
-from .embedding import WHITENING_KEY, IndexEmbedder, sides_for, whitening_of
+from .embedding import WHITENING_KEY, IndexEmbedder, sides_for, whitened_vectors, whitening_of
 from .errors import IndexDirError
 from .faiss_util import apply_knobs, create_index, index_ids, normalise
 from .layout import (
@@ -191,13 +191,30 @@ def needs_images(ckpt: Checkpoint, options: BuildOptions) -> bool:
     return build_sides(ckpt, options) != (ckpt.architecture.image_size,)
 
 
-def training_folder(ckpt: Checkpoint) -> Path:
+def training_folder(ckpt: Checkpoint, sides: tuple[int, ...]) -> Path:
     """The folder the checkpoint was trained on (to re-embed instead of exporting its bank); ValueError if gone."""
     root = Path(ckpt.files.root)
     if not root.is_dir():
-        raise ValueError(f"this index embeds at {list(build_sides(ckpt, BuildOptions()))} px, which needs the images, "
+        raise ValueError(f"this index embeds at {list(sides)} px, which needs the images, "
                          f"and the training folder {root} is not here: pass --images FOLDER (or --scales 1)")
     return root
+
+
+def gallery_whitening(vectors: np.ndarray, ckpt: Checkpoint, options: BuildOptions) -> Whitening | None:
+    """The whitening a new index fits on its gallery's (N, d) unwhitened vectors, or None: ``options.whiten``
+    (ValueError if the gallery is too small), else the checkpoint's recipe (skipped with a warning then)."""
+    wanted = options.whiten if options.whiten is not None else ckpt.config.index_whiten
+    if not wanted:
+        return None
+    n, d = vectors.shape
+    if n < WHITEN_MIN_PER_DIM * d:
+        why = (f"whitening fits {d} axes on the gallery: it needs at least {WHITEN_MIN_PER_DIM * d} images, "
+               f"this one has {n}")
+        if options.whiten:
+            raise ValueError(f"--whiten: {why}")
+        warnings.warn(f"not whitened although the checkpoint's recipe asks for it: {why}", stacklevel=3)
+        return None
+    return fit_whitening(torch.as_tensor(vectors))
 
 
 def from_memory_bank(ckpt: Checkpoint, options: BuildOptions | None = None) -> Collected:
@@ -249,7 +266,7 @@ def build(
     check_new(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
     if images is None and needs_images(ckpt, options):  # the bank holds one side: re-embed the training folder
-        images = training_folder(ckpt)
+        images = training_folder(ckpt, build_sides(ckpt, options))
     col = from_memory_bank(ckpt, options) if images is None else from_images(ckpt, images, options)
     return write_new(out, col, ckpt, "memory_bank" if images is None else "embedded", options)
 
@@ -268,16 +285,9 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
     ids = np.arange(n, dtype=np.int64)
     sides = build_sides(ckpt, options)
     vectors, embedding, db_info = col.vectors, EmbeddingInfo(list(sides)), {}
-    too_few = n < WHITEN_MIN_PER_DIM * col.vectors.shape[1]
-    why_few = (f"whitening fits {col.vectors.shape[1]} axes on the gallery: it needs at least "
-               f"{WHITEN_MIN_PER_DIM * col.vectors.shape[1]} images, this one has {n}")
-    if options.whiten and too_few:
-        raise ValueError(f"--whiten: {why_few}")
-    if options.whiten is None and ckpt.config.index_whiten and too_few:
-        warnings.warn(f"not whitened although the checkpoint's recipe asks for it: {why_few}", stacklevel=3)
-    elif options.whiten or (options.whiten is None and ckpt.config.index_whiten):
-        whitening = fit_whitening(torch.from_numpy(col.vectors))
-        vectors = normalise(whitening.apply(torch.from_numpy(col.vectors)).numpy())
+    whitening = gallery_whitening(col.vectors, ckpt, options)
+    if whitening is not None:
+        vectors = whitened_vectors(col.vectors, whitening)
         db_info[WHITENING_KEY] = whitening.to_json()
         embedding = EmbeddingInfo(list(sides), Whitening.digest(db_info[WHITENING_KEY]), n)
     index, info = build_vector_index(

@@ -90,11 +90,16 @@ class IndexEmbedder:
 
     def whiten(self, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
         """Unwhitened unit vectors -> the index's vectors (unchanged apart from the dtype without whitening)."""
-        v = torch.as_tensor(vectors, dtype=torch.float32)
-        return normalise((self.whitening.apply(v) if self.whitening is not None else v).numpy())
+        return whitened_vectors(vectors, self.whitening)
 
     def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "embed") -> np.ndarray:
         return self.whiten(self.unwhitened(images, progress, desc))
+
+
+def whitened_vectors(vectors: torch.Tensor | np.ndarray, whitening: Whitening | None) -> np.ndarray:
+    """(N, d) unwhitened unit vectors -> contiguous float32 unit rows, whitened when ``whitening`` is given."""
+    v = torch.as_tensor(vectors, dtype=torch.float32)
+    return normalise((whitening.apply(v) if whitening is not None else v).numpy())
 
 
 def whitening_of(manifest: Manifest, info: dict[str, str], where: str) -> Whitening | None:
