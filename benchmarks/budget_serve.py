@@ -1,15 +1,18 @@
 """10M vectors in a 2 GB budget: what ``auto --memory-budget`` builds, and what serving it costs.
 
     python benchmarks/budget_serve.py [--n 10000000] [--memory-budget 2G]   # ~30-60 min on 2 quiet cores
+    python benchmarks/budget_serve.py --serve ram mmap --max-train 262144   # both ways from one build, ~10 min
     python benchmarks/budget_serve.py --quick                               # smoke test, seconds
 
 Builds the index ``scripts/build_index.py --index-type auto --memory-budget B`` would build
 (``index.auto.build_vector_index``) on clustered 128-d unit vectors (``index.synthetic``), writes
 it to a temporary file with fresh (never indexed) queries and their exact top-10, and then, in a
 **fresh process** so its memory is the serving memory alone (no raw vectors, no build buffers):
-opens the index (optionally memory-mapped), answers the first query, times single queries
+opens the index (read into RAM, or memory-mapped: ``--serve ram mmap`` serves the same file both
+ways, each in its own fresh process), answers the first query, times single queries
 (p50/p99) and measures recall@10 against the exact answers, and reports the process's peak
 resident memory (``VmHWM``). Issue 16's targets: recall@10 >= 0.95, p50 <= 5 ms, peak RSS <= 2.5 GB.
+``--max-train`` caps the IVF k-means sample (a time box; the default trains as the library does).
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=1000, help="fresh queries")
     p.add_argument("--singles", type=int, default=300, help="single-query calls timed")
     p.add_argument("--memory-budget", default="2G")
-    p.add_argument("--mmap", action="store_true", help="memory-map the index file when serving")
+    p.add_argument("--serve", nargs="+", choices=("ram", "mmap"), default=["ram"],
+                   help="how the serving process opens the index: read into RAM, memory-mapped, or both (one row each)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="cap the IVF k-means training sample (default: the library's 64 per list)")
     p.add_argument("--case", nargs=6, metavar=("INDEX", "QUERIES", "TRUTH", "KNOBS", "MMAP", "SINGLES"),
                    help=argparse.SUPPRESS)  # the fresh serving process
     common.add_standard_args(p, "budget_serve", "20k vectors under a 4 MB budget, 100 queries")
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     data = clustered_unit_vectors(args.n + args.queries, args.d, args.centres, args.spread, seed=0)
     x, q = data[: args.n], np.ascontiguousarray(data[args.n :])
     t0 = time.perf_counter()
-    index, info = build_vector_index(x, None, "auto", budget, progress=args.n > 1_000_000)
+    with common.capped_training(args.max_train):
+        index, info = build_vector_index(x, None, "auto", budget, progress=args.n > 1_000_000)
     build_s = time.perf_counter() - t0
     _, truth = faiss.knn(q, x, K, metric=faiss.METRIC_INNER_PRODUCT)
     del data, x
@@ -91,18 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         np.save(paths[2], truth)
         file_bytes = Path(paths[0]).stat().st_size
         del index
-        served = common.run_case_subprocess(Path(__file__), [
-            "--case", *paths, json.dumps(info.params), "1" if args.mmap else "0", str(args.singles),
-            *([] if args.threads is None else ["--threads", str(args.threads)])])
-    row = rec.add({"n": args.n, "d": args.d, "memory_budget": budget, "factory": info.factory, "type": info.type,
-                   "reason": info.reason, "params": info.params, "estimated_bytes": info.estimated_bytes,
-                   "file_bytes": file_bytes, "bytes_per_vector": round(file_bytes / args.n, 2),
-                   "tuning_recall_at_10": info.recall_at_10, "target_reached": info.target_reached,
-                   "build_s": round(build_s, 2), "mmap": args.mmap, **served})
+        for mode in dict.fromkeys(args.serve):
+            served = common.run_case_subprocess(Path(__file__), [
+                "--case", *paths, json.dumps(info.params), "1" if mode == "mmap" else "0", str(args.singles),
+                *([] if args.threads is None else ["--threads", str(args.threads)])])
+            row = rec.add({
+                "n": args.n, "d": args.d, "memory_budget": budget, "factory": info.factory, "type": info.type,
+                "reason": info.reason, "params": info.params, "estimated_bytes": info.estimated_bytes,
+                "file_bytes": file_bytes, "bytes_per_vector": round(file_bytes / args.n, 2),
+                "tuning_recall_at_10": info.recall_at_10, "target_reached": info.target_reached,
+                "train_vectors": info.train_vectors, "build_s": round(build_s, 2), "mmap": mode == "mmap", **served})
+            rec.save(partial=True)
+            print(f"{row['factory']} {row['params']} ({mode}): {row['bytes_per_vector']} B/vector, recall@10 "
+                  f"{row['recall_at_10']}, p50 {row['single_p50_ms']} ms, p99 {row['single_p99_ms']} ms, peak RSS "
+                  f"{row['peak_rss_mib']} MiB, open + first query {row['open_plus_first_query_s']} s", flush=True)
     rec.save()
-    print(f"{row['factory']} {row['params']}: {row['bytes_per_vector']} B/vector, recall@10 {row['recall_at_10']}, "
-          f"p50 {row['single_p50_ms']} ms, p99 {row['single_p99_ms']} ms, peak RSS {row['peak_rss_mib']} MiB, "
-          f"open + first query {row['open_plus_first_query_s']} s", flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ torch's or FAISS's allocations and a process's high-water mark never goes down.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -175,6 +176,24 @@ def use_threads(n: int | None) -> None:
         faiss.omp_set_num_threads(n)
     except ImportError:
         pass
+
+
+@contextlib.contextmanager
+def capped_training(max_train: int | None):
+    """Train IVF k-means on at most ``max_train`` vectors (the library takes 64 per list; None: no cap).
+
+    A time box for benchmarks: at 10M vectors k-means on the library's 1M-vector sample is most
+    of an hour on 2 cores, on 262,144 a few minutes (the JSON records the cap and the sample used).
+    """
+    from index import auto
+
+    original = auto.train_size
+    if max_train:
+        auto.train_size = lambda index, n: min(original(index, n), max_train)
+    try:
+        yield
+    finally:
+        auto.train_size = original
 
 
 def add_standard_args(p, name: str, quick_help: str, threads: bool = True) -> None:

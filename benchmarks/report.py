@@ -111,13 +111,18 @@ def _blas(d: dict) -> list[str]:
     return [head, *rows]
 
 
+def _trained_on(r: dict) -> str:
+    """' (k-means on N)' where the row records its training sample (runs before session 12 do not)."""
+    return f" (k-means on {r['train_vectors']:,})" if r.get("train_vectors") else ""
+
+
 def _budget_serve(d: dict) -> list[str]:
     head = ("| vectors | memory budget | `auto` chose | search knob | file B/vector | build (s) "
             "| open + first query (s) | recall@10 | 1-query p50 / p99 (ms) | serving peak RSS (MiB) | why |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [f"| {r['n']:,} | {r['memory_budget'] / 2**30:.2f} GiB | {r['factory']}{' (mmap)' if r['mmap'] else ''} | "
             f"{', '.join(f'{k}={v}' for k, v in r['params'].items()) or '-'} | {r['bytes_per_vector']:,.1f} | "
-            f"{r['build_s']:,.1f} | {r['open_plus_first_query_s']:.3g} | {r['recall_at_10']:.3f} | "
+            f"{r['build_s']:,.1f}{_trained_on(r)} | {r['open_plus_first_query_s']:.3g} | {r['recall_at_10']:.3f} | "
             f"{r['single_p50_ms']:.3g} / {r['single_p99_ms']:.3g} | {r['peak_rss_mib']:,.0f} | {r['reason']} |"
             for r in d["results"]]
     return [head, *rows]

@@ -24,7 +24,6 @@ The JSON is rewritten after every index, so a stopped run keeps what it measured
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import sys
@@ -44,17 +43,6 @@ from index.synthetic import clustered_unit_vectors
 TYPES = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto")
 K = 10
 BIG = 2_000_000
-
-
-@contextlib.contextmanager
-def capped_training(max_train: int):
-    """Train IVF k-means on at most ``max_train`` vectors (the library takes 64 per list)."""
-    original = auto.train_size
-    auto.train_size = lambda index, n: min(original(index, n), max_train)
-    try:
-        yield
-    finally:
-        auto.train_size = original
 
 
 def index_bytes(index: faiss.Index) -> int:
@@ -142,7 +130,7 @@ def run_size(n: int, args, rec: common.Record) -> None:
                 continue
         gc.collect()
         t2 = time.perf_counter()
-        with capped_training(args.max_train):
+        with common.capped_training(args.max_train):
             index, info = auto.build_vector_index(
                 x, None, kind, auto.parse_bytes(args.memory_budget), n_queries=min(1000, nq * 5),
                 progress=n > BIG)  # long builds show their progress (and a stopped run how far it got)

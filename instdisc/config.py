@@ -44,6 +44,8 @@ class TrainConfig:
     projector: int = 0  # >0: hidden width of an MLP head only the loss sees; the embedding is the trunk's (SimCLR)
     self_distill: float = 0.0  # weight of KL(sqrt-renormalised softmax || softmax) (Cao & Wu 2024); softmax only
     bank_update: str = "momentum"  # momentum (paper) | gradient: the positive row moves by its loss gradient
+    neighbours: float = 0.0  # weight in [0, 1] of the bank's nearest neighbour as each view pair's positive (NNCLR)
+    neighbours_from: float = 0.5  # fraction of the schedule after which the neighbour positives switch on
     crop_size: int = 0  # training crop side; 0: image_size (smaller crops = cheaper steps, eval stays at image_size)
     nesterov: bool = False
     ema: float = 0.0  # >0: per-step decay of an average of the encoder's weights, used to evaluate and export

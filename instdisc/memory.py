@@ -43,6 +43,15 @@ class MemoryBank(nn.Module):
         self.features[idx.to(self.features.device)] = F.normalize(feats.float(), dim=1).to(self.features)
 
     @torch.no_grad()
+    def nearest_other(self, f: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Each feature's most similar bank row that is not its own instance (B x d): the positive of the
+        nearest-neighbour lever (NNCLR). ``f`` (B x d), ``idx`` (B,) the instances the features are of."""
+        sims = f.detach() @ self.features.t().to(f.dtype)  # B x N (bf16 under autocast: only the argmax is used)
+        rows = torch.arange(f.shape[0], device=sims.device)
+        sims[rows, idx.to(sims.device)] = float("-inf")
+        return self.features[sims.argmax(1)]  # B x d
+
+    @torch.no_grad()
     def update(self, idx: torch.Tensor, feats: torch.Tensor, positive_prob: torch.Tensor | None = None) -> None:
         """Move the batch's rows towards their new features.
 

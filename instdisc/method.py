@@ -12,7 +12,11 @@ loss against the bank, plus the batch softmax with the first full view. ``bank_w
 the bank terms; at 0 only the batch softmax trains the encoder (the bank is still updated, for
 the monitor and the export) and the step skips the product with all N bank rows. With a
 ``projector`` (SimCLR's MLP head) the batch softmax runs on the projections and the bank
-receives the embeddings (the trunk's features), so it needs ``bank_weight`` 0.
+receives the embeddings (the trunk's features), so it needs ``bank_weight`` 0. ``neighbours``
+w > 0 (NNCLR, Dwibedi et al., ICCV 2021) mixes into every view pair's term the same softmax with
+the anchor replaced by its nearest bank row other than itself: (1 - w) x the pair term + w x the
+neighbour term. Images of one class are then pulled together, not only one image's views; the
+loop turns it on from ``neighbours_from`` of the schedule, once the bank's neighbours mean something.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ class InstDisc(nn.Module):
                              f"learn from), got {cfg.bank_weight} with views {cfg.views}")
         if cfg.bank_weight == 0 and cfg.bank_update == "gradient":
             raise ValueError("the gradient bank update needs the bank loss's probabilities: bank_weight must be > 0")
+        if not 0.0 <= cfg.neighbours <= 1.0 or not 0.0 <= cfg.neighbours_from <= 1.0:
+            raise ValueError(f"neighbours and neighbours_from must be in [0, 1], got {cfg.neighbours} and "
+                             f"{cfg.neighbours_from}")
+        if cfg.neighbours and (cfg.views < 2 or cfg.projector):
+            raise ValueError("neighbour positives replace a view pair's anchor with its nearest bank row: they need "
+                             "views >= 2 and no projector (the bank holds embeddings, not projections)")
         if cfg.projector and cfg.bank_weight > 0:
             raise ValueError("a projector head needs bank_weight 0: the bank holds the embeddings (the trunk's "
                              "features), not the projections the loss compares")
@@ -58,11 +68,12 @@ class InstDisc(nn.Module):
 
     def forward(
         self, views: list[torch.Tensor], idx: torch.Tensor, noise: torch.Tensor | None = None,
-        small: torch.Tensor | None = None,
+        small: torch.Tensor | None = None, neighbours: float = 0.0,
     ) -> StepOutput:
         """The loss of one batch: ``views`` V tensors (B, 3, S, S) of the same B instances ``idx``;
         ``small`` (C*B, 3, s, s) low-resolution crops, crop-major; ``noise`` the objective's rows
-        drawn beforehand by :meth:`sample_noise` (for the global batch when data-parallel).
+        drawn beforehand by :meth:`sample_noise` (for the global batch when data-parallel);
+        ``neighbours`` the weight of the nearest-neighbour positives this step (the loop's schedule).
         """
         b = idx.shape[0]
         emb, full = self.encoder.encode(torch.cat(views) if len(views) > 1 else views[0])
@@ -77,6 +88,10 @@ class InstDisc(nn.Module):
             for v in range(len(views) if len(views) > 2 else 1):
                 a, o = full[v], full[(v + 1) % len(views)]
                 pairs += [cross_view(a, o, self.temperature), cross_view(o, a, self.temperature)]
+                if neighbours > 0:  # NNCLR: the anchor's nearest other bank row (no gradient) as the anchor
+                    near = [cross_view(self.bank.nearest_other(x, idx), y, self.temperature)
+                            for x, y in ((a, o), (o, a))]
+                    pairs[-2:] = [(1 - neighbours) * p + neighbours * q for p, q in zip(pairs[-2:], near, strict=True)]
         if small is not None:
             crops = self.encoder.encode(small)[1].view(-1, b, full.shape[-1])  # C x B x d
             if bank_loss:

@@ -75,6 +75,13 @@ def lr_at(cfg: TrainConfig, epoch_float: float) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose step or cosine")
 
 
+def neighbour_weight(cfg: TrainConfig, epoch_float: float) -> float:
+    """The nearest-neighbour positives' weight at this point of the schedule: ``cfg.neighbours`` from
+    ``neighbours_from`` of it on, 0 before (an untrained bank's neighbours are mostly other classes)."""
+    length = cfg.schedule_epochs or cfg.epochs
+    return cfg.neighbours if cfg.neighbours and epoch_float >= cfg.neighbours_from * length else 0.0
+
+
 def steps_in_epoch(cfg: TrainConfig, epoch: int, spe: int) -> int:
     """``spe``, except in the last epoch of a fractional schedule (a time budget's plan)."""
     if cfg.schedule_epochs and epoch == cfg.epochs - 1:
@@ -355,13 +362,13 @@ class Trainer:
             small = small.contiguous(memory_format=torch.channels_last)
         return views, small, idx, noise
 
-    def _step(self, batch_idx: torch.Tensor, lr: float) -> float:
+    def _step(self, batch_idx: torch.Tensor, lr: float, neighbours: float = 0.0) -> float:
         """One optimiser step on a global batch, then the bank update; returns the batch's mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         views, small, idx, noise = self._local_batch(batch_idx)
         with autocast(self.device, self.bf16):
-            out: StepOutput = self.parallel(views, idx, noise, small)
+            out: StepOutput = self.parallel(views, idx, noise, small, neighbours)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -518,7 +525,8 @@ class Trainer:
                     if steps_this_call == WARMUP_STEPS:
                         calib_t0 = time.time()  # the budget's calibration starts after the warm-up steps
                     lr = lr_at(self.cfg, self.epoch + step / spe)
-                    loss = self._step(order[step * bs : (step + 1) * bs], lr)
+                    loss = self._step(order[step * bs : (step + 1) * bs], lr,
+                                      neighbour_weight(self.cfg, self.epoch + step / spe))
                     steps_this_call += 1
                     if on_step is not None:
                         on_step(self.global_step, loss)

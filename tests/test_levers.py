@@ -26,7 +26,7 @@ from instdisc.memory import MemoryBank
 from instdisc.method import InstDisc
 from instdisc.model import Encoder, embedding_dim
 from instdisc.objectives import NonParametricSoftmax, cross_view
-from instdisc.train import Interrupted, Trainer, lr_at, steps_in_epoch
+from instdisc.train import Interrupted, Trainer, lr_at, neighbour_weight, steps_in_epoch
 from instdisc.trained import Checkpoint
 
 
@@ -362,3 +362,61 @@ def test_embed_scale_embeds_whole_images_enlarged_everywhere(shapes_root, tmp_pa
     first = sorted((shapes_root / "train").rglob("*.png"))[0]
     hits = idx.search_images([Image.open(first)], k=1)[0]
     assert idx.image_path(hits[0].id).name == first.name and hits[0].score > 0.99
+
+
+def test_nearest_other_is_the_closest_bank_row_but_never_the_instance_itself():
+    bank = _bank(n=12, d=6, seed=4)
+    idx = torch.tensor([2, 5, 11])
+    f = F.normalize(bank.features[idx] + 0.05 * _unit(3, 6, 5), dim=1)  # closest row: each one's own
+    near = bank.nearest_other(f, idx)
+    for i, row in enumerate(idx.tolist()):
+        sims = [(float(f[i] @ bank.features[j]), j) for j in range(12) if j != row]
+        assert torch.equal(near[i], bank.features[max(sims)[1]])
+    assert not any(torch.equal(near[i], bank.features[r]) for i, r in enumerate(idx.tolist()))
+
+
+def test_neighbour_positives_mix_the_nearest_bank_row_into_each_view_pair():
+    torch.manual_seed(0)
+    w = 0.7
+    cfg = preset("tiny", views=2, low_dim=16, bank_weight=0.0, neighbours=w)
+    model = InstDisc(cfg, 20)
+    model.bank.reset_random(torch.Generator().manual_seed(1))
+    x = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+    idx = torch.tensor([0, 5, 7, 9])
+    model.eval()
+    f = torch.stack([model.encoder(v) for v in x])  # 2 x 4 x 16
+    tau, bank = cfg.temperature, model.bank.features
+
+    def nearest(v: torch.Tensor) -> torch.Tensor:  # written out: most similar row other than the instance's own
+        sims = v @ bank.t()
+        sims[torch.arange(4), idx] = -math.inf
+        return bank[sims.argmax(1)]
+
+    plain = [cross_view(f[0], f[1], tau), cross_view(f[1], f[0], tau)]
+    near = [cross_view(nearest(f[0]), f[1], tau), cross_view(nearest(f[1]), f[0], tau)]
+    expected = sum((1 - w) * p + w * q for p, q in zip(plain, near, strict=True)) / 2
+    assert model(x, idx, neighbours=w).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model(x, idx).loss.item() == pytest.approx((sum(plain) / 2).item(), rel=1e-5)  # off: the plain pairs
+    # the neighbour is a bank row: the anchor side of the term carries no gradient
+    assert not model.bank.nearest_other(f[0].detach().requires_grad_(True), idx).requires_grad
+    for bad in ({"neighbours": 0.5}, {"neighbours": 0.5, "views": 2, "bank_weight": 0.0, "projector": 32},
+                {"neighbours": 1.5, "views": 2}, {"neighbours_from": -0.1}):
+        with pytest.raises(ValueError, match="neighbour"):
+            InstDisc(preset("tiny", **bad), 20)
+
+
+def test_neighbour_positives_switch_on_at_their_point_of_the_schedule(shapes_root, tmp_path):
+    cfg = preset("tiny", epochs=4, neighbours=0.5, neighbours_from=0.5)
+    assert [neighbour_weight(cfg, e) for e in (0.0, 1.99, 2.0, 3.5)] == [0.0, 0.0, 0.5, 0.5]
+    budgeted = replace(cfg, schedule_epochs=3.0)  # a time budget's schedule: half of 3 epochs
+    assert neighbour_weight(budgeted, 1.49) == 0.0 and neighbour_weight(budgeted, 1.5) == 0.5
+    assert neighbour_weight(replace(cfg, neighbours=0.0), 3.9) == 0.0
+    run = preset("tiny", epochs=2, batch_size=32, precision="fp32", views=2, bank_weight=0.0, neighbours=1.0)
+    train, ev = load_splits(shapes_root, 32, progress=False)
+    t = Trainer(run, train, ev, tmp_path, device="cpu", progress=False)
+    seen: list[float] = []
+    step = t._step
+    t._step = lambda b, lr, nb=0.0: seen.append(nb) or step(b, lr, nb)  # type: ignore[method-assign]
+    history = t.fit()
+    assert math.isfinite(history[-1]["loss"]) and len(seen) == 14  # 240 images / 32: 7 steps an epoch
+    assert seen == [0.0] * 7 + [1.0] * 7  # the second half of the schedule learns from the neighbours
