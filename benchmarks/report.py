@@ -42,17 +42,17 @@ def _search(d: dict) -> list[str]:
     rows = []
     for r in d["results"]:
         if "skipped" in r:
-            rows.append(f"| {r['n']:,} | {r['index']} | skipped: {r['skipped']} |||||||")
+            rows.append(f"| {r['n']:,} | {r['index']} | skipped: {r['skipped']} ||||||||")
             continue
         mib = r["bytes"] / 2**20
         params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items()) or "-"
         what = r.get("factory", "-") + (f" (= {r['same_as']})" if r.get("same_as") else "")
         build = "-" if r["index"].endswith("brute force") else f"{r['build_total_s']:.1f}"
-        rows.append(f"| {r['n']:,} | {r['index']} | {what} | {params} | {build} | {mib:,.0f} | "
+        rows.append(f"| {r['n']:,} | {r['index']} | {what} | {params} | {build} | {mib:,.0f} | {r['bytes'] / r['n']:,.1f} | "
                     f"{r['recall_at_10']:.3f} | {r['single_p50_ms']:.3g} | {r['single_p99_ms']:.3g} | "
                     f"{r['batch_qps']:,.0f} |")
-    head = ("| vectors | index | FAISS factory | knob | build + tune (s) | size (MiB) | recall@10 | "
-            "1-query p50 (ms) | 1-query p99 (ms) | batched queries/s |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| vectors | index | FAISS factory | knob | build + tune (s) | size (MiB) | bytes / vector | recall@10 | "
+            "1-query p50 (ms) | 1-query p99 (ms) | batched queries/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     return [head, *rows]
 
 

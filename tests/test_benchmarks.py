@@ -126,6 +126,12 @@ def test_search_scale_quick(tmp_path):
     assert [r["index"] for r in only["results"]] == ["flat"] and only["args"]["baselines"] is False
     assert rows["auto"]["same_as"] == "flat" and rows["ivf"]["factory"].startswith("IVF")
     assert Path(data["plot"]).stat().st_size > 0
+    from benchmarks import report
+
+    head, *table = report.RENDER["search_scale"](data)  # BENCHMARKS.md's tables, bytes per vector included
+    assert all(row.count("|") == head.splitlines()[0].count("|") for row in table)
+    sq = next(row for row in table if "| ivfsq |" in row)
+    assert f"| {rows['ivfsq']['bytes'] / rows['ivfsq']['n']:,.1f} |" in sq
 
 
 def test_train_throughput_quick(tmp_path, monkeypatch):

@@ -197,7 +197,7 @@ def test_parse_duration_rejects_nonsense(text):
 
 
 LEVERS = dict(views=2, small_crops=1, small_crop_size=16, self_distill=0.5, bank_update="gradient",
-              nesterov=True, ema=0.9, flip_embed=True, refresh_bank=True, crop_size=24)
+              nesterov=True, ema=0.9, flip_embed=True, refresh_bank=True, crop_size=24, neighbours=0.5)
 
 
 def test_all_levers_train_resume_exactly_and_export_the_average(shapes_root, tmp_path):
