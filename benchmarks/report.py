@@ -48,7 +48,8 @@ def _search(d: dict) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items()) or "-"
         what = r.get("factory", "-") + (f" (= {r['same_as']})" if r.get("same_as") else "")
         build = "-" if r["index"].endswith("brute force") else f"{r['build_total_s']:.1f}"
-        rows.append(f"| {r['n']:,} | {r['index']} | {what} | {params} | {build} | {mib:,.0f} | {r['bytes'] / r['n']:,.1f} | "
+        per = r["bytes"] / r["n"]
+        rows.append(f"| {r['n']:,} | {r['index']} | {what} | {params} | {build} | {mib:,.0f} | {per:,.1f} | "
                     f"{r['recall_at_10']:.3f} | {r['single_p50_ms']:.3g} | {r['single_p99_ms']:.3g} | "
                     f"{r['batch_qps']:,.0f} |")
     head = ("| vectors | index | FAISS factory | knob | build + tune (s) | size (MiB) | bytes / vector | recall@10 | "
