@@ -87,11 +87,12 @@ class InstDisc(nn.Module):
         if len(views) > 1:  # view v and view v+1 are each other's positive (two views: one symmetric pair)
             for v in range(len(views) if len(views) > 2 else 1):
                 a, o = full[v], full[(v + 1) % len(views)]
-                pairs += [cross_view(a, o, self.temperature), cross_view(o, a, self.temperature)]
-                if neighbours > 0:  # NNCLR: the anchor's nearest other bank row (no gradient) as the anchor
-                    near = [cross_view(self.bank.nearest_other(x, idx), y, self.temperature)
-                            for x, y in ((a, o), (o, a))]
-                    pairs[-2:] = [(1 - neighbours) * p + neighbours * q for p, q in zip(pairs[-2:], near, strict=True)]
+                for x, y in ((a, o), (o, a)):
+                    term = cross_view(x, y, self.temperature)
+                    if neighbours > 0:  # NNCLR: the anchor's nearest other bank row (no gradient) as the anchor
+                        near = cross_view(self.bank.nearest_other(x, idx), y, self.temperature)
+                        term = (1 - neighbours) * term + neighbours * near
+                    pairs.append(term)
         if small is not None:
             crops = self.encoder.encode(small)[1].view(-1, b, full.shape[-1])  # C x B x d
             if bank_loss:
