@@ -6,7 +6,7 @@ through the Gradio API and through the REST API.
 
 Starts ``python app.py --index INDEX --port FREE`` as a subprocess on 127.0.0.1, waits until
 it answers, then for each path and concurrency level runs that many client threads uploading
-files of the index's own collection (a fixed, spread-out sample, ``webapp.bench.query_files``)
+files of the index's own collection (a fixed, spread-out sample, ``benchmarks.app_queries.query_files``)
 and waiting for the JSON results (k = 20): ``gradio`` -- plain HTTP against the page's ``/search``
 API, as a browser does it (upload, start the event, read its result stream; one ``httpx.Client``
 and one Gradio session each); ``rest`` -- one ``httpx.Client`` each, ``POST /api/search`` with the file
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks import common
-from evaluation.stats import latency_summary
+from instdisc.evaluation.stats import latency_summary
 
 PATHS = ("gradio", "rest", "gradio_client")
 DEFAULT_PATHS = ("gradio", "rest")
@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.requests, args.level_seconds = [1, 4], 8, 30.0
     if not Path(args.index).is_dir():
         raise SystemExit(f"no index at {args.index}; build one with scripts/build_index.py")
+    from benchmarks.app_queries import query_files
+    from benchmarks.browser import app_process
     from index.search import SearchIndex
+    from instdisc.web.handlers import SearchHandlers
     from reliability.load import peak_rss_mb
-    from webapp.bench import query_files
-    from webapp.browser import app_process
-    from webapp.handlers import SearchHandlers
 
     idx = SearchIndex.open(args.index, device="cpu")
     files = query_files(SearchHandlers(idx), 200)

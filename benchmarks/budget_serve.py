@@ -28,10 +28,10 @@ import faiss
 import numpy as np
 
 from benchmarks import common
-from evaluation.stats import latency_summary
 from index.auto import build_vector_index, parse_bytes
 from index.faiss_util import recall_at_k, search_params
 from index.synthetic import clustered_unit_vectors
+from instdisc.evaluation.stats import latency_summary
 
 K = 10
 

@@ -21,8 +21,8 @@ import faiss
 import numpy as np
 
 from benchmarks import common
-from evaluation.stats import latency_summary
 from index.synthetic import clustered_unit_vectors
+from instdisc.evaluation.stats import latency_summary
 
 K = 10
 

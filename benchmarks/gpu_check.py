@@ -28,10 +28,10 @@ import torch
 
 from benchmarks import common
 from benchmarks.train_throughput import load_images, run_variant
-from evaluation.stats import latency_summary
 from index.synthetic import clustered_unit_vectors
 from instdisc.config import preset
 from instdisc.embed import embed
+from instdisc.evaluation.stats import latency_summary
 from instdisc.knn import knn_accuracy, topk_cosine
 from instdisc.model import Encoder
 from instdisc.runtime import pick_device, use_bf16

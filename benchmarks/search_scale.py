@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from benchmarks import common
-from evaluation.stats import latency_summary
 from index import auto, faiss_util
 from index.synthetic import clustered_unit_vectors
+from instdisc.evaluation.stats import latency_summary
 
 TYPES = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto")
 K = 10

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
-from evaluation.baselines import pixel_features
-from evaluation.metrics import rank_and_score
 from instdisc import bundled
 from instdisc.cli import with_architecture
 from instdisc.config import TrainConfig, preset
 from instdisc.data import ImageCollection, load_splits, random_subset
 from instdisc.embed import embed
+from instdisc.evaluation.baselines import pixel_features
+from instdisc.evaluation.metrics import rank_and_score
 from instdisc.fsutil import atomic_write_text
 from instdisc.model import Encoder
 from instdisc.runtime import use_bf16

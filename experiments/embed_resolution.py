@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation.metrics import rank_of_targets
-from evaluation.near_duplicates import strong_augment
 from experiments.efficiency import machine, score
 from instdisc.config import embed_size
 from instdisc.data import load_splits
 from instdisc.embed import embed
+from instdisc.evaluation.metrics import rank_of_targets
+from instdisc.evaluation.near_duplicates import strong_augment
 from instdisc.fsutil import atomic_write_text
 from instdisc.images import fit_square, nchw
 from instdisc.plots import save_png
@@ -59,7 +59,7 @@ NEAR_DUP_SAMPLES = 500  # edited copies of training images queried at every side
 
 def edited_copies(train: torch.Tensor, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor]:
     """``n`` seeded training images, each as a strongly edited copy (the evaluation's near-duplicate
-    edit, :func:`evaluation.near_duplicates.strong_augment`), and their rows."""
+    edit, :func:`instdisc.evaluation.near_duplicates.strong_augment`), and their rows."""
     rows = np.sort(np.random.default_rng(seed + 1).choice(len(train), min(n, len(train)), replace=False))
     edited = [strong_augment(Image.fromarray(train[int(i)].permute(1, 2, 0).numpy()),
                              random.Random(seed * 1_000_003 + int(i)))[0] for i in rows]

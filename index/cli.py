@@ -108,7 +108,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> None:
     """``--checkpoint general`` (or none, with --images, when building) -> the verified bundled encoder."""
     if args.checkpoint is None and args.images and not (args.add or args.remove):
         args.checkpoint = bundled.NAME
-        print("no --checkpoint: embedding with the bundled general encoder (models/general/card.json)",
+        print("no --checkpoint: embedding with the bundled general encoder (instdisc/models/general/card.json)",
               file=sys.stderr)
     if args.checkpoint is not None:
         args.checkpoint = str(bundled.resolve(args.checkpoint))

@@ -1,9 +1,9 @@
 """The bundled general encoder: a small encoder committed in the repository, so that any folder can be
 indexed and searched at once, with no training (issue 15, item 4).
 
-``models/general/encoder.pt`` is an ordinary instdisc checkpoint stripped to what embedding needs: the
+``instdisc/models/general/encoder.pt`` is an ordinary instdisc checkpoint stripped to what embedding needs: the
 configuration and the encoder's weights (the weight average where the run kept one), no memory bank,
-optimiser, RNG state or file list. ``models/general/card.json`` (:class:`ModelCard`) holds its
+optimiser, RNG state or file list. ``instdisc/models/general/card.json`` (:class:`ModelCard`) holds its
 SHA-256, the command that trained it, what it was trained on and what it measured;
 :func:`bundled_checkpoint` refuses a file whose bytes do not match the card.
 
@@ -21,8 +21,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, load, save
 from .fsutil import atomic_write_text, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_DIR = ROOT / "models" / "general"
+BUNDLED_DIR = Path(__file__).resolve().parent / "models" / "general"  # package data: ships in the wheel
 NAME = "general"  # what --checkpoint / --init accept for the bundled encoder
 MAX_BYTES = 16 << 20  # the repository's limit for a committed encoder
 
@@ -111,7 +110,7 @@ def verified(card_path: str | os.PathLike) -> Path:
 
 
 def bundled_checkpoint() -> Path:
-    """``models/general/encoder.pt``, verified against its card (CheckpointError otherwise)."""
+    """``instdisc/models/general/encoder.pt``, verified against its card (CheckpointError otherwise)."""
     return verified(BUNDLED_DIR / "card.json")
 
 

@@ -3,7 +3,7 @@
 A reader (or a restart after kill -9) sees either the old file or the new one, never a
 half-written one.
 
-Fault injection (tests and ``scripts/reliability.py`` only): with the environment variable
+Fault injection (tests and ``scripts/measure_reliability.py`` only): with the environment variable
 ``INSTDISC_FAULT_KILL=GLOB:PHASE[:N]`` set, the N-th (default first) atomic write of a file
 whose name matches ``GLOB`` kills its own process with SIGKILL -- ``mid``: after half of the
 temp file is written, ``before-rename``: with the temp file complete and fsynced but not yet

@@ -1,7 +1,7 @@
 """The paper's weighted kNN classifier and 1-NN monitor, chunked so memory stays bounded.
 
 This is the one weighted-kNN implementation: the training monitor (``knn_accuracy``) and the
-evaluation package (``evaluation.metrics.rank_and_score``) both vote with :func:`weighted_knn_predict`.
+evaluation package (``instdisc.evaluation.metrics.rank_and_score``) both vote with :func:`weighted_knn_predict`.
 
 Similarities are computed for ``query_chunk`` queries against ``bank_chunk`` bank rows at a
 time and the running top-k is merged chunk by chunk, so the peak extra memory is

@@ -172,7 +172,7 @@ def through_add(corpus: Corpus, checkpoint: Path, out: Path) -> tuple[list[Outco
 
 def through_handlers(handlers, corpus: Corpus, k: int = 5) -> tuple[list[Outcome], dict]:
     """Each file as an upload to the search handlers: the API call and the UI event."""
-    from webapp.handlers import ANY, QueryError
+    from instdisc.web.handlers import ANY, QueryError
 
     out, facts = [], {}
     for name, rel in corpus.kinds.items():

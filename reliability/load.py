@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from evaluation.stats import latency_summary
+from instdisc.evaluation.stats import latency_summary
 
 REQUEST_TIMEOUT = 300.0  # seconds; a queued query waits its turn, it must not count as an error early
 

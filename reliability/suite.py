@@ -3,7 +3,7 @@
 ``inputs``: the corpus through training, ``--images`` ingest, ``--add``, the handlers and the
 HTTP API. ``faults``: injected kills at every write phase of checkpoints, builds and adds,
 plus seeded timed kills from outside. ``load``: concurrent API clients against the running app.
-``scripts/reliability.py`` calls these and writes ``results/reliability/*.json``.
+``scripts/measure_reliability.py`` calls these and writes ``results/reliability/*.json``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def _train(data: Path, run: Path, epochs: int) -> Path:
 
 
 def inputs_report(work: Path, http: bool = True) -> dict:
+    from benchmarks.browser import running_app
     from index.search import SearchIndex
-    from webapp.browser import running_app
-    from webapp.handlers import SearchHandlers
+    from instdisc.web.handlers import SearchHandlers
 
     shutil.rmtree(work, ignore_errors=True)
     corpus = write_corpus(work / "corpus")
@@ -140,7 +140,7 @@ def _window(ref: dict) -> float:
 
 
 def timed_only_report(work: Path, n: int = 6, seed: int = 0) -> dict:
-    """Only the timed kills (``scripts/reliability.py --part timed``): minutes instead of the injected matrix's hour."""
+    """Only the timed kills (``scripts/measure_reliability.py --part timed``): minutes instead of the injected matrix's hour."""
     return {"timed": timed_report(work, _fault_setup(work), n, seed), "machine": machine()}
 
 
@@ -198,7 +198,7 @@ def timed_report(work: Path, st: dict, n: int, seed: int, epochs: int = 3) -> di
 
 def load_report(work: Path, clients: int, per_client: int, k: int = 10, n_images: int = 64) -> dict:
     """A tiny index (``n_images`` ordinary images), the app in a subprocess, then the load."""
-    from webapp.browser import app_process
+    from benchmarks.browser import app_process
 
     from .load import listen_addresses
 

@@ -9,7 +9,7 @@ See docs/explore.md.
 
 import sys
 
-from explore.cli import explore_main
+from instdisc.explore.cli import explore_main
 
 if __name__ == "__main__":
     sys.exit(explore_main())

@@ -9,7 +9,7 @@ See docs/explore.md.
 
 import sys
 
-from explore.cli import find_duplicates_main
+from instdisc.explore.cli import find_duplicates_main
 
 if __name__ == "__main__":
     sys.exit(find_duplicates_main())

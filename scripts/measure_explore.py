@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from explore.measure import TEST_IMAGES, TRAIN_IMAGES, planted, timing
-from explore.planted import PLANTED
+from benchmarks.explore_measure import TEST_IMAGES, TRAIN_IMAGES, planted, timing
+from benchmarks.planted import PLANTED
 from instdisc.fsutil import atomic_write_text
 
 

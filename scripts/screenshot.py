@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from webapp.browser import explore_screenshots, running_app, screenshot
+from benchmarks.browser import explore_screenshots, running_app, screenshot
 
 PREFERRED = ("ship", "airplane", "automobile", "horse")
 

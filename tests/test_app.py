@@ -1,4 +1,4 @@
-"""Search app handlers (webapp.handlers), without a browser: search, captions, filters, paging
+"""Search app handlers (instdisc.web.handlers), without a browser: search, captions, filters, paging
 state, "more like this", the JSON API, the info panel, and every kind of awkward query file."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webapp.handlers import ANY, QueryError, SearchHandlers
-from webapp.render import make_thumbnail
-from webapp.render import status as status_line
+from instdisc.web.handlers import ANY, QueryError, SearchHandlers
+from instdisc.web.render import make_thumbnail
+from instdisc.web.render import status as status_line
 
 CAPTION = re.compile(r"^\d\.\d{3} · (circle|cross|square|triangle) · \d{4}\.png$")
 
@@ -347,7 +347,7 @@ def test_other_query_forms(h: SearchHandlers, shapes_root: Path):
 
 
 def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
-    from webapp.ui import build_demo
+    from instdisc.web.ui import build_demo
 
     demo = build_demo(h)
     names = {fn.api_name for fn in demo.fns.values() if getattr(fn, "api_name", None)}
@@ -360,10 +360,10 @@ def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
 
 def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path, monkeypatch, capsys):
     import app
-    import webapp.server
+    import instdisc.web.server
 
     seen = {}
-    monkeypatch.setattr(webapp.server, "launch", lambda h, **kw: seen.update(kw, root=h.root))
+    monkeypatch.setattr(instdisc.web.server, "launch", lambda h, **kw: seen.update(kw, root=h.root))
     assert app.main(["--index", str(shapes_index)]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860 and seen["share"] is False
     assert app.main(["--index", str(shapes_index), "--host", "0.0.0.0", "--port", "8123", "--share"]) == 0
@@ -380,8 +380,8 @@ def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path,
 def test_both_serving_paths_serve_only_the_image_root_and_cap_uploads(h: SearchHandlers, monkeypatch):
     import gradio as gr
 
-    from webapp import server
-    from webapp.limits import MAX_QUERY_BYTES
+    from instdisc.web import server
+    from instdisc.web.limits import MAX_QUERY_BYTES
 
     assert server.gradio_settings(h)["allowed_paths"] == [str(h.root)]
     assert server.gradio_settings(h)["max_file_size"] == "10mb" and MAX_QUERY_BYTES == 10 * 2**20
@@ -413,7 +413,7 @@ def test_fallbacks_log_and_show_what_went_wrong(shapes_index: Path, caplog):
 
     idx.labels = broken_labels
     idx.image_path = missing_file
-    with caplog.at_level("WARNING", logger="webapp"):
+    with caplog.at_level("WARNING", logger="instdisc.web"):
         assert h.facts.labels() == []
         items = h.tiles.gallery(idx.get([0, 1]))
     assert "the label list could not be read" in caplog.text and "cannot be shown" in caplog.text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from webapp.browser import (
+from benchmarks.browser import (
     CHROMIUM,
     FAKE_CAMERA,
     chromium_page,

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation import metrics as M
-from evaluation.baselines import pixel_features
-from evaluation.near_duplicates import strong_augment
-from evaluation.run import EvalOptions, evaluate, query_folder
-from evaluation.stats import latency_summary
 from index.build import BuildOptions, build
 from index.faiss_util import recall_at_k, stored_vectors
+from instdisc.evaluation import metrics as M
+from instdisc.evaluation.baselines import pixel_features
+from instdisc.evaluation.near_duplicates import strong_augment
+from instdisc.evaluation.run import EvalOptions, evaluate, query_folder
+from instdisc.evaluation.stats import latency_summary
 from instdisc.knn import knn_accuracy, weighted_knn_predict, weighted_vote
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,14 +15,14 @@ import pytest
 from explore_data import BIG_COPY, ORIGINAL, build_planted_index
 from PIL import Image
 
-from explore import ExploreError, Explorer
-from explore.calibrate import expected_precision, false_pairs_per_image
-from explore.clusters import cluster, label_agreement
-from explore.featurisers import pixel_embedder
-from explore.grouping import chain_guard, group_duplicates
-from explore.neighbours import knn_graph
-from explore.planted import evaluate_planted
-from explore.projection import project
+from benchmarks.planted import evaluate_planted
+from instdisc.explore import ExploreError, Explorer
+from instdisc.explore.calibrate import expected_precision, false_pairs_per_image
+from instdisc.explore.clusters import cluster, label_agreement
+from instdisc.explore.featurisers import pixel_embedder
+from instdisc.explore.grouping import chain_guard, group_duplicates
+from instdisc.explore.neighbours import knn_graph
+from instdisc.explore.projection import project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_results_are_cached_per_generation_and_invalidated_by_add_and_remove(
         tiny_run: Path, tmp_path: Path, shapes_root: Path, monkeypatch):
     import shutil
 
-    import explore.explorer as explorer_mod
+    import instdisc.explore.explorer as explorer_mod
     from index.build import add, remove
 
     data, idx = tmp_path / "data", tmp_path / "idx"
@@ -239,7 +239,9 @@ def test_find_duplicates_script_writes_groups_csv_and_sheet(planted_index: Path,
 
 
 def test_explore_cli_clusters_and_map(planted_index: Path, tmp_path: Path, capsys):
-    from explore.cli import explore_main  # what scripts/explore_index.py runs (in-process: no second torch import)
+    from instdisc.explore.cli import (
+        explore_main,  # what scripts/explore_index.py runs (in-process: no second torch import)
+    )
 
     idx = ["--index", str(planted_index)]
     assert explore_main(["clusters", *idx, "--clusters", "2", "--out", str(tmp_path / "c")]) == 0
@@ -259,7 +261,7 @@ def test_planted_sampling_looks_inside_an_archives_lone_top_folder(shapes_root: 
     """The photo subset's archive holds tinyimagenet-subset/{train,test}/: the planted evaluation samples from it."""
     import shutil
 
-    from explore.measure import cifar_subset
+    from benchmarks.explore_measure import cifar_subset
 
     shutil.copytree(shapes_root, tmp_path / "wrapper" / "shapes")
     imgs, labels, splits, paths = cifar_subset(str(tmp_path / "wrapper"), 6, 4, seed=0)

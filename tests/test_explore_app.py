@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from explore_data import BIG_COPY, ORIGINAL, build_planted_index
 
-from explore import ExploreError
 from index.search import SearchIndex
-from webapp.explore_tabs import MAP_POINTS, ExploreViews
+from instdisc.explore import ExploreError
+from instdisc.web.explore_tabs import MAP_POINTS, ExploreViews
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from explore_data import build_planted_index
 
-from webapp.browser import CHROMIUM, chromium_page, running_app, wait_for_images
+from benchmarks.browser import CHROMIUM, chromium_page, running_app, wait_for_images
 
 pytestmark = [
     pytest.mark.browser,
@@ -86,7 +86,7 @@ def test_duplicates_clusters_and_map_tabs(app_url: str):
 def test_explore_screenshots_save_one_picture_per_tab(app_url: str, tmp_path: Path):
     from PIL import Image
 
-    from webapp.browser import explore_screenshots
+    from benchmarks.browser import explore_screenshots
 
     shots = explore_screenshots(app_url, tmp_path, 1200, 900)
     assert set(shots) == {"duplicates", "clusters", "map"}

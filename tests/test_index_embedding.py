@@ -64,7 +64,7 @@ def test_multi_scale_whitened_vectors_are_what_the_index_stores(whitened_index: 
         assert np.abs(stored - expected).max() < 2e-3
         # not a no-op: whitening moved the vectors away from the plain multi-scale ones
         assert np.abs(stored - raw.numpy()).max() > 0.1
-        from webapp.collection import CollectionFacts
+        from instdisc.web.collection import CollectionFacts
 
         assert "48 + 32px input, whitened" in CollectionFacts(idx).info_markdown()  # the app's info panel
         files = [shapes_root / p for p in paths[::70]]
@@ -156,7 +156,7 @@ def test_the_recipe_needs_the_training_folder_or_images(recipe_run: Path, shapes
 
 def test_explore_embeds_a_collection_as_its_index_would(recipe_run: Path, shapes_root: Path, tmp_path: Path):
     """explore's featuriser for a checkpoint (the planted-duplicate evaluation) follows the index recipe."""
-    from explore.featurisers import recipe_embedder
+    from instdisc.explore.featurisers import recipe_embedder
     from instdisc.images import load_image
 
     m = build(recipe_run / "checkpoint.pt", tmp_path / "idx", images=shapes_root,

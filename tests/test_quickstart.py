@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.browser import free_port, wait_until_up
 from instdisc import checkpoint
-from webapp.browser import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The running app (``python app.py`` in a subprocess) under a small load, fed the bad-input corpus,
 and probed with crafted file requests: zero errors, still responsive, bound to loopback only,
 nothing outside the image root served. The full 32 x 50 load is
-``python scripts/reliability.py --part load``."""
+``python scripts/measure_reliability.py --part load``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.browser import app_process
 from index.build import BuildOptions, build
 from reliability import inputs
 from reliability.corpus import KINDS, write_corpus, write_ordinary
 from reliability.load import listen_addresses, run_load
-from webapp.browser import app_process
 
 SECRET = "top-secret-3f9a"
 

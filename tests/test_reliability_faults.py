@@ -1,7 +1,7 @@
 """kill -9 during writes: the fault hook itself, a checkpoint write (then --resume), and an index
 update (then rerun). Real subprocesses, real SIGKILL. The full matrix -- every phase of every
 file of checkpoints, --add, rebuilds and first builds, plus timed kills from outside -- is
-``python scripts/reliability.py --part faults``, and for --add also the ``slow`` test below
+``python scripts/measure_reliability.py --part faults``, and for --add also the ``slow`` test below
 (``INSTDISC_SLOW_TESTS=1 pytest -m slow tests/test_reliability_faults.py``)."""
 
 from __future__ import annotations

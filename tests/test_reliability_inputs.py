@@ -1,7 +1,7 @@
 """The generated bad-input corpus through training-data loading, ``build_index.py`` (--images and
 --add) and the app's search handlers: every valid file processed, every other one refused or
 skipped with its reason, never a crash. (The running app's HTTP path is in
-test_reliability_app.py; the figures for all paths come from scripts/reliability.py.)"""
+test_reliability_app.py; the figures for all paths come from scripts/measure_reliability.py.)"""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_training_data_loading_keeps_the_valid_and_lists_the_rest(corpus):
 
 def test_handlers_answer_every_kind(shapes_index: Path, corpus):
     from index.search import SearchIndex
-    from webapp.handlers import SearchHandlers
+    from instdisc.web.handlers import SearchHandlers
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # gr.Warning outside a request

@@ -1,4 +1,4 @@
-"""The REST API (webapp.rest) served for real (uvicorn on 127.0.0.1, Gradio page mounted beside it) and
+"""The REST API (instdisc.web.rest) served for real (uvicorn on 127.0.0.1, Gradio page mounted beside it) and
 called with a real HTTP client: search by multipart file and by base64, health, images, OpenAPI docs,
 the page's validation and limits, bad input, traversal, and concurrent requests through the batcher."""
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.browser import free_port
 from index.search import SearchIndex
+from instdisc.web.handlers import SearchHandlers
+from instdisc.web.server import serving
 from tests.tampering import set_stored_path
-from webapp.browser import free_port
-from webapp.handlers import SearchHandlers
-from webapp.server import serving
 
 QUERY = Path("test") / "circle" / "0003.png"
 

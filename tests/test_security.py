@@ -17,7 +17,7 @@ from index.build import BuildOptions, build
 from index.errors import IndexDirError
 from index.layout import write_index_file
 from index.search import SearchIndex
-from webapp.handlers import QueryError, SearchHandlers
+from instdisc.web.handlers import QueryError, SearchHandlers
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".venv", ".git", "node_modules", "__pycache__"}

@@ -1,6 +1,6 @@
 """One process serving the Gradio page and the REST API over the same :class:`SearchHandlers`.
 
-``make_app(h)`` is a FastAPI app holding the REST routes (:mod:`webapp.rest`) with the page
+``make_app(h)`` is a FastAPI app holding the REST routes (:mod:`instdisc.web.rest`) with the page
 mounted at ``/`` (``gr.mount_gradio_app``) and the app's safety settings (:func:`gradio_settings`:
 files served only from the index's image root, upload size limit). ``launch`` serves it with
 uvicorn on 127.0.0.1 unless told otherwise; ``--share`` needs Gradio's own server (its relay

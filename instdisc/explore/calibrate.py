@@ -1,6 +1,6 @@
 """``--threshold auto``: a duplicate threshold calibrated on the collection itself.
 
-True copies: every sampled image is edited (:mod:`explore.edits`: crop, colour, JPEG, resize),
+True copies: every sampled image is edited (:mod:`instdisc.explore.edits`: crop, colour, JPEG, resize),
 re-embedded, and scored against its own stored vector -- what a copy added to the index would
 score against its original. Unrelated images: every image's nearest neighbours in the kNN
 graph (the pairs that really compete with a copy; CIFAR-sized collections have many

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.baselines import pixel_features
 from index.build import BuildOptions, build_sides, gallery_whitening
 from index.embedding import IndexEmbedder
 from instdisc.embed import embed
+from instdisc.evaluation.baselines import pixel_features
 from instdisc.images import fit_square, nchw
 from instdisc.trained import Checkpoint
 

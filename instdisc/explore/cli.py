@@ -1,5 +1,5 @@
 """Command lines of ``scripts/find_duplicates.py`` and ``scripts/explore_index.py`` (argument parsing and
-printing only; the work is in :class:`explore.explorer.Explorer` and :mod:`explore.reports`)."""
+printing only; the work is in :class:`instdisc.explore.explorer.Explorer` and :mod:`instdisc.explore.reports`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Retrieval and classification metrics: pure functions of vectors, labels and rankings.
 
-Nothing here reads files or opens an index; :mod:`evaluation.run` feeds these with the
+Nothing here reads files or opens an index; :mod:`instdisc.evaluation.run` feeds these with the
 embeddings of an index and a query collection. Conventions:
 
 - vectors are L2-normalised rows, similarity is the inner product (cosine);

@@ -23,7 +23,7 @@ from .projection import Projection, project
 
 @dataclass
 class CalibrationOptions:
-    """What ``--threshold auto`` is calibrated for (defaults: :mod:`explore.calibrate`)."""
+    """What ``--threshold auto`` is calibrated for (defaults: :mod:`instdisc.explore.calibrate`)."""
 
     samples: int = SAMPLES
     target_precision: float = TARGET_PRECISION

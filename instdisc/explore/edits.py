@@ -1,6 +1,6 @@
 """Synthetic near-duplicates: the edits people make to a picture before it is saved again.
 
-Milder than :func:`evaluation.near_duplicates.strong_augment` (which tests retrieval under
+Milder than :func:`instdisc.evaluation.near_duplicates.strong_augment` (which tests retrieval under
 heavy edits): a duplicate finder should group the copies a collection really accumulates —
 a re-crop, a colour touch-up, a re-compressed JPEG, a downscaled version — and nothing more.
 The same edits calibrate the ``auto`` threshold and plant copies in the evaluation.

@@ -1,10 +1,10 @@
 """Reliability figures: bad inputs, kill -9 faults and load, written to results/reliability/*.json.
 
-    python scripts/reliability.py                      # all three (about 15 minutes on 2 CPU cores)
-    python scripts/reliability.py --part inputs        # the bad-input corpus through every path
-    python scripts/reliability.py --part faults [--timed-kills 6] [--seed 0]
-    python scripts/reliability.py --part timed [--timed-kills 6] [--seed 0]   # only the timed kills of faults
-    python scripts/reliability.py --part load [--clients 32] [--queries 50]
+    python scripts/measure_reliability.py                      # all three (about 15 minutes on 2 CPU cores)
+    python scripts/measure_reliability.py --part inputs        # the bad-input corpus through every path
+    python scripts/measure_reliability.py --part faults [--timed-kills 6] [--seed 0]
+    python scripts/measure_reliability.py --part timed [--timed-kills 6] [--seed 0]   # only the timed kills of faults
+    python scripts/measure_reliability.py --part load [--clients 32] [--queries 50]
 
 Everything runs on generated data in a scratch folder (--work); see RELIABILITY.md.
 """
@@ -17,11 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # this file is named like the package it runs: let "reliability" be the package, not itself
-
-from instdisc.fsutil import atomic_write_text  # noqa: E402
-from reliability import faults, suite  # noqa: E402
+from instdisc.fsutil import atomic_write_text
+from reliability import faults, suite
 
 PARTS = ("inputs", "faults", "load")  # "timed": the timed kills of "faults" alone
 
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = suite.load_report(work / "load", args.clients, args.queries)
                 text = table_load(r)
                 failed |= r["errors"] > 0
-            r["command"] = "python scripts/reliability.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            r["command"] = "python scripts/measure_reliability.py " + " ".join(argv if argv is not None else sys.argv[1:])
             atomic_write_text(out / f"{part}.json", json.dumps(r, indent=1, default=str) + "\n")
             print(f"== {part} -> {out / (part + '.json')}\n{text}", flush=True)
     return 1 if failed else 0

@@ -1,6 +1,6 @@
 """Latency of the search handler, end to end: decode the upload, embed, search, thumbnails, captions.
 
-    python -m webapp.bench --index indexes/cifar10 [--n 200] [--k 20] [--threads 1] [--url http://127.0.0.1:7860/]
+    python -m benchmarks.app_queries --index indexes/cifar10 [--n 200] [--k 20] [--threads 1] [--url http://127.0.0.1:7860/]
 
 Queries are files of the index's own collection (a fixed, spread-out sample), uploaded as
 Gradio would hand them over. Reports p50 / p90 / p99 of ``SearchHandlers.ui_search`` and its
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.stats import latency_summary
-from webapp.handlers import ANY, SearchHandlers
-from webapp.render import status
+from instdisc.evaluation.stats import latency_summary
+from instdisc.web.handlers import ANY, SearchHandlers
+from instdisc.web.render import status
 
 
 def summary(ms: list[float]) -> dict:

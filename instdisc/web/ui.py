@@ -1,8 +1,8 @@
-"""The Gradio layout of the search app; all logic is in :mod:`webapp.handlers`.
+"""The Gradio layout of the search app; all logic is in :mod:`instdisc.web.handlers`.
 
 ``build_demo(handlers)`` returns the :class:`gr.Blocks`: one function per tab (``_search_tab``,
 ``_api_tab``), so a new tab is one more function called inside the ``Blocks``. Serving it (with
-the REST API, safety settings and upload limit) is :mod:`webapp.server`'s job.
+the REST API, safety settings and upload limit) is :mod:`instdisc.web.server`'s job.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The measurements behind docs/explore.md, small enough for a busy 2-core machine.
 
 * ``planted``: a seeded CIFAR-10 subset (train and test originals), edited copies of test
-  images planted (:mod:`explore.planted`), the finder's precision/recall at its ``auto``
+  images planted (:mod:`benchmarks.planted`), the finder's precision/recall at its ``auto``
   threshold for each featuriser (raw pixels, a random-init encoder, a trained checkpoint),
   the cross-split groups it reports, and cluster purity / NMI against the labels;
 * ``timing``: the duplicate finder, k-means and PCA on N synthetic clustered vectors.
@@ -18,21 +18,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.planted import PLANTED, evaluate_planted
 from index.build import BuildOptions, build_sides
 from index.synthetic import clustered_unit_vectors
 from instdisc.conventions import unwrap
 from instdisc.data import resolve_source
+from instdisc.explore.clusters import cluster
+from instdisc.explore.collection import Embed
+from instdisc.explore.featurisers import encoder_embedder, pixel_embedder, recipe_embedder
+from instdisc.explore.grouping import chain_guard, group_duplicates
+from instdisc.explore.neighbours import K, knn_graph
+from instdisc.explore.projection import project
+from instdisc.explore.reports import SHEET_GROUPS, group_members, group_sheet
 from instdisc.images import is_image_name, load_image
 from instdisc.trained import Checkpoint
-
-from .clusters import cluster
-from .collection import Embed
-from .featurisers import encoder_embedder, pixel_embedder, recipe_embedder
-from .grouping import chain_guard, group_duplicates
-from .neighbours import K, knn_graph
-from .planted import PLANTED, evaluate_planted
-from .projection import project
-from .reports import SHEET_GROUPS, group_members, group_sheet
 
 TRAIN_IMAGES = 4000
 TEST_IMAGES = 1000

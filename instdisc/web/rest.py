@@ -1,12 +1,12 @@
 """The REST API beside the page (same process, same :class:`SearchHandlers`, same batcher):
 
 * ``POST /api/search`` -- multipart ``image`` file, or ``image_base64`` (a form field or a JSON
-  body), plus optional ``k``, ``label``, ``folder`` -> the JSON of :func:`webapp.api.search_json`;
+  body), plus optional ``k``, ``label``, ``folder`` -> the JSON of :func:`instdisc.web.api.search_json`;
 * ``GET /api/images/{id}`` -- the collection image ``id`` (only files under the index root);
 * ``GET /api/health`` -- index size and type, model, version;
 * ``GET /api/docs`` (Swagger UI) and ``GET /api/openapi.json``.
 
-Validation, limits and messages are the page's (:mod:`webapp.queries`, :mod:`webapp.limits`):
+Validation, limits and messages are the page's (:mod:`instdisc.web.queries`, :mod:`instdisc.web.limits`):
 errors answer ``{"error": message}`` with 400 (bad input), 413 (over the upload limit),
 404 (unknown id) or 403 (a stored path outside the image root).
 """
@@ -130,7 +130,7 @@ def router(h: SearchHandlers) -> APIRouter:
 
 
 def rest_app(h: SearchHandlers) -> FastAPI:
-    """A FastAPI app holding the REST API (the Gradio page is mounted on it by :mod:`webapp.server`)."""
+    """A FastAPI app holding the REST API (the Gradio page is mounted on it by :mod:`instdisc.web.server`)."""
     app = FastAPI(title="Image search API", docs_url=f"{PREFIX}/docs", openapi_url=f"{PREFIX}/openapi.json",
                   redoc_url=None)
     app.include_router(router(h))

@@ -1,9 +1,9 @@
 """Searching for the app, and the Gradio event handlers; testable without a browser or a server.
 
-:class:`SearchHandlers` ties the pieces of one opened index together -- :mod:`webapp.queries`
+:class:`SearchHandlers` ties the pieces of one opened index together -- :mod:`instdisc.web.queries`
 (decoding), :class:`index.batcher.QueryBatcher` (one forward pass and one FAISS search for
-all the requests in flight), :mod:`webapp.collection` (labels, folders, examples, info panel),
-:mod:`webapp.render` (tiles, captions, status line) and :mod:`webapp.api` (JSON) -- and is
+all the requests in flight), :mod:`instdisc.web.collection` (labels, folders, examples, info panel),
+:mod:`instdisc.web.render` (tiles, captions, status line) and :mod:`instdisc.web.api` (JSON) -- and is
 what the page, the Gradio API and the REST API call.
 
 Two layers:
@@ -61,7 +61,7 @@ class SearchHandlers:
     # ------------------------------------------------------------------ searching
 
     def decode_query(self, payload: Any) -> tuple[Image.Image, str]:
-        """(RGB image, display name) of a query under this app's limits (:func:`webapp.queries.decode_query`)."""
+        """(RGB image, display name) of a query under this app's limits (:func:`instdisc.web.queries.decode_query`)."""
         return decode_query(payload, self.max_query_bytes, self.max_pixels)
 
     def _batched(self, images: list[Image.Image], names: list[str], k: int, label: str | None,
@@ -121,13 +121,13 @@ class SearchHandlers:
     # ------------------------------------------------------------------ API (JSON)
 
     def api_search(self, image: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> dict:
-        """JSON for one query image (:func:`webapp.api.search_json`)."""
+        """JSON for one query image (:func:`instdisc.web.api.search_json`)."""
         res = self.search(image, k, label, folder)
         self._record(res)
         return search_json(res)
 
     def api_search_batch(self, images: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> dict:
-        """JSON for several images in one call (:func:`webapp.api.batch_json`): per image in order
+        """JSON for several images in one call (:func:`instdisc.web.api.batch_json`): per image in order
         ``{query, ids, scores, paths, labels, splits}``, or ``{query, error}`` for one that could not be
         decoded (the others are still searched, in one batch)."""
         t0 = time.perf_counter()

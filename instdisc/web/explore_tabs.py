@@ -3,7 +3,7 @@
 Everything is computed on first use of a tab (not at start-up) through
 :class:`explore.Explorer`, so it is cached next to the index (per generation) and a restart
 shows it at once. :class:`ExploreViews` holds the logic (gallery items, captions, the map's
-HTML) without Gradio events, :func:`add_explore_tabs` the layout and wiring; ``webapp/ui.py``
+HTML) without Gradio events, :func:`add_explore_tabs` the layout and wiring; ``instdisc/web/ui.py``
 calls it inside its ``gr.Blocks``.
 
 Clicking a group, a cluster, a member or a map point shows that image's nearest neighbours
@@ -20,11 +20,11 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from explore import ExploreError, Explorer
-from explore.explorer import Duplicates
-from explore.keep import suggest
-from explore.reports import duplicates_csv, group_members
-from explore.sheets import palette, thumbnail
+from instdisc.explore import ExploreError, Explorer
+from instdisc.explore.explorer import Duplicates
+from instdisc.explore.keep import suggest
+from instdisc.explore.reports import duplicates_csv, group_members
+from instdisc.explore.sheets import palette, thumbnail
 
 TILE = 128  # gallery thumbnail, px
 GROUPS_SHOWN = 60  # groups in the Duplicates gallery (largest first)

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from .calibrate import expected_precision
-from .collection import Collection, Embed
-from .edits import KINDS, edit
-from .explorer import CalibrationOptions, Duplicates, Explorer
-from .grouping import Group
+from instdisc.explore.calibrate import expected_precision
+from instdisc.explore.collection import Collection, Embed
+from instdisc.explore.edits import KINDS, edit
+from instdisc.explore.explorer import CalibrationOptions, Duplicates, Explorer
+from instdisc.explore.grouping import Group
 
 PLANTED = 200
 PLANT_SEED_OFFSET = 7_919  # copies are edited with seeds the calibration never draws
