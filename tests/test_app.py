@@ -359,7 +359,7 @@ def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
 
 
 def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path, monkeypatch, capsys):
-    import app
+    from instdisc.commands import serve as app
     import instdisc.web.server
 
     seen = {}
