@@ -26,9 +26,10 @@ from instdisc import bundled, distributed
 from instdisc.checkpoint import CheckpointError
 from instdisc.data import DataError
 from instdisc.images import ImageError
+from instdisc.resolution import sample_sizes
 
 from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
-from .build import BuildOptions, add, build, check_new, open_source, remove
+from .build import BuildOptions, add, build, check_new, open_source, remove, scan_source
 from .errors import IndexDirError
 from .manifest import Manifest
 from .shards import build_from_shards, default_shard_dir, embed_shard
@@ -105,12 +106,19 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> None:
-    """``--checkpoint general`` (or none, with --images, when building) -> the verified bundled encoder."""
+    """``--checkpoint general`` (or none, with --images, when building) -> the bundled encoder that fits the
+    folder's image sizes, said with its reason; a bundled name -> that encoder, verified."""
     if args.checkpoint is None and args.images and not (args.add or args.remove):
         args.checkpoint = bundled.NAME
-        print("no --checkpoint: embedding with the bundled general encoder (instdisc/models/general/card.json)",
-              file=sys.stderr)
-    if args.checkpoint is not None:
+    if args.checkpoint == bundled.NAME:
+        sample = None
+        if args.images:
+            root, found = scan_source(args.images)
+            sample = sample_sizes(root, found.paths)
+        choice = bundled.choose(sample)
+        print(f"embedding with {choice.reason} ({choice.path})", file=sys.stderr)
+        args.checkpoint = str(choice.path)
+    elif args.checkpoint is not None:
         args.checkpoint = str(bundled.resolve(args.checkpoint))
 
 

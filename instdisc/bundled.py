@@ -1,14 +1,19 @@
-"""The bundled general encoder: a small encoder committed in the repository, so that any folder can be
-indexed and searched at once, with no training (issue 15, item 4).
+"""The bundled encoders: small encoders shipped inside the package, so that any folder can be indexed
+and searched at once, with no training.
 
-``instdisc/models/general/encoder.pt`` is an ordinary instdisc checkpoint stripped to what embedding needs: the
-configuration and the encoder's weights (the weight average where the run kept one), no memory bank,
-optimiser, RNG state or file list. ``instdisc/models/general/card.json`` (:class:`ModelCard`) holds its
-SHA-256, the command that trained it, what it was trained on and what it measured;
-:func:`bundled_checkpoint` refuses a file whose bytes do not match the card.
+Each lives in ``instdisc/models/<name>/``: ``encoder.pt``, an ordinary instdisc checkpoint stripped to
+what embedding needs (the configuration and the encoder's weights, the weight average where the run
+kept one; no memory bank, optimiser, RNG state or file list), and ``card.json`` (:class:`ModelCard`)
+with its SHA-256, the command that trained it, what it was trained on and what it measured.
+:func:`verified` refuses a file whose bytes do not match its card.
 
-Written by ``scripts/export_encoder.py``; read by ``build_index.py --images`` without ``--checkpoint``
-(or ``--checkpoint general``) and by ``train.py --init general`` (fine-tuning).
+``general`` is not a file but a choice: :func:`choose` takes the bundled encoder whose input side fits
+the folder's images (the thumbnail encoder for thumbnails up to
+:data:`~instdisc.resolution.THUMBNAIL_MAX_SIDE` px, the photo encoder above) and says why. Any bundled
+name (``thumbnail``, ``photo``) forces that one.
+
+Written by ``instdisc-search export-encoder``; read by ``instdisc-search index --images`` without
+``--checkpoint`` (or with ``--checkpoint general|thumbnail|photo``) and by ``train --init`` (fine-tuning).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, load, save
 from .fsutil import atomic_write_text, sha256_file
+from .resolution import THUMBNAIL_MAX_SIDE, SizeSample
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "models" / "general"  # package data: ships in the wheel
-NAME = "general"  # what --checkpoint / --init accept for the bundled encoder
-MAX_BYTES = 16 << 20  # the repository's limit for a committed encoder
+MODELS_DIR = Path(__file__).resolve().parent / "models"  # package data: ships in the wheel
+NAME = "general"  # what --checkpoint / --init accept for "the bundled encoder that fits these images"
+THUMBNAIL, PHOTO = "thumbnail", "photo"  # the bundled encoders, by what they are for
+MAX_BYTES = 20 << 20  # the limit for an encoder shipped in the package
 
 
 @dataclass
@@ -88,7 +95,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, command: s
         path.unlink()
         raise CheckpointError(f"the exported encoder is {size / 2**20:.1f} MiB, over the {MAX_BYTES >> 20} MiB "
                               "limit for a committed model: train a narrower one (--width)")
-    card = ModelCard(NAME, path.name, sha256_file(path), size, command, trained_on,
+    card = ModelCard(out.name, path.name, sha256_file(path), size, command, trained_on,
                      len(state["dataset"].get("paths", [])), dict(state["config"]), sha256_file(src), exported)
     atomic_write_text(out / "card.json", card.to_json())
     return card
@@ -109,11 +116,69 @@ def verified(card_path: str | os.PathLike) -> Path:
     return path
 
 
-def bundled_checkpoint() -> Path:
-    """``instdisc/models/general/encoder.pt``, verified against its card (CheckpointError otherwise)."""
-    return verified(BUNDLED_DIR / "card.json")
+def available(models_dir: Path = MODELS_DIR) -> list[str]:
+    """Names of the bundled encoders (folders with a card), sorted."""
+    return sorted(p.parent.name for p in Path(models_dir).glob("*/card.json"))
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """``general`` -> the verified bundled encoder; anything else is a checkpoint path, returned as is."""
-    return bundled_checkpoint() if str(name_or_path) == NAME else Path(name_or_path)
+def bundled_checkpoint(name: str = THUMBNAIL, models_dir: Path = MODELS_DIR) -> Path:
+    """``instdisc/models/<name>/encoder.pt``, verified against its card (CheckpointError otherwise)."""
+    if name not in available(models_dir):
+        raise CheckpointError(f"no bundled encoder named {name!r}; bundled: {', '.join(available(models_dir))}")
+    return verified(Path(models_dir) / name / "card.json")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which bundled encoder embeds a folder, and why (printed by the commands that choose)."""
+
+    name: str
+    path: Path  # the verified encoder file
+    side: int  # the side it embeds whole images at
+    reason: str
+
+
+def _side(card: ModelCard) -> int:
+    cfg = card.config
+    return round(int(cfg["image_size"]) * float(cfg.get("embed_scale", 1.0)))
+
+
+def choose(sample: SizeSample | None, models_dir: Path = MODELS_DIR) -> Choice:
+    """The bundled encoder for a folder whose sampled image sizes are ``sample``.
+
+    Thumbnails (median short side up to THUMBNAIL_MAX_SIDE) get the thumbnail encoder, whose CIFAR stem
+    keeps every pixel of a 32 px image; larger images get the photo encoder (ImageNet stem, 64 px and up).
+    With only one bundled encoder, or no sample, the choice falls back and says so.
+    """
+    names = available(models_dir)
+    if not names:
+        raise CheckpointError(f"no bundled encoder under {models_dir} (a partial install?)")
+    cards = {n: ModelCard.read(Path(models_dir) / n / "card.json") for n in names}
+    if sample is None or sample.probed == sample.unreadable:
+        name = PHOTO if PHOTO in cards else names[0]
+        why = "no readable image sizes to choose by"
+    else:
+        want = THUMBNAIL if sample.short_median <= THUMBNAIL_MAX_SIDE else PHOTO
+        kind = "thumbnails" if want == THUMBNAIL else "photos"
+        if want in cards:
+            name, why = want, f"{sample.describe()}: {kind}"
+        else:
+            name = names[0]
+            why = f"{sample.describe()}: {kind}, but only the {name} encoder is bundled"
+    card = cards[name]
+    stem = "CIFAR" if card.config.get("cifar_stem") else "ImageNet"
+    reason = (f"the bundled {name} encoder ({_side(card)} px, {stem} stem, {card.training_images:,} training "
+              f"images): {why}")
+    return Choice(name, verified(Path(models_dir) / name / "card.json"), _side(card), reason)
+
+
+def resolve(name_or_path: str | os.PathLike, sample: SizeSample | None = None,
+            models_dir: Path = MODELS_DIR) -> Path:
+    """``general`` -> the bundled encoder that fits ``sample``; a bundled name -> that encoder, verified;
+    anything else is a checkpoint path, returned as is."""
+    s = str(name_or_path)
+    if s == NAME:
+        return choose(sample, models_dir).path
+    if s in (THUMBNAIL, PHOTO) and not Path(s).exists():
+        return bundled_checkpoint(s, models_dir)
+    return Path(name_or_path)

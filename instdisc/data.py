@@ -132,7 +132,12 @@ def _download_cifar10(root: Path) -> Path:
         return out
     tmp = out.with_name(out.name + ".tmp")
     for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        try:
+            ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        except (OSError, RuntimeError) as e:  # no network, a proxy, a refused or truncated download
+            raise DataError(f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}). Train on a "
+                            "folder of your own images instead: --data FOLDER (a folder or a .tar/.tar.gz of "
+                            "images), or with the quickstart: DATA=FOLDER bash scripts/quickstart.sh") from e
         counts: dict[int, int] = {}
         for arr, y in zip(ds.data, ds.targets, strict=True):
             d = tmp / split / ds.classes[y]

@@ -140,7 +140,8 @@ def _window(ref: dict) -> float:
 
 
 def timed_only_report(work: Path, n: int = 6, seed: int = 0) -> dict:
-    """Only the timed kills (``scripts/measure_reliability.py --part timed``): minutes instead of the injected matrix's hour."""
+    """Only the timed kills (``scripts/measure_reliability.py --part timed``): minutes instead of the
+    injected matrix's hour."""
     return {"timed": timed_report(work, _fault_setup(work), n, seed), "machine": machine()}
 
 

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = suite.load_report(work / "load", args.clients, args.queries)
                 text = table_load(r)
                 failed |= r["errors"] > 0
-            r["command"] = "python scripts/measure_reliability.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            args_used = argv if argv is not None else sys.argv[1:]
+            r["command"] = "python scripts/measure_reliability.py " + " ".join(args_used)
             atomic_write_text(out / f"{part}.json", json.dumps(r, indent=1, default=str) + "\n")
             print(f"== {part} -> {out / (part + '.json')}\n{text}", flush=True)
     return 1 if failed else 0

@@ -359,8 +359,8 @@ def test_build_demo_wires_the_named_api_endpoints(h: SearchHandlers):
 
 
 def test_app_main_defaults_and_missing_index(shapes_index: Path, tmp_path: Path, monkeypatch, capsys):
-    from instdisc.commands import serve as app
     import instdisc.web.server
+    from instdisc.commands import serve as app
 
     seen = {}
     monkeypatch.setattr(instdisc.web.server, "launch", lambda h, **kw: seen.update(kw, root=h.root))

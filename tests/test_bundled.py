@@ -1,5 +1,6 @@
-"""The bundled general encoder: export (encoder only, size limit, card with SHA-256), verification against
-the card, `build_index.py --images` without --checkpoint, and fine-tuning with `train.py --init`."""
+"""The bundled encoders: export (encoder only, size limit, card with SHA-256), verification against the
+card, the choice of encoder by the folder's image sizes, `build_index.py --images` without --checkpoint,
+and fine-tuning with `train.py --init`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from instdisc.checkpoint import CheckpointError
 from instdisc.config import preset
 from instdisc.data import load_splits
 from instdisc.embed import embed
+from instdisc.resolution import THUMBNAIL_MAX_SIDE, SizeSample
 from instdisc.train import Trainer
 from instdisc.trained import Checkpoint
 
@@ -48,6 +50,54 @@ def test_export_keeps_the_encoder_and_nothing_else(exported: Path, tiny_run: Pat
         small.bank()
 
 
+@pytest.fixture(scope="module")
+def two_encoders(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with a thumbnail encoder and a photo encoder (the photo card says 64 px, ImageNet stem:
+    the choice reads only the cards; the files are verified against them)."""
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(exported, models / bundled.THUMBNAIL)
+    shutil.copytree(exported, models / bundled.PHOTO)
+    card = json.loads((models / bundled.PHOTO / "card.json").read_text())
+    card["config"].update(image_size=64, cifar_stem=False)
+    (models / bundled.PHOTO / "card.json").write_text(json.dumps(card))
+    return models
+
+
+def _sample(median: int) -> SizeSample:
+    return SizeSample(probed=256, unreadable=0, short_median=median, short_min=median // 2, short_max=median * 2)
+
+
+def test_the_encoder_is_chosen_by_the_folders_image_sizes_and_says_why(two_encoders: Path, tmp_path: Path) -> None:
+    thumbs = bundled.choose(_sample(32), two_encoders)
+    assert thumbs.name == bundled.THUMBNAIL and thumbs.side == 32
+    assert thumbs.path == two_encoders / bundled.THUMBNAIL / "encoder.pt"
+    assert "median short side 32 px" in thumbs.reason and "thumbnails" in thumbs.reason
+    edge = bundled.choose(_sample(THUMBNAIL_MAX_SIDE), two_encoders)
+    above = bundled.choose(_sample(THUMBNAIL_MAX_SIDE + 1), two_encoders)
+    assert (edge.name, above.name) == (bundled.THUMBNAIL, bundled.PHOTO)
+    photos = bundled.choose(_sample(215), two_encoders)
+    assert photos.name == bundled.PHOTO and photos.side == 64 and "ImageNet stem" in photos.reason
+    assert bundled.choose(None, two_encoders).name == bundled.PHOTO  # nothing to choose by: the larger one
+    assert bundled.resolve("general", _sample(215), two_encoders) == photos.path
+    assert bundled.resolve("thumbnail", _sample(215), two_encoders) == thumbs.path  # a name forces it
+    assert bundled.resolve(tmp_path / "x.pt", None, two_encoders) == tmp_path / "x.pt"
+    # only the thumbnail encoder present: photos fall back to it, and the reason says so
+    only = tmp_path / "only"
+    shutil.copytree(two_encoders / bundled.THUMBNAIL, only / bundled.THUMBNAIL)
+    fallback = bundled.choose(_sample(215), only)
+    assert fallback.name == bundled.THUMBNAIL and "only the thumbnail encoder is bundled" in fallback.reason
+    with pytest.raises(CheckpointError, match="no bundled encoder named 'photo'"):
+        bundled.resolve("photo", None, only)
+    # a tampered photo encoder is refused when chosen
+    data = bytearray((two_encoders / bundled.PHOTO / "encoder.pt").read_bytes())
+    bad = tmp_path / "bad"
+    shutil.copytree(two_encoders, bad)
+    data[-100] ^= 0xFF
+    (bad / bundled.PHOTO / "encoder.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its card"):
+        bundled.choose(_sample(215), bad)
+
+
 def test_a_changed_byte_or_a_missing_file_is_refused(exported: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(exported, bad)
@@ -72,8 +122,8 @@ def test_export_refuses_an_encoder_over_the_limit(tiny_run: Path, tmp_path: Path
 
 
 def test_the_committed_encoder_matches_its_card_and_embeds() -> None:
-    card = bundled.ModelCard.read(bundled.BUNDLED_DIR / "card.json")
-    ck = Checkpoint.load(bundled.bundled_checkpoint())
+    card = bundled.ModelCard.read(bundled.MODELS_DIR / bundled.THUMBNAIL / "card.json")
+    ck = Checkpoint.load(bundled.bundled_checkpoint(bundled.THUMBNAIL))
     assert card.bytes <= bundled.MAX_BYTES and ck.sha256 == card.sha256
     assert card.training_images > 70_000 and "tinyimagenet" in card.trained_on
     size = ck.architecture.image_size
@@ -87,9 +137,9 @@ def test_build_index_images_without_checkpoint_uses_the_bundled_encoder(shapes_r
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_index.py"), "--images", str(shapes_root / "test"),
                         "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "bundled general encoder" in p.stderr
+    assert "the bundled thumbnail encoder (32 px, CIFAR stem" in p.stderr and "median short side 32 px" in p.stderr
     m = json.loads((out / "manifest.json").read_text())
-    card = bundled.ModelCard.read(bundled.BUNDLED_DIR / "card.json")
+    card = bundled.ModelCard.read(bundled.MODELS_DIR / bundled.THUMBNAIL / "card.json")
     assert m["count"] == 100 and m["checkpoint"]["sha256"] == card.sha256
     # the memory bank cannot be exported from an encoder-only file
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_index.py"), "--checkpoint", "general",

@@ -83,7 +83,7 @@ def test_fine_tuning_variant_starts_from_the_bundled_encoder(shapes_root: Path, 
     assert efficiency.main(["--dataset", "shapes", "--budgets", "4", "--variants", "init-general",
                             "--out", str(out)]) == 0
     r = json.loads((out / "runs" / "shapes-init-general-4.json").read_text())
-    card = bundled.ModelCard.read(bundled.BUNDLED_DIR / "card.json")
+    card = bundled.ModelCard.read(bundled.MODELS_DIR / bundled.THUMBNAIL / "card.json")
     # the network is the bundled encoder's (width 16), not the dataset preset's (tiny: width 8)
     assert r["init"] == "general" and r["config"]["width"] == card.config["width"] == 16
     saved = load(out / "checkpoints" / "shapes-init-general-4" / "checkpoint.pt")

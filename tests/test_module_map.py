@@ -28,7 +28,8 @@ def mapped() -> set[str]:
 
 def tracked() -> set[str]:
     out = subprocess.run(["git", "ls-files", *PACKAGES], cwd=ROOT, capture_output=True, text=True, check=True)
-    return {p for p in out.stdout.split() if re.fullmatch(r"[a-z_]+(/[a-z_]+)*/[\w.]+\.(py|sh)", p) and "/results/" not in p}
+    source = re.compile(r"[a-z_]+(/[a-z_]+)*/[\w.]+\.(py|sh)")
+    return {p for p in out.stdout.split() if source.fullmatch(p) and "/results/" not in p}
 
 
 def test_every_file_of_every_package_has_one_line_and_no_line_is_stale():

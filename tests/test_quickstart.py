@@ -91,3 +91,80 @@ def test_quickstart_trains_resumes_an_interrupted_run_serves_then_reuses(shapes_
     assert {p: _digest(p) for p in before} == before
     assert {p: p.stat().st_mtime_ns for p in before} == mtimes
     assert _epochs(run) == epochs
+
+
+# Loaded by every Python process of a quickstart started with it on PYTHONPATH: each outgoing connection is
+# written to a log and refused, so a download is attempted for real and nothing leaves the machine.
+NO_NETWORK = '''
+import os, socket
+
+def _refuse(self, address, *args, **kwargs):
+    with open(os.environ["NETWORK_LOG"], "a") as f:
+        f.write(repr(address) + "\\n")
+    raise ConnectionRefusedError(f"network refused by the test: {address!r}")
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+_getaddrinfo = socket.getaddrinfo
+
+def _resolve(host, *args, **kwargs):
+    if host not in ("127.0.0.1", "localhost", "::1", None):
+        with open(os.environ["NETWORK_LOG"], "a") as f:
+            f.write(f"resolve {host}\\n")
+        raise socket.gaierror(f"name resolution refused by the test: {host}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+socket.getaddrinfo = _resolve
+'''
+
+
+def _offline_env(tmp_path: Path, **extra: str) -> tuple[dict[str, str], Path]:
+    site = tmp_path / "site"
+    site.mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(NO_NETWORK)
+    log = tmp_path / "network.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA", "SHARED_CIFAR")}
+    env.update(PYTHONPATH=str(site), NETWORK_LOG=str(log), INSTDISC_CACHE=str(tmp_path / "cache"),
+               RUN=str(tmp_path / "run"), INDEX=str(tmp_path / "index"), PORT="0", **extra)
+    return env, log
+
+
+def test_quickstart_without_the_shared_copy_or_a_network_stops_at_once_and_says_how_to_set_data(tmp_path: Path):
+    """On a machine with neither the shared CIFAR-10 archive nor a network, the main command tries the
+    download, is refused, and stops with a message naming DATA; no connection leaves the machine."""
+    env, log = _offline_env(tmp_path, SHARED_CIFAR=str(tmp_path / "no-such-archive.tar.gz"))
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh")], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out
+    assert "data: cifar10" in out  # no shared copy: the download was chosen
+    assert "could not download CIFAR-10" in out and "DATA=FOLDER bash scripts/quickstart.sh" in out, out
+    assert log.exists() and log.read_text().strip(), "the download was never attempted"
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "index").exists()
+
+
+def test_quickstart_prefers_the_shared_copy_and_data_overrides_both(tmp_path: Path, shapes_root: Path):
+    """With the shared archive present the quickstart trains on it (no download); DATA wins over both. Each
+    run is stopped as soon as training has announced its images."""
+    import tarfile
+
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(shapes_root, arcname="shapes")
+    for data, expect in ((None, str(archive)), (str(shapes_root), str(shapes_root))):
+        env, log = _offline_env(tmp_path / ("shared" if data is None else "data"), SHARED_CIFAR=str(archive),
+                                **({"DATA": data} if data else {}))
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "quickstart.sh")], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("training on "):
+                    break
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        out = "".join(lines)
+        assert f"data: {expect}\n" in out and "training on 240 images" in out, out
+        assert not log.exists(), log.read_text()  # nothing tried the network

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 # subcommand -> (module, function, one-line summary); modules are imported only when their command runs
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("instdisc.commands.train", "main", "train an encoder on a folder, an archive or CIFAR-10, without labels"),
+    "train": ("instdisc.commands.train", "main", "train an encoder on a folder, an archive or CIFAR-10 (no labels)"),
     "index": ("index.cli", "main", "build, update, shard or merge a search index"),
     "serve": ("instdisc.commands.serve", "main", "serve the search page and the REST API for an index"),
     "duplicates": ("instdisc.explore.cli", "find_duplicates_main", "find duplicate and near-duplicate groups"),

@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-ram", type=parse_ram, default=None,
                    help=f"cap on the RSS of the memory-mapped decoded images (2G, 512M; default ${RAM_ENV} or none)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
-    p.add_argument("--init", default=None, metavar="general|CHECKPOINT",
-                   help="start from these encoder weights (fine-tuning): 'general' for the bundled encoder, or a "
-                        "checkpoint; the architecture and input size are taken from it")
+    p.add_argument("--init", default=None, metavar="general|thumbnail|photo|CHECKPOINT",
+                   help="start from these encoder weights (fine-tuning): 'general' for the bundled encoder that "
+                        "fits the images' sizes, 'thumbnail' or 'photo' for one of them, or a checkpoint; the "
+                        "architecture and input size are taken from it")
     p.add_argument("--labels", choices=["auto", "folders", "none"], default="auto",
                    help="class-per-folder labels, used only for the kNN monitor")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
@@ -67,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                    if args.resume and (out / "checkpoint.pt").exists() else None)
         sample = sample_sizes(train_dir, scan(train_dir))
         preset_name, cfg, res = resolve_training(args, sample, torch.cuda.is_available(), resumed)
-        init = Checkpoint.load(bundled.resolve(args.init)) if args.init and resumed is None else None
+        init = None
+        if args.init and resumed is None:
+            if args.init == bundled.NAME:
+                choice = bundled.choose(sample)
+                say(f"--init {args.init}: {choice.reason}", flush=True)
+            init = Checkpoint.load(bundled.resolve(args.init, sample))
         if init is not None:
             cfg, res = adopt_architecture(args, cfg, init.config, sample, args.init)
         side = embed_size(cfg)
