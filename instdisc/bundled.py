@@ -1,5 +1,5 @@
 """The bundled general encoder: a small encoder committed in the repository, so that any folder can be
-indexed and searched at once, with no training (issue 15, item 4).
+indexed and searched at once, with no training.
 
 ``instdisc/models/general/encoder.pt`` is an ordinary instdisc checkpoint stripped to what embedding needs: the
 configuration and the encoder's weights (the weight average where the run kept one), no memory bank,
