@@ -311,8 +311,8 @@ def _summary(_: dict | None = None) -> list[str]:
     rows += _summary_app(d) if d else ["| app latency | *not measured yet* ||||| |"]
     gpu = _load("gpu_check")
     if gpu is None:
-        rows.append("| GPU: projected 200-epoch paper-cifar run on one H100 | not measured: `gpu_check.json` is missing | | | | "
-                    "script ready: `benchmarks/gpu_check.py` |")
+        rows.append("| GPU: projected 200-epoch paper-cifar run on one H100 | not measured: "
+                    "`gpu_check.json` is missing | | | | script ready: `benchmarks/gpu_check.py` |")
     else:
         pr = gpu["projection"]
         rows.append(f"| GPU ({gpu['machine'].get('gpu')}): projected paper-cifar | {pr['total_minutes']} min | | | "
