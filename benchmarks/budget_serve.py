@@ -11,7 +11,7 @@ it to a temporary file with fresh (never indexed) queries and their exact top-10
 opens the index (read into RAM, or memory-mapped: ``--serve ram mmap`` serves the same file both
 ways, each in its own fresh process), answers the first query, times single queries
 (p50/p99) and measures recall@10 against the exact answers, and reports the process's peak
-resident memory (``VmHWM``). Issue 16's targets: recall@10 >= 0.95, p50 <= 5 ms, peak RSS <= 2.5 GB.
+resident memory (``VmHWM``). Figures to compare against: recall@10 >= 0.95, p50 <= 5 ms, peak RSS <= 2.5 GB.
 ``--max-train`` caps the IVF k-means sample (a time box; the default trains as the library does).
 """
 

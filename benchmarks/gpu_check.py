@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json     # on a GPU machine, ~3-5 min
     python benchmarks/gpu_check.py --quick                        # on a CPU, tiny sizes (smoke test)
 
-Prepared for a lent GPU machine (H100 / H200) that has torch but perhaps neither FAISS nor
+Prepared for a GPU machine (H100 / H200) that has torch but perhaps neither FAISS nor
 internet nor the CIFAR-10 files, so everything runs on synthetic data of CIFAR's shape:
 
 1. the ``paper-cifar`` training step (ResNet18 width 64, batch 128, full softmax over a 50k

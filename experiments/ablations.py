@@ -1,4 +1,4 @@
-"""CPU-scale ablations of the paper's CIFAR-10 findings (issue #6, REPRODUCTION.md).
+"""CPU-scale ablations of the paper's CIFAR-10 findings (REPRODUCTION.md, section 2).
 
     python experiments/ablations.py [--groups objective objective-z-ema tau dim size momentum] [--epochs 4]
                                     [--data ../shared/datasets/cifar10-jpeg.tar.gz] [--threads 1]

@@ -1,4 +1,4 @@
-"""Learning per CPU-minute (issue 14): every lever trained under the same wall-clock budgets.
+"""Learning per CPU-minute: every lever trained under the same wall-clock budgets.
 
     python experiments/efficiency.py [--dataset cifar10 photos] [--budgets 420 2700] [--variants plain two-view ...]
                                      [--report REPRODUCTION.md] [--quick]
@@ -69,7 +69,7 @@ class Dataset:
 DATASETS = {
     "cifar10": Dataset("cifar10", SHARED / "cifar10-jpeg.tar.gz", "cpu-cifar", 32),
     "photos": Dataset("photos", SHARED / "tinyimagenet-subset.tar.gz", "cpu-photos", 64),
-    # the small-folder case of issue 15: 4,040 of the 26,260 training photos (the size of the
+    # the small-folder case: 4,040 of the 26,260 training photos (the size of the
     # test split) are the folder and the gallery; the queries are still the whole test split
     "photos-4k": Dataset("photos-4k", SHARED / "tinyimagenet-subset.tar.gz", "cpu-photos", 64, train_images=4040),
     # a folder the bundled encoder never saw (it was trained on CIFAR-10 train + the photos' train/):

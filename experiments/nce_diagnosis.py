@@ -1,4 +1,4 @@
-"""Why NCE learns slowly (issue 19): the normaliser and the noise term, measured during training.
+"""Why NCE learns slowly: the normaliser and the noise term, measured during training.
 
     python experiments/nce_diagnosis.py [--epochs 2] [--variants softmax nce-fixed-encoder ...] [--quick]
 

@@ -35,7 +35,7 @@ class TrainConfig:
     schedule: str = "step"  # step (x0.1 at lr_steps) | cosine
     lr_steps: tuple[int, ...] = (120, 160)
     warmup_epochs: int = 0
-    # learning-efficiency levers (issue 14): each off by default (the paper's method), each measured
+    # learning-efficiency levers: each off by default (the paper's method), each measured
     # per CPU-minute by experiments/efficiency.py (REPRODUCTION.md, "Beyond the paper")
     views: int = 1  # full-size augmented views per image; 2: each view's positive is the other view (Ye et al. 2019)
     small_crops: int = 0  # extra low-resolution crops per image, positive = the image's full view (multi-crop)
@@ -106,16 +106,16 @@ PRESETS: dict[str, dict] = {
     # second view as an extra positive (+6.0 kNN at a 7-minute budget on CIFAR-10) and the bank
     # re-embedded at the end (+3.4); the time budget replaces the epoch count. On CIFAR-10 the
     # two-view batch softmax alone (bank_weight 0: the bank is still kept for the monitor and the
-    # export) beat it with the bank loss by +5.2 kNN at 7 minutes (58.8 vs 53.6 %, session 8), and on
-    # the photo subset at 20 minutes by +0.7 kNN / +1.4 1-NN / +0.3 mAP (22.8 / 15.2 / 3.3 %, session 9).
+    # export) beat it with the bank loss by +5.2 kNN at 7 minutes (58.8 vs 53.6 %, 2026-12-06), and on
+    # the photo subset at 20 minutes by +0.7 kNN / +1.4 1-NN / +0.3 mAP (22.8 / 15.2 / 3.3 %, 2026-12-06).
     # Batch 256 with the lr scaled to 0.12 (twice the batch softmax's negatives): +1.4 kNN at 7 minutes
-    # and 69.6 / 62.8 / 20.2 against 68.5 / 61.9 / 20.2 at the full 42 minutes on CIFAR-10 (session 9).
+    # and 69.6 / 62.8 / 20.2 against 68.5 / 61.9 / 20.2 at the full 42 minutes on CIFAR-10 (2026-12-06).
     # Whole images embedded at 1.25x the training side on CIFAR-10 (embed_scale, FixRes): on a 42-minute
     # encoder 71.1 / 65.1 / 22.1 instead of 69.6 / 62.8 / 20.2, an edited copy found first 53.2 % instead
     # of 54.0 (at 1.5x: 70.5 / 65.3 / 24.2 but 42.8 %). Not on photos: at 1.5x a 20-minute photo encoder
     # gains 0.4 / 2.0 / 0.36 points but finds an edited copy first 2.6 % of the time instead of 10.6
-    # (1.25x is worse on every metric there). Session 10, results/embed_resolution/.
-    # Session 11: the index embeds each image at 32 and 48 px, the vectors averaged (index_scales; the bank
+    # (1.25x is worse on every metric there). results/embed_resolution/, 2026-12-06.
+    # Since commit 9b3df5c the index embeds each image at 32 and 48 px, the vectors averaged (index_scales; the bank
     # stays at 32): 71.5 / 65.8 / 22.8, edited copy first 57.0 % against 1.25x's 71.1 / 65.1 / 22.1, 53.2 %.
     "cpu-cifar-fast": {
         "width": 16,

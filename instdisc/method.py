@@ -4,7 +4,7 @@ Like MoCo's builder, all state is explicit: the bank is a buffer of this module 
 its ``state_dict``), ``forward`` computes the loss without touching the bank, and the loop
 calls :meth:`InstDisc.update_bank` with the step's output after the optimiser step.
 
-Beyond the paper (issue 14, each off by default): ``views`` >= 2 encodes several augmented
+Beyond the paper (each off by default; REPRODUCTION.md, "Beyond the paper"): ``views`` >= 2 encodes several augmented
 views per image; every view gets the paper's loss against the bank, and each view and the
 next are each other's extra positive in a softmax over the batch (Ye et al., CVPR 2019),
 symmetrically. Small crops (multi-crop, SwAV) are extra anchors the same way: the paper's

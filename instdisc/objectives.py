@@ -3,7 +3,7 @@
 Every objective takes the batch's L2-normalised features ``f`` (B x d), the instance indices
 ``idx`` and the memory bank, and returns an :class:`ObjectiveOutput`; gradients flow into
 ``f`` only -- the bank is a buffer. :func:`cross_view` is the extra term of the multi-view
-levers (issue 14): a softmax over the batch between two views of the same images. Each is
+levers: a softmax over the batch between two views of the same images. Each is
 checked in ``tests/test_objectives.py`` / ``tests/test_levers.py`` against a direct computation.
 """
 

@@ -118,7 +118,7 @@ def kill_checkpoint_write(data: Path, work: Path, phase: str, reference: Path, n
     epochs_logged = _metrics_epochs(run)
     res = run_script(train_args(data, run, epochs, "--resume"))
     out = {
-        "scenario": f"train: kill -9 {phase} checkpoint write #{nth}",
+        "scenario": f"train: kill -9 {phase} checkpoint write {nth}",
         "killed": r.returncode == -signal.SIGKILL,
         "temp_left_by_kill": temps,
         "loaded_epoch_after_kill": loaded_epoch,

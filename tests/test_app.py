@@ -399,7 +399,7 @@ def test_both_serving_paths_serve_only_the_image_root_and_cap_uploads(h: SearchH
 
 
 def test_fallbacks_log_and_show_what_went_wrong(shapes_index: Path, caplog):
-    """A broken index must not look like an empty one: the fallback is logged and shown (issue 20.8)."""
+    """A broken index must not look like an empty one: the fallback is logged and shown."""
     from index.search import SearchIndex
 
     idx = SearchIndex.open(shapes_index, device="cpu")

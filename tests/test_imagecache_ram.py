@@ -1,6 +1,6 @@
 """The decoded-image cache under a RAM cap: reading a cache file several times larger than the cap keeps
 the file's resident pages (what the kernel counts in the process's RSS) at or under the cap; without the
-cap the same reads leave the whole file resident. Issue 15, item 3."""
+cap the same reads leave the whole file resident."""
 
 from __future__ import annotations
 

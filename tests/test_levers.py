@@ -1,4 +1,4 @@
-"""The learning-efficiency levers (issue 14) against direct computations, and in the real loop.
+"""The learning-efficiency levers against direct computations, and in the real loop.
 
 Each lever is a TrainConfig option that is off by default; here every one is checked for what
 it computes (a reference written out independently), and a tiny run with all of them on must

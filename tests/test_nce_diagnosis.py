@@ -1,4 +1,4 @@
-"""experiments/nce_diagnosis.py's probe (issue 19): the normaliser statistics against direct sums."""
+"""experiments/nce_diagnosis.py's probe: the normaliser statistics against direct sums."""
 
 from __future__ import annotations
 

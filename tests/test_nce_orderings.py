@@ -1,4 +1,4 @@
-"""The full-budget NCE orderings summary (issue 19) read from run metrics: numbers in, verdicts out."""
+"""The full-budget NCE orderings summary read from run metrics: numbers in, verdicts out."""
 
 from __future__ import annotations
 

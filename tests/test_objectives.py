@@ -211,7 +211,7 @@ def _first_batch_z(nce: NCE, bank: MemoryBank, f: torch.Tensor, idx: torch.Tenso
 
 
 def test_nce_loss_and_gradient_match_the_papers_equations_in_float64():
-    """Issue 19, item 1: the paper's NCE written out independently in float64 -- P(i|f) = exp(v_i.f/tau)/Z,
+    """The paper's NCE written out independently in float64 -- P(i|f) = exp(v_i.f/tau)/Z,
     h = P/(P + m Pn), Pn = 1/N, loss = -log h(pos) - sum_noise log(1 - h) -- and its analytic gradient
     dL/df = [-(1 - h_pos) v_pos + sum_j h_j v_j] / (tau B), with Z held constant as the paper does."""
     n, d, b, m, tau = 300, 16, 6, 25, 0.07
@@ -284,7 +284,7 @@ def _noise_weights(nce: NCE, f: torch.Tensor, idx: torch.Tensor, bank: MemoryBan
 
 
 def test_constant_z_pushes_dense_regions_apart_per_sample_z_does_not():
-    """Issue 19's cause: with one Z for all samples the push away from the noise rows is Z_i / Z times the
+    """NCE's slow start, the cause: with one Z for all samples the push away from the noise rows is Z_i / Z times the
     softmax's (whose total is always 1), so a sample among many similar rows (a class cluster) is pushed
     out hardest and an isolated one barely; each row's own Z gives every sample the softmax's weight."""
     g = torch.Generator().manual_seed(0)

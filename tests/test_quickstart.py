@@ -1,6 +1,6 @@
 """The README's main command, end to end: scripts/quickstart.sh trains, indexes and serves; run again,
-it reuses the finished run and index; interrupted mid-training, the next call resumes the run (issue 20,
-item 7). Real processes on the tiny shapes collection, a real HTTP check of the served page."""
+it reuses the finished run and index; interrupted mid-training, the next call resumes the run. Real
+processes on the tiny shapes collection, a real HTTP check of the served page."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ element.addEventListener('click', (e) => {
 MAP_CSS = """
 .map-wrap { position: relative; width: SIDEpx; height: SIDEpx; }
 .map-wrap circle { cursor: pointer; }
-.map-tip { display: none; position: absolute; background: white; border: 1px solid #888; padding: 3px;
+.map-tip { display: none; position: absolute; background: white; border: 1px solid rgb(136, 136, 136); padding: 3px;
            pointer-events: none; font-size: 11px; z-index: 10; }
 .map-tip img { width: 96px; height: 96px; image-rendering: pixelated; object-fit: contain; display: block; }
 """.replace("SIDE", str(MAP_SIZE))
