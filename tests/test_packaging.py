@@ -72,7 +72,7 @@ def test_the_wheel_holds_only_the_product_with_the_encoder_its_command_and_the_r
         entry_points = z.read(info.replace("METADATA", "entry_points.txt")).decode()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == set(PRODUCT), tops
-    for needed in ("instdisc/models/general/encoder.pt", "instdisc/models/general/card.json",
+    for needed in ("instdisc/models/thumbnail/encoder.pt", "instdisc/models/thumbnail/card.json",
                    "instdisc/commands/__init__.py", "instdisc/web/server.py", "instdisc/explore/explorer.py",
                    "instdisc/evaluation/run.py", "index/search.py"):
         assert needed in names, needed
