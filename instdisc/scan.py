@@ -1,6 +1,6 @@
 """Finding a collection's image files: any nesting, hidden entries ignored, symlinks followed once.
 
-Symlink rules (README, "Training on your own images"): a link to a file or folder inside the
+Symlink rules (docs/training.md): a link to a file or folder inside the
 collection root is followed (a linked file is a second entry for the same bytes, reported as
 a duplicate); a folder reached a second time -- a link loop, or two links to one folder -- is
 not walked again; a link whose target lies outside the root, or that points nowhere, is not
