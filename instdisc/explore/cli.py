@@ -33,7 +33,7 @@ def _duplicate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-precision", type=float, default=TARGET_PRECISION,
                    help=f"auto: the expected precision to reach (default {TARGET_PRECISION})")
     p.add_argument("--prevalence", type=float, default=PREVALENCE,
-                   help=f"auto: share of images assumed to have a copy (default {PREVALENCE})")
+                   help="auto: share of images that have a copy (default: estimated from the index)")
 
 
 def _open(args) -> Explorer:

@@ -27,7 +27,7 @@ class CalibrationOptions:
 
     samples: int = SAMPLES
     target_precision: float = TARGET_PRECISION
-    prevalence: float = PREVALENCE
+    prevalence: float | None = PREVALENCE  # None: estimated from the collection
 
 
 @dataclass
