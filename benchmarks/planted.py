@@ -37,8 +37,8 @@ class PlantedResult:
     threshold: float
     expected_precision: float
     expected_recall: float
-    # the calibration's R and F at the chosen threshold, at the share of images that really have a
-    # planted copy (the calibration itself assumes its prevalence option): what `precision` tests
+    # the calibration's R and F0 at the chosen threshold, at the share of images that really have a
+    # planted copy (the calibration itself estimates it): what `precision` tests
     expected_precision_at_planted_share: float
     precision: float
     recall: float
@@ -109,8 +109,8 @@ def evaluate_planted(images: list[Image.Image], labels: list[str | None], splits
     res = PlantedResult(
         featuriser=name, images=len(images), planted=len(pairs), threshold=cal.threshold,
         expected_precision=cal.precision, expected_recall=cal.recall,
-        expected_precision_at_planted_share=float(expected_precision(
-            np.array([cal.recall]), np.array([cal.false_pairs_per_image]), len(pairs) / len(coll))[0]),
+        expected_precision_at_planted_share=float(expected_precision(  # q = 2 x the share with a copy
+            np.array([cal.recall]), np.array([cal.false_pairs_per_image]), 2 * len(pairs) / len(coll))[0]),
         precision=s["found"] / s["reported"] if s["reported"] else 1.0, recall=s["found"] / max(1, len(pairs)),
         recall_by_edit=s["recall_by_edit"], reported_pairs=s["reported"], groups=len(dup.groups),
         cross_split_groups=len(s["cross_split"]),

@@ -59,9 +59,11 @@ def _duplicates(args) -> None:
         print(dup.calibration.summary())
     paths = write_duplicates(args.out, ex.collection, dup)
     total = time.perf_counter() - t0
-    print(f"{len(dup.groups)} groups, {dup.images_in_groups} images, threshold {dup.threshold:.4f}, "
-          f"chain guard {dup.guard:.4f}, {len(ex.collection)} vectors ({dup.graph_method} kNN); "
-          f"{total:.1f} s ({opened:.1f} s opening the index)")
+    tiers = dup.tier_counts()
+    print(f"{len(dup.groups)} groups, {dup.images_in_groups} images: {tiers['exact']['groups']} exact "
+          f"({tiers['exact']['images']} images; same bytes or pixels), {tiers['near']['groups']} near-duplicate "
+          f"({tiers['near']['images']} images; threshold {dup.threshold:.4f}, chain guard {dup.guard:.4f}); "
+          f"{len(ex.collection)} vectors ({dup.graph_method} kNN); {total:.1f} s ({opened:.1f} s opening the index)")
     for p in paths.values():
         print(f"  {p}")
 
