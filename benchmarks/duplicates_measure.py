@@ -12,6 +12,8 @@ Both are scored by :func:`benchmarks.planted.score_pairs` on the same images.
 
 from __future__ import annotations
 
+import io
+import shutil
 import subprocess
 import time
 from dataclasses import asdict
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from benchmarks.phash import DISTANCES, pairs_within, phashes
@@ -27,6 +30,7 @@ from instdisc.bundled import bundled_checkpoint
 from instdisc.explore.collection import Collection
 from instdisc.explore.explorer import Explorer
 from instdisc.explore.featurisers import recipe_embedder
+from instdisc.explore.reports import write_duplicates
 from instdisc.images import is_image_name, load_image
 from instdisc.trained import Checkpoint
 
@@ -113,3 +117,63 @@ def measure(folders: dict[str, Path], sizes: tuple[int, ...] = SIZES, shares: tu
                     record.add(row)
                     record.save(partial=True)
     return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """docs/explore.md's table: per planted set, ours at ``auto`` (expected beside measured) and pHash."""
+    head = ("| folder | originals + copies | method | threshold | precision (expected) | precision, own pairs "
+            "counted false | recall (expected) | crop / colour / JPEG / resize recall |\n"
+            "|---|---|---|---|---|---|---|---|")
+    out = [head]
+
+    def kinds(s: dict) -> str:
+        by = s["recall_by_edit"]
+        return " / ".join(f"{by[k]:.2f}" if k in by else "-" for k in ("crop", "colour", "jpeg", "resize"))
+
+    for r in rows:
+        o = r["ours"]
+        name = f"{r['folder']} | {r['originals']:,} + {r['planted']:,}"
+        out.append(f"| {name} | ours (`auto`) | {o['threshold']:.4f} | {o['precision']:.3f} "
+                   f"({o['expected_precision']:.3f}) | {o['precision_all']:.3f} | {o['recall']:.3f} "
+                   f"({o['expected_recall']:.3f}) | {kinds(o)} |")
+        for d in DISTANCES:
+            p = r[f"phash_le{d}"]
+            out.append(f"| {name} | pHash ≤ {d} | {d} bits | {p['precision']:.3f} | {p['precision_all']:.3f} | "
+                       f"{p['recall']:.3f} | {kinds(p)} |")
+    return "\n".join(out)
+
+
+def edited_copy(img: Image.Image) -> bytes:
+    """Resized to 40 px, brightness x1.15, JPEG quality 60 (the one copy of the 101-image folder)."""
+    out = ImageEnhance.Brightness(img.convert("RGB").resize((40, 40), Image.Resampling.BICUBIC)).enhance(1.15)
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=60)
+    return buf.getvalue()
+
+
+def folder_101(test_dir: Path, work: Path, seed: int = 0) -> dict:
+    """100 seeded images of ``test_dir`` plus one edited copy of the first, indexed with the bundled encoder
+    (as ``build_index.py --images``) and searched for duplicates at ``auto``, as a new user would."""
+    from index.build import BuildOptions, build
+
+    files = sorted(p for p in test_dir.rglob("*") if p.is_file() and is_image_name(p.name))
+    picked = [files[i] for i in np.random.default_rng(seed).choice(len(files), 100, replace=False)]
+    imgs = work / "images"
+    imgs.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(picked):
+        shutil.copy(f, imgs / f"{i:03d}{f.suffix}")
+    (imgs / "copy.jpg").write_bytes(edited_copy(load_image(picked[0])))
+    build(bundled_checkpoint(), work / "index", images=imgs, options=BuildOptions(progress=False), overwrite=True)
+    t = time.perf_counter()
+    ex = Explorer.open(work / "index")
+    dup = ex.duplicates("auto")
+    paths = write_duplicates(work / "report", ex.collection, dup)
+    v, names = ex.collection.vectors, [Path(p).name for p in ex.collection.paths]
+    a, b = names.index(f"000{picked[0].suffix}"), names.index("copy.jpg")
+    nearest_other = np.sort((v[b] @ v.T)[[i for i in range(len(v)) if i not in (a, b)]])[-1]
+    return {"originals": [str(f) for f in picked], "copy_of": str(picked[0]),
+            "copy_score_to_original": float(v[a] @ v[b]), "copy_score_to_nearest_other": float(nearest_other),
+            "summary": dup.calibration.summary(), "threshold": dup.threshold,
+            "groups": [[names[r] for r in g.rows] for g in dup.groups], "tiers": dup.tier_counts(),
+            "calibration": dup.calibration.to_dict(), "seconds": time.perf_counter() - t,
+            "report": {k: str(p) for k, p in paths.items()}}

@@ -6,6 +6,8 @@
     python scripts/measure_explore.py duplicates --folder cifar10=data/cifar10 \
         --folder photos=data/caltech101-half [--sizes 100 5000 --shares 0.005 0.05 0.2] \
         --out results/duplicates/planted.json      # the finder at auto against pHash (imagehash)
+    python scripts/measure_explore.py folder101 --data data/cifar10/test --work /tmp/folder101 \
+        --out results/duplicates/folder_101/result.json   # 100 images + 1 edited copy, bundled encoder
 """
 
 import argparse
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import Record
-from benchmarks.duplicates_measure import SHARES, SIZES, git_commit, measure
+from benchmarks.duplicates_measure import SHARES, SIZES, folder_101, git_commit, measure
 from benchmarks.explore_measure import TEST_IMAGES, TRAIN_IMAGES, planted, timing
 from benchmarks.planted import PLANTED
 from instdisc.fsutil import atomic_write_text
@@ -42,8 +44,21 @@ def main(argv=None) -> int:
     c.add_argument("--shares", type=float, nargs="+", default=list(SHARES))
     c.add_argument("--out", required=True, help="the JSON (rewritten after every case)")
     c.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("folder101")
+    f.add_argument("--data", required=True, help="a folder of images (CIFAR-10's test/)")
+    f.add_argument("--work", required=True, help="scratch folder for the images, the index and the report")
+    f.add_argument("--out", required=True)
+    f.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.what == "folder101":
+        rec = Record("duplicates_folder_101", vars(args), out)
+        rec.data["command"] = "python scripts/measure_explore.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        rec.data["git_commit"] = git_commit()
+        rec.add(folder_101(Path(args.data), Path(args.work), args.seed))
+        rec.save()
+        print(json.dumps(rec.data["results"][0]["groups"]), rec.data["results"][0]["summary"])
+        return 0
     if args.what == "duplicates":
         folders = {}
         for spec in args.folder:

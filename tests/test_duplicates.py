@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw
 
-from benchmarks.duplicates_measure import case, in_memory
+from benchmarks.duplicates_measure import case, edited_copy, in_memory
 from benchmarks.phash import _popcount, pairs_within
 from benchmarks.planted import PairScore, score_pairs
 from instdisc.bundled import bundled_checkpoint
@@ -50,14 +50,6 @@ def _pictures(n: int, seed: int = 3) -> list[Image.Image]:
     return [_picture(rng) for _ in range(n)]
 
 
-def _edited_copy(img: Image.Image) -> bytes:
-    """Resized to 40 px, brightness x1.15, JPEG quality 60: a copy as a user would make it."""
-    out = ImageEnhance.Brightness(img.convert("RGB").resize((40, 40), Image.Resampling.BICUBIC)).enhance(1.15)
-    buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=60)
-    return buf.getvalue()
-
-
 def _index(folder: Path, out: Path) -> Path:
     from index.build import BuildOptions, build
 
@@ -84,7 +76,7 @@ def folder_101(tmp_path_factory) -> Path:
     pics = _pictures(100)
     for i, im in enumerate(pics):
         im.save(d / f"{i:03d}.png")
-    (d / "copy.jpg").write_bytes(_edited_copy(pics[0]))
+    (d / "copy.jpg").write_bytes(edited_copy(pics[0]))
     return d
 
 
@@ -99,7 +91,7 @@ def test_the_one_copy_of_a_101_image_cifar_folder_is_grouped_and_nothing_else(tm
     d.mkdir()
     for i, f in enumerate(picked):
         shutil.copy(f, d / f"{i:03d}.jpg")
-    (d / "copy.jpg").write_bytes(_edited_copy(Image.open(picked[0])))
+    (d / "copy.jpg").write_bytes(edited_copy(Image.open(picked[0])))
     ex = Explorer.open(_index(d, tmp_path / "idx"))
     dup = ex.duplicates("auto")
     rows = _rows_by_name(ex)
