@@ -24,7 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _duplicate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default="auto",
-                   help="cosine similarity for a duplicate pair, or 'auto' (calibrated on the index; default)")
+                   help="cosine similarity for a near-duplicate pair, or 'auto' (calibrated on the index, the share "
+                   "of images with a copy estimated from it; default)")
     p.add_argument("--guard", type=float, default=None,
                    help="every two members of a group must score at least this (default 2*t^2-1: chains break)")
     p.add_argument("--k", type=int, default=K, help=f"neighbours considered per image (default {K})")
@@ -89,8 +90,9 @@ def _map(args) -> None:
 
 
 def find_duplicates_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Duplicate and near-duplicate groups of an index: groups.json, "
-                                "duplicates.csv (keep/remove per file), contact_sheet.png. See docs/explore.md.")
+    p = argparse.ArgumentParser(description="Duplicate groups of an index in two tiers, exact (same bytes or pixels) "
+                                "and near-duplicate (edited copies): groups.json, duplicates.csv (keep/remove per "
+                                "file and the rule that decided), contact_sheet.png. See docs/explore.md.")
     _common(p)
     _duplicate_args(p)
     return _run(_duplicates, p.parse_args(argv))
