@@ -37,8 +37,8 @@ class PlantedResult:
     threshold: float
     expected_precision: float
     expected_recall: float
-    # the calibration's R and F at the chosen threshold, at the share of images that really have a
-    # planted copy (the calibration itself assumes its prevalence option): what `precision` tests
+    # the calibration's R and F0 at the chosen threshold, at the share of images that really have a
+    # planted copy (the calibration itself estimates it): what `precision` tests
     expected_precision_at_planted_share: float
     precision: float
     recall: float
@@ -109,11 +109,70 @@ def evaluate_planted(images: list[Image.Image], labels: list[str | None], splits
     res = PlantedResult(
         featuriser=name, images=len(images), planted=len(pairs), threshold=cal.threshold,
         expected_precision=cal.precision, expected_recall=cal.recall,
-        expected_precision_at_planted_share=float(expected_precision(
-            np.array([cal.recall]), np.array([cal.false_pairs_per_image]), len(pairs) / len(coll))[0]),
+        expected_precision_at_planted_share=float(expected_precision(  # q = 2 x the share with a copy
+            np.array([cal.recall]), np.array([cal.false_pairs_per_image]), 2 * len(pairs) / len(coll))[0]),
         precision=s["found"] / s["reported"] if s["reported"] else 1.0, recall=s["found"] / max(1, len(pairs)),
         recall_by_edit=s["recall_by_edit"], reported_pairs=s["reported"], groups=len(dup.groups),
         cross_split_groups=len(s["cross_split"]),
         seconds={"featurise": t1 - t0, "knn_graph": graph.seconds, "calibration": cal.seconds,
                  "grouping": t3 - t2, "total": t3 - t0})
     return res, ex, dup
+
+
+# ---------------------------------------------------------------- pair-level scores at several prevalences
+
+
+@dataclass
+class PairScore:
+    """One method's reported pairs against the planted copies.
+
+    ``precision``: of the reported pairs that hold a planted copy, the share that are the copy and
+    its original; pairs of two originals (the folder's own duplicates and look-alikes) are counted
+    apart in ``own_pairs`` and in ``precision_all`` (which counts them as false)."""
+
+    recall: float
+    recall_by_edit: dict[str, float]
+    precision: float
+    precision_all: float
+    reported_pairs: int
+    pairs_with_copy: int
+    right_pairs: int
+    own_pairs: int
+
+
+def group_pairs(groups: list[Group]) -> set[tuple[int, int]]:
+    """Every pair (a < b) inside a group: what a group of m images reports."""
+    out = set()
+    for g in groups:
+        rows = sorted(g.rows)
+        out.update((a, b) for i, a in enumerate(rows) for b in rows[i + 1:])
+    return out
+
+
+def score_pairs(reported: set[tuple[int, int]], pairs: list[tuple[int, int, str]], originals: int) -> PairScore:
+    """Recall per edit kind and precision (see :class:`PairScore`) of ``reported``; rows >= ``originals``
+    are the planted copies."""
+    truth = {(min(a, b), max(a, b)) for a, b, _ in pairs}
+    found = [(min(a, b), max(a, b)) in reported for a, b, _ in pairs]
+    with_copy = [p for p in reported if p[1] >= originals]
+    right = sum(p in truth for p in with_copy)
+    by_kind = {k: float(np.mean([f for f, (_, _, kk) in zip(found, pairs, strict=True) if kk == k]))
+               for k in KINDS if any(kk == k for _, _, kk in pairs)}
+    return PairScore(recall=float(np.mean(found)) if pairs else 1.0, recall_by_edit=by_kind,
+                     precision=right / len(with_copy) if with_copy else 1.0,
+                     precision_all=right / len(reported) if reported else 1.0, reported_pairs=len(reported),
+                     pairs_with_copy=len(with_copy), right_pairs=right, own_pairs=len(reported) - len(with_copy))
+
+
+def plant_share(images: list[Image.Image], share: float, seed: int) -> tuple[list[Image.Image],
+                                                                              list[tuple[int, int, str]]]:
+    """``images`` plus one edited copy of ``round(share * N)`` (at least 1) of them, edit kinds in turn."""
+    rng = np.random.default_rng(seed + PLANT_SEED_OFFSET)
+    m = max(1, int(round(share * len(images))))
+    rows = sorted(rng.choice(len(images), min(m, len(images)), replace=False).tolist())
+    out, pairs = list(images), []
+    for j, r in enumerate(rows):
+        kind = KINDS[j % len(KINDS)]
+        out.append(edit(images[r], kind, random.Random(seed * 1_000_003 + PLANT_SEED_OFFSET + r)))
+        pairs.append((r, len(out) - 1, kind))
+    return out, pairs

@@ -2,21 +2,17 @@
 
 True copies: every sampled image is edited (:mod:`instdisc.explore.edits`: crop, colour, JPEG, resize),
 re-embedded, and scored against its own stored vector -- what a copy added to the index would
-score against its original. Unrelated images: every image's nearest neighbours in the kNN
-graph (the pairs that really compete with a copy; CIFAR-sized collections have many
-look-alikes that random pairs never show) plus a random-pair sample for the histogram.
+score against its original; R(t) is the share of them scoring >= t (the expected recall).
 
-For a threshold t, recall R(t) is the share of copies scoring >= t and F(t) the mean number of
-other images an image scores >= t with, counted over every row of the kNN graph (exact, and
-free: the graph is already made). F is a tail count -- at a useful threshold one image in a
-hundred has such a neighbour -- so estimating it from the sampled images alone (as this module
-first did) sees a handful of events in 200 rows and can miss the false pairs altogether.
-If a share ``prevalence`` of the images had one copy, the finder would report
-``prevalence * N * R`` true pairs and ``N * F / 2`` false ones, so the expected precision is
-``prevalence * R / (prevalence * R + F / 2)``. ``auto`` takes the threshold with the highest
-recall whose precision reaches ``target_precision``. Real duplicates (the copies' own edges
-too) count as false in F, so the estimate errs low where copies are common; where they are rare
-it came within 0.02-0.09 above the measured group-level precision on CIFAR-10 (docs/explore.md).
+Unrelated pairs: the kNN graph's edges (every row; the look-alikes that really compete with a
+copy) hold both the collection's own copies and unrelated images. :func:`.mixture.fit_mixture`
+splits them: ``F(t) = q R(t) + F0(t)``, with ``q`` (copy edges per image) estimated from the data.
+The finder then reports ``N q R / 2`` true and ``N F0 / 2`` false pairs, so the expected
+precision is ``q R / (q R + F0)``; ``auto`` takes the threshold with the highest recall whose
+expected precision reaches ``target_precision``. A collection's only duplicate is no longer
+counted as noise, and a collection full of copies no longer looks full of false pairs.
+``prevalence`` (the share of images with one copy) may still be given instead of estimated:
+``q = 2 prevalence``.
 """
 
 from __future__ import annotations
@@ -30,11 +26,12 @@ import numpy as np
 from .collection import Collection
 from .edits import KINDS, describe, edit
 from .errors import ExploreError
+from .mixture import MixtureFit, fit_mixture, positive_tail
 from .neighbours import KnnGraph
 
 SAMPLES = 200  # images edited (x 4 edits)
-TARGET_PRECISION = 0.9
-PREVALENCE = 0.05  # share of images with a copy; ciFAIR: ~3 % of CIFAR-10 test images have one in train
+TARGET_PRECISION = 0.95
+PREVALENCE = None  # share of images with a copy: None = estimated from the collection (.mixture)
 RANDOM_PAIRS = 20_000
 GRID = np.round(np.arange(0.0, 1.0, 0.0025), 4)  # candidate thresholds
 EMBED_BATCH = 256
@@ -49,15 +46,19 @@ class Calibration:
     recall: float
     reached: bool  # precision >= target at the chosen threshold
     target_precision: float
-    prevalence: float
+    prevalence: float  # share of images with a copy (q / 2): estimated, or as given
+    prevalence_estimated: bool
     samples: int
     unreadable: int
     recall_by_edit: dict[str, float]
-    false_pairs_per_image: float  # F(threshold), from the kNN graph
+    false_pairs_per_image: float  # F0(threshold): unrelated edges per image, from the fit
+    graph_pairs_per_image: float  # F(threshold): every kNN edge per image (copies included)
+    identical_pairs: int  # pairs scoring >= mixture.IDENTICAL (left out of the fit)
+    fit: dict
     random_pair_fpr: float  # share of random pairs >= threshold
     random_pair_quantiles: dict[str, float]
     positive_quantiles: dict[str, float]
-    curve: list[dict[str, float]]  # every 0.01: threshold, precision, recall, false_pairs_per_image
+    curve: list[dict[str, float]]  # every 0.01: threshold, precision, recall, false / graph pairs per image
     edits: dict[str, str]
     seconds: float
 
@@ -70,9 +71,10 @@ class Calibration:
 
     def summary(self) -> str:
         verdict = "" if self.reached else f" (target precision {self.target_precision:.2f} not reachable)"
+        share = "estimated" if self.prevalence_estimated else "given"
         return (f"auto threshold {self.threshold:.4f}: expected precision {self.precision:.3f}, recall "
-                f"{self.recall:.3f}{verdict} -- {self.samples} sampled images x {len(self.recall_by_edit)} edits, "
-                f"if {self.prevalence:.0%} of the images have a copy")
+                f"{self.recall:.3f}{verdict} -- {self.samples} sampled images x {len(self.recall_by_edit)} edits; "
+                f"{self.prevalence:.1%} of the images have a copy ({share})")
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:
@@ -113,19 +115,19 @@ def false_pairs_per_image(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return (flat.size - np.searchsorted(flat, grid, side="left")) / len(scores)
 
 
-def expected_precision(recall: np.ndarray, false_per_image: np.ndarray, prevalence: float) -> np.ndarray:
-    """``prevalence * R / (prevalence * R + F / 2)`` (1 where nothing is reported)."""
-    tp = prevalence * recall
-    denom = tp + false_per_image / 2
+def expected_precision(recall: np.ndarray, false_per_image: np.ndarray, copy_edges: float) -> np.ndarray:
+    """``q R / (q R + F0)`` with ``q`` = copy edges per image (1 where nothing is reported)."""
+    tp = copy_edges * np.asarray(recall, dtype=np.float64)
+    denom = tp + false_per_image
     return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), 1.0)
 
 
 def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_precision: float = TARGET_PRECISION,
-              prevalence: float = PREVALENCE, random_pairs: int = RANDOM_PAIRS, seed: int = 0) -> Calibration:
+              prevalence: float | None = PREVALENCE, random_pairs: int = RANDOM_PAIRS, seed: int = 0) -> Calibration:
     """Choose the duplicate threshold for ``coll`` (see the module doc)."""
     if not 0 < target_precision < 1:
         raise ExploreError(f"target precision must be in (0, 1), got {target_precision}")
-    if not 0 < prevalence <= 1:
+    if prevalence is not None and not 0 < prevalence <= 1:
         raise ExploreError(f"prevalence must be in (0, 1], got {prevalence}")
     if samples < 1:
         raise ExploreError(f"calibration needs at least 1 sampled image, got {samples}")
@@ -137,10 +139,13 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
                            "pass --threshold with a number")
     pos = positive_scores(coll, rows, images, seed)
     allpos = np.concatenate(list(pos.values()))
-    recall = (allpos[None, :] >= GRID[:, None]).mean(axis=1)
-    false = false_pairs_per_image(graph.scores, GRID)  # every row (N, k) of the graph
-    prec = expected_precision(recall, false, prevalence)
-    ok = np.flatnonzero(prec >= target_precision)
+    fit: MixtureFit = fit_mixture(graph.scores, allpos)
+    q = fit.copy_edges_per_image if prevalence is None else 2.0 * prevalence
+    recall = positive_tail(allpos, GRID)
+    false = fit.null(GRID)
+    graph_f = false_pairs_per_image(graph.scores, GRID)
+    prec = expected_precision(recall, false, q)
+    ok = np.flatnonzero((prec >= target_precision) & (GRID >= fit.t_lo))
     reached = len(ok) > 0
     if reached:
         best = ok[np.lexsort((-GRID[ok], -recall[ok]))[0]]  # highest recall, then the higher threshold
@@ -152,11 +157,14 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
     rand = np.einsum("ij,ij->i", coll.vectors[a], coll.vectors[b])
     step = int(round(0.01 / (GRID[1] - GRID[0])))
     curve = [{"threshold": float(GRID[i]), "precision": float(prec[i]), "recall": float(recall[i]),
-              "false_pairs_per_image": float(false[i])} for i in range(0, len(GRID), step)]
+              "false_pairs_per_image": float(false[i]), "graph_pairs_per_image": float(graph_f[i])}
+             for i in range(0, len(GRID), step)]
     return Calibration(
         threshold=t, precision=float(prec[best]), recall=float(recall[best]), reached=reached,
-        target_precision=target_precision, prevalence=prevalence, samples=len(rows), unreadable=unreadable,
+        target_precision=target_precision, prevalence=q / 2, prevalence_estimated=prevalence is None,
+        samples=len(rows), unreadable=unreadable,
         recall_by_edit={k: float((v >= t).mean()) for k, v in pos.items()},
-        false_pairs_per_image=float(false[best]), random_pair_fpr=float((rand >= t).mean()),
+        false_pairs_per_image=float(false[best]), graph_pairs_per_image=float(graph_f[best]),
+        identical_pairs=fit.identical_edges // 2, fit=fit.to_dict(), random_pair_fpr=float((rand >= t).mean()),
         random_pair_quantiles=_quantiles(rand), positive_quantiles=_quantiles(allpos), curve=curve,
         edits=describe(), seconds=time.perf_counter() - t0)

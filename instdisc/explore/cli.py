@@ -24,7 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _duplicate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default="auto",
-                   help="cosine similarity for a duplicate pair, or 'auto' (calibrated on the index; default)")
+                   help="cosine similarity for a near-duplicate pair, or 'auto' (calibrated on the index, the share "
+                   "of images with a copy estimated from it; default)")
     p.add_argument("--guard", type=float, default=None,
                    help="every two members of a group must score at least this (default 2*t^2-1: chains break)")
     p.add_argument("--k", type=int, default=K, help=f"neighbours considered per image (default {K})")
@@ -33,7 +34,7 @@ def _duplicate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-precision", type=float, default=TARGET_PRECISION,
                    help=f"auto: the expected precision to reach (default {TARGET_PRECISION})")
     p.add_argument("--prevalence", type=float, default=PREVALENCE,
-                   help=f"auto: share of images assumed to have a copy (default {PREVALENCE})")
+                   help="auto: share of images that have a copy (default: estimated from the index)")
 
 
 def _open(args) -> Explorer:
@@ -59,9 +60,11 @@ def _duplicates(args) -> None:
         print(dup.calibration.summary())
     paths = write_duplicates(args.out, ex.collection, dup)
     total = time.perf_counter() - t0
-    print(f"{len(dup.groups)} groups, {dup.images_in_groups} images, threshold {dup.threshold:.4f}, "
-          f"chain guard {dup.guard:.4f}, {len(ex.collection)} vectors ({dup.graph_method} kNN); "
-          f"{total:.1f} s ({opened:.1f} s opening the index)")
+    tiers = dup.tier_counts()
+    print(f"{len(dup.groups)} groups, {dup.images_in_groups} images: {tiers['exact']['groups']} exact "
+          f"({tiers['exact']['images']} images; same bytes or pixels), {tiers['near']['groups']} near-duplicate "
+          f"({tiers['near']['images']} images; threshold {dup.threshold:.4f}, chain guard {dup.guard:.4f}); "
+          f"{len(ex.collection)} vectors ({dup.graph_method} kNN); {total:.1f} s ({opened:.1f} s opening the index)")
     for p in paths.values():
         print(f"  {p}")
 
@@ -87,8 +90,9 @@ def _map(args) -> None:
 
 
 def find_duplicates_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Duplicate and near-duplicate groups of an index: groups.json, "
-                                "duplicates.csv (keep/remove per file), contact_sheet.png. See docs/explore.md.")
+    p = argparse.ArgumentParser(description="Duplicate groups of an index in two tiers, exact (same bytes or pixels) "
+                                "and near-duplicate (edited copies): groups.json, duplicates.csv (keep/remove per "
+                                "file and the rule that decided), contact_sheet.png. See docs/explore.md.")
     _common(p)
     _duplicate_args(p)
     return _run(_duplicates, p.parse_args(argv))

@@ -35,13 +35,14 @@ class Collection:
     load_image: Callable[[int], Image.Image]  # row -> RGB image (for edits, sheets, thumbnails)
     embed: Embed  # re-embeds edited images the way the vectors were made (threshold calibration)
     file_path: Callable[[int], Path | None] = lambda row: None  # row -> file on disk, where there is one
+    sha256: list[str | None] | None = None  # of each file's bytes, where known (exact-duplicate tier)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         if self.vectors.ndim != 2 or len(self.vectors) != n:
             raise ExploreError(f"vectors must be (N={n}, d), got {self.vectors.shape}")
-        for name in ("paths", "labels", "splits", "widths", "heights"):
-            if len(getattr(self, name)) != n:
+        for name in ("paths", "labels", "splits", "widths", "heights", "sha256"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ExploreError(f"{name} has {len(getattr(self, name))} entries, ids {n}")
 
     def __len__(self) -> int:
@@ -52,6 +53,14 @@ class Collection:
         p = self.file_path(row)
         try:
             return os.path.getsize(p) if p is not None else None
+        except OSError:
+            return None
+
+    def file_mtime(self, row: int) -> float | None:
+        """Modification time of the entry's file (the keep rule's third key), None where it has none."""
+        p = self.file_path(row)
+        try:
+            return os.path.getmtime(p) if p is not None else None
         except OSError:
             return None
 
@@ -79,4 +88,4 @@ def from_index(si) -> Collection:
         ids=ids, vectors=np.ascontiguousarray(vectors, dtype=np.float32), paths=[r.path for r in rows],
         labels=[r.label for r in rows], splits=[r.split for r in rows], widths=[r.width for r in rows],
         heights=[r.height for r in rows], load_image=lambda row: load_image(file_path(row)),
-        embed=si.embed_images, file_path=file_path)
+        embed=si.embed_images, file_path=file_path, sha256=[r.sha256 for r in rows])

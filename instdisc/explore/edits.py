@@ -20,25 +20,25 @@ KINDS = ("crop", "colour", "jpeg", "resize")
 
 
 def _crop(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Keep 70-90 % of the area (aspect kept), resized back to the original size."""
+    """Keep 80-95 % of the area (aspect kept), resized back to the original size."""
     w, h = img.size
-    f = math.sqrt(rng.uniform(0.7, 0.9))
+    f = math.sqrt(rng.uniform(0.8, 0.95))
     cw, ch = max(1, round(w * f)), max(1, round(h * f))
     left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
     return img.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BICUBIC)
 
 
 def _colour(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Brightness, contrast and saturation each changed by up to 20 %."""
+    """Brightness, contrast and saturation each changed by up to 15 %."""
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        img = enhancer(img).enhance(rng.uniform(0.8, 1.2))
+        img = enhancer(img).enhance(rng.uniform(0.85, 1.15))
     return img
 
 
 def _jpeg(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Re-saved as JPEG at quality 30-70."""
+    """Re-saved as JPEG at quality 40-70."""
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=rng.randint(30, 70))
+    img.save(buf, format="JPEG", quality=rng.randint(40, 70))
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 

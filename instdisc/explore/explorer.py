@@ -16,9 +16,10 @@ from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calib
 from .clusters import Clustering, cluster
 from .collection import Collection, from_index
 from .errors import ExploreError
-from .grouping import Group, chain_guard, group_duplicates
+from .grouping import Group, chain_guard, group_duplicates, group_stats
 from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
 from .projection import Projection, project
+from .tiers import EXACT, NEAR, ExactClasses, exact_classes, exact_only_groups
 
 
 @dataclass
@@ -27,7 +28,7 @@ class CalibrationOptions:
 
     samples: int = SAMPLES
     target_precision: float = TARGET_PRECISION
-    prevalence: float = PREVALENCE
+    prevalence: float | None = PREVALENCE  # None: estimated from the collection
 
 
 @dataclass
@@ -41,9 +42,20 @@ class Duplicates:
     graph_method: str = ""
     extra: dict = field(default_factory=dict)
 
+    exact: ExactClasses | None = None
+
     @property
     def images_in_groups(self) -> int:
         return sum(g.size for g in self.groups)
+
+    def tier_counts(self) -> dict[str, dict[str, float | int | str]]:
+        """Per tier: groups, images, files to remove and the rule that put a pair there."""
+        rule = {EXACT: "same bytes (SHA-256) or same decoded pixels",
+                NEAR: f"cosine >= {self.threshold:.4f}, every two members >= {self.guard:.4f}"}
+        return {tier: {"groups": sum(g.tier == tier for g in self.groups),
+                       "images": sum(g.size for g in self.groups if g.tier == tier),
+                       "files_to_remove": sum(g.size - 1 for g in self.groups if g.tier == tier),
+                       "rule": rule[tier]} for tier in (EXACT, NEAR)}
 
 
 def parse_threshold(value: str | float) -> float | str:
@@ -70,6 +82,7 @@ class Explorer:
         self.k = k
         self.exact_max = exact_max
         self.featuriser = featuriser  # part of every cache key: vectors made another way are another result
+        self._exact: ExactClasses | None = None  # the exact tier does not depend on the threshold
 
     @classmethod
     def for_index(cls, si, **kw) -> Explorer:
@@ -103,7 +116,23 @@ class Explorer:
         t = cal.threshold if cal is not None else float(t)
         g = chain_guard(t) if guard is None else float(guard)
         graph = self.graph()
-        return Duplicates(t, g, group_duplicates(graph, self.collection.vectors, t, g), cal, graph.method)
+        groups = group_duplicates(graph, self.collection.vectors, t, g)
+        exact = self.exact_classes()
+        for group in groups:
+            group.tier = EXACT if exact.covers(group.rows) else NEAR
+        grouped = {r for group in groups for r in group.rows}
+        extra = [group_stats(rows, self.collection.vectors) for rows in exact_only_groups(exact, grouped)]
+        for group in extra:
+            group.tier = EXACT
+        groups.extend(extra)
+        groups.sort(key=lambda x: (x.tier != EXACT, -x.size, -x.mean_score, x.rows[0]))
+        return Duplicates(t, g, groups, cal, graph.method, exact=exact)
+
+    def exact_classes(self) -> ExactClasses:
+        """Same bytes / same pixels (:mod:`.tiers`), computed once per explorer."""
+        if self._exact is None:
+            self._exact = exact_classes(self.collection, self.graph())
+        return self._exact
 
     def clusters(self, k: int | str = "auto") -> Clustering:
         return self.cache.fetch("clusters", self._params(k=str(k)), Clustering, lambda: cluster(

@@ -34,6 +34,7 @@ class Group:
     min_score: float  # the least similar pair (>= the guard)
     mean_score: float
     max_score: float
+    tier: str = "near"  # "exact" where every member is the same bytes or pixels (.tiers)
 
     @property
     def size(self) -> int:
@@ -87,12 +88,13 @@ def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, gua
         for r in mb:
             owner[r] = ga
         owner[ga] = ga
-    groups = [_stats(rows, vectors) for rows in members.values()]
+    groups = [group_stats(rows, vectors) for rows in members.values()]
     groups.sort(key=lambda g: (-g.size, -g.mean_score, g.rows[0]))
     return groups
 
 
-def _stats(rows: list[int], vectors: np.ndarray) -> Group:
+def group_stats(rows: list[int], vectors: np.ndarray) -> Group:
+    """A group of ``rows`` with its pair statistics, the most connected member first."""
     sub = vectors[rows[:STATS_MAX]]
     sim = sub @ sub.T
     order = np.argsort(-(sim.sum(axis=1)), kind="stable")  # most connected (the likely original) first

@@ -24,13 +24,14 @@ from instdisc.fsutil import atomic_write, atomic_write_text
 from .clusters import Clustering
 from .collection import Collection
 from .explorer import Duplicates
-from .keep import Member, suggest
+from .keep import KEEP_RULE, Member, suggest
 from .projection import Projection
 from .sheets import SheetRow, contact_sheet, map_picture
 
 SHEET_GROUPS = 20  # groups on the contact sheet
 SHEET_COLUMNS = 8  # images per sheet row
-CSV_COLUMNS = ("group", "action", "id", "path", "label", "split", "width", "height", "bytes", "score_to_kept")
+CSV_COLUMNS = ("group", "tier", "action", "reason", "id", "path", "label", "split", "width", "height", "bytes",
+               "modified", "score_to_kept")
 
 
 def _write_png(path: Path, img) -> None:
@@ -42,18 +43,21 @@ def _write_json(path: Path, obj) -> None:
 
 
 def group_members(coll: Collection, dup: Duplicates) -> list[list[Member]]:
-    return [suggest(coll, g.rows) for g in dup.groups]
+    owner = dup.exact.owner if dup.exact is not None else None
+    return [suggest(coll, g.rows, owner) for g in dup.groups]
 
 
-def duplicates_csv(members: list[list[Member]]) -> str:
-    """One row per file in a group: the group number, keep/remove and the file's metadata."""
+def duplicates_csv(dup: Duplicates, members: list[list[Member]]) -> str:
+    """One row per file in a group: the group number, its tier, keep/remove with the rule that decided
+    (keep.KEEP_RULE) and the file's metadata."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    for gi, group in enumerate(members):
+    for gi, (g, group) in enumerate(zip(dup.groups, members, strict=True)):
         for m in group:
-            w.writerow([gi, m.action, m.id, m.path, m.label or "", m.split or "", m.width or "", m.height or "",
-                        m.bytes if m.bytes is not None else "", f"{m.score_to_kept:.4f}"])
+            w.writerow([gi, g.tier, m.action, m.reason, m.id, m.path, m.label or "", m.split or "", m.width or "",
+                        m.height or "", m.bytes if m.bytes is not None else "", m.modified or "",
+                        f"{m.score_to_kept:.4f}"])
     return buf.getvalue()
 
 
@@ -62,8 +66,9 @@ def duplicates_json(dup: Duplicates, members: list[list[Member]]) -> dict:
         "threshold": dup.threshold, "guard": dup.guard, "graph": dup.graph_method,
         "calibration": dup.calibration.to_dict() if dup.calibration else None,
         "groups_found": len(dup.groups), "images_in_groups": dup.images_in_groups,
-        "files_to_remove": sum(len(g) - 1 for g in members), **dup.extra,
-        "groups": [{"group": gi, "size": g.size, "mean_score": g.mean_score, "min_score": g.min_score,
+        "files_to_remove": sum(len(g) - 1 for g in members), "tiers": dup.tier_counts(), "keep_rule": KEEP_RULE,
+        **dup.extra,
+        "groups": [{"group": gi, "tier": g.tier, "size": g.size, "mean_score": g.mean_score, "min_score": g.min_score,
                     "max_score": g.max_score, "members": [{k: v for k, v in asdict(m).items() if k != "row"}
                                                           for m in ms]}
                    for gi, (g, ms) in enumerate(zip(dup.groups, members, strict=True))],
@@ -85,9 +90,9 @@ def write_duplicates(out: str | Path, coll: Collection, dup: Duplicates) -> dict
     members = group_members(coll, dup)
     paths = {"json": out / "groups.json", "csv": out / "duplicates.csv", "sheet": out / "contact_sheet.png"}
     _write_json(paths["json"], duplicates_json(dup, members))
-    atomic_write_text(paths["csv"], duplicates_csv(members))
+    atomic_write_text(paths["csv"], duplicates_csv(dup, members))
     top = members[:SHEET_GROUPS]
-    titles = [f"group {i}: {len(ms)} images, mean {g.mean_score:.3f}" for i, (g, ms) in
+    titles = [f"group {i} ({g.tier}): {len(ms)} images, mean {g.mean_score:.3f}" for i, (g, ms) in
               enumerate(zip(dup.groups, top, strict=False))]
     _write_png(paths["sheet"], group_sheet(coll, top, titles) if top else contact_sheet([]))
     return paths

@@ -96,12 +96,14 @@ class ExploreViews:
         coll = self.explorer.collection
         members = group_members(coll, dup)
         csv_path = self._csv_dir / f"duplicates-{dup.threshold:.4f}.csv"
-        csv_path.write_text(duplicates_csv(members), encoding="utf-8")
-        items = [self._item(ms[0].row, f"group {i} · {len(ms)} images · {g.mean_score:.3f}")
+        csv_path.write_text(duplicates_csv(dup, members), encoding="utf-8")
+        items = [self._item(ms[0].row, f"group {i} · {g.tier} · {len(ms)} images · {g.mean_score:.3f}")
                  for i, (g, ms) in enumerate(zip(dup.groups[:GROUPS_SHOWN], members, strict=False))]
+        tiers = dup.tier_counts()
         summary = (f"**{len(dup.groups)} groups**, {dup.images_in_groups} images, "
-                   f"{sum(len(m) - 1 for m in members)} suggested for removal, at threshold {dup.threshold:.4f} "
-                   f"(chain guard {dup.guard:.3f}).")
+                   f"{sum(len(m) - 1 for m in members)} suggested for removal: {tiers['exact']['groups']} exact "
+                   f"(same bytes or pixels), {tiers['near']['groups']} near-duplicate at threshold "
+                   f"{dup.threshold:.4f} (chain guard {dup.guard:.3f}).")
         if dup.calibration is not None:
             summary += f" {dup.calibration.summary()}."
         if len(dup.groups) > GROUPS_SHOWN:

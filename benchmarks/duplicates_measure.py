@@ -1,0 +1,179 @@
+"""The duplicate finder against perceptual hashing on planted copies (docs/explore.md, results/duplicates/).
+
+For each folder, size and share of planted copies: a seeded sample of the folder's images, one
+mild edit (:mod:`instdisc.explore.edits`, kinds in turn) planted for the share, then
+
+* ours: the bundled encoder embedding the images as ``build_index.py --images`` does, the finder at
+  its ``auto`` threshold (no flags), expected precision/recall printed by ``auto`` beside the measured;
+* pHash (imagehash): every pair within Hamming distance 10 (imagededup's default), 4 and 2.
+
+Both are scored by :func:`benchmarks.planted.score_pairs` on the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+from tqdm import tqdm
+
+from benchmarks.phash import DISTANCES, pairs_within, phashes
+from benchmarks.planted import group_pairs, plant_share, score_pairs
+from instdisc.bundled import bundled_checkpoint
+from instdisc.explore.collection import Collection
+from instdisc.explore.explorer import Explorer
+from instdisc.explore.featurisers import recipe_embedder
+from instdisc.explore.reports import write_duplicates
+from instdisc.images import is_image_name, load_image
+from instdisc.trained import Checkpoint
+
+SHARES = (0.005, 0.05, 0.2)
+SIZES = (100, 5000)
+EMBED_BATCH = 512
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def folder_sample(root: Path, size: int, seed: int) -> tuple[list, list[str]]:
+    """A seeded sample of ``size`` images (all of them if fewer) from ``root``, decoded RGB, with paths."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+    if not files:
+        raise ValueError(f"{root}: no images")
+    rng = np.random.default_rng(seed)
+    picked = [files[i] for i in np.sort(rng.choice(len(files), min(size, len(files)), replace=False))]
+    return [load_image(f) for f in tqdm(picked, desc="load", unit="img", leave=False)], [
+        f.relative_to(root).as_posix() for f in picked]
+
+
+def in_memory(images: list, paths: list[str], featurise) -> Collection:
+    vectors = np.concatenate([featurise(images[i:i + EMBED_BATCH]) for i in range(0, len(images), EMBED_BATCH)])
+    n = len(images)
+    return Collection(ids=np.arange(n, dtype=np.int64), vectors=vectors.astype(np.float32), paths=paths,
+                      labels=[None] * n, splits=[None] * n, widths=[im.width for im in images],
+                      heights=[im.height for im in images], load_image=lambda row: images[row], embed=featurise)
+
+
+def case(originals: list, paths: list[str], share: float, ckpt: Checkpoint, seed: int) -> dict:
+    """One planted set: ours at ``auto`` and pHash at each distance."""
+    images, pairs = plant_share(originals, share, seed)
+    names = paths + [f"planted/{k}/{paths[a]}" for a, _, k in pairs]
+    n = len(originals)
+    t0 = time.perf_counter()
+    coll = in_memory(images, names, recipe_embedder(ckpt, originals))
+    t1 = time.perf_counter()
+    ex = Explorer(coll, seed=seed, featuriser="bundled")
+    dup = ex.duplicates("auto")
+    t2 = time.perf_counter()
+    cal = dup.calibration
+    ours = score_pairs(group_pairs(dup.groups), pairs, n)
+    out = {"originals": n, "planted": len(pairs), "share": share,
+           "true_share_with_copy": len(pairs) / len(images),
+           "ours": {"threshold": cal.threshold, "expected_precision": cal.precision, "expected_recall": cal.recall,
+                    "reached": cal.reached, "estimated_share_with_copy": cal.prevalence,
+                    "expected_recall_by_edit": cal.recall_by_edit, **asdict(ours), "groups": len(dup.groups),
+                    "seconds": {"embed": t1 - t0, "graph_calibrate_group": t2 - t1}}}
+    t3 = time.perf_counter()
+    hashes = phashes(images, progress=False)
+    out["phash_seconds"] = time.perf_counter() - t3
+    for d in DISTANCES:
+        out[f"phash_le{d}"] = asdict(score_pairs(pairs_within(hashes, d), pairs, n))
+    return out
+
+
+def measure(folders: dict[str, Path], sizes: tuple[int, ...] = SIZES, shares: tuple[float, ...] = SHARES,
+            seed: int = 0, record=None) -> list[dict]:
+    """Every folder x size x share (see the module doc); rows appended to ``record`` as they finish."""
+    torch.set_num_threads(1)
+    ckpt = Checkpoint.load(str(bundled_checkpoint()))
+    rows = []
+    for name, root in folders.items():
+        for size in sizes:
+            originals, paths = folder_sample(root, size, seed)
+            for share in shares:
+                t = time.perf_counter()
+                row = {"folder": name, "root": str(root), "size": size, **case(originals, paths, share, ckpt, seed),
+                       "seconds": time.perf_counter() - t}
+                rows.append(row)
+                o = row["ours"]
+                print(f"{name} {row['originals']} +{row['planted']}: ours t={o['threshold']:.4f} "
+                      f"P={o['precision']:.3f} (exp {o['expected_precision']:.3f}) R={o['recall']:.3f} "
+                      f"(exp {o['expected_recall']:.3f}) {o['recall_by_edit']} own={o['own_pairs']}; "
+                      f"phash<=10 P={row['phash_le10']['precision']:.3f} R={row['phash_le10']['recall']:.3f}",
+                      flush=True)
+                if record is not None:
+                    record.add(row)
+                    record.save(partial=True)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """docs/explore.md's table: per planted set, ours at ``auto`` (expected beside measured) and pHash."""
+    head = ("| folder | originals + copies | method | threshold | precision (expected) | precision, own pairs "
+            "counted false | recall (expected) | crop / colour / JPEG / resize recall |\n"
+            "|---|---|---|---|---|---|---|---|")
+    out = [head]
+
+    def kinds(s: dict) -> str:
+        by = s["recall_by_edit"]
+        return " / ".join(f"{by[k]:.2f}" if k in by else "-" for k in ("crop", "colour", "jpeg", "resize"))
+
+    for r in rows:
+        o = r["ours"]
+        name = f"{r['folder']} | {r['originals']:,} + {r['planted']:,}"
+        out.append(f"| {name} | ours (`auto`) | {o['threshold']:.4f} | {o['precision']:.3f} "
+                   f"({o['expected_precision']:.3f}) | {o['precision_all']:.3f} | {o['recall']:.3f} "
+                   f"({o['expected_recall']:.3f}) | {kinds(o)} |")
+        for d in DISTANCES:
+            p = r[f"phash_le{d}"]
+            out.append(f"| {name} | pHash ≤ {d} | {d} bits | {p['precision']:.3f} | {p['precision_all']:.3f} | "
+                       f"{p['recall']:.3f} | {kinds(p)} |")
+    return "\n".join(out)
+
+
+def edited_copy(img: Image.Image) -> bytes:
+    """Resized to 40 px, brightness x1.15, JPEG quality 60 (the one copy of the 101-image folder)."""
+    out = ImageEnhance.Brightness(img.convert("RGB").resize((40, 40), Image.Resampling.BICUBIC)).enhance(1.15)
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=60)
+    return buf.getvalue()
+
+
+def folder_101(test_dir: Path, work: Path, seed: int = 0) -> dict:
+    """100 seeded images of ``test_dir`` plus one edited copy of the first, indexed with the bundled encoder
+    (as ``build_index.py --images``) and searched for duplicates at ``auto``, as a new user would."""
+    from index.build import BuildOptions, build
+
+    files = sorted(p for p in test_dir.rglob("*") if p.is_file() and is_image_name(p.name))
+    picked = [files[i] for i in np.random.default_rng(seed).choice(len(files), 100, replace=False)]
+    imgs = work / "images"
+    imgs.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(picked):
+        shutil.copy(f, imgs / f"{i:03d}{f.suffix}")
+    (imgs / "copy.jpg").write_bytes(edited_copy(load_image(picked[0])))
+    build(bundled_checkpoint(), work / "index", images=imgs, options=BuildOptions(progress=False), overwrite=True)
+    t = time.perf_counter()
+    ex = Explorer.open(work / "index")
+    dup = ex.duplicates("auto")
+    paths = write_duplicates(work / "report", ex.collection, dup)
+    v, names = ex.collection.vectors, [Path(p).name for p in ex.collection.paths]
+    a, b = names.index(f"000{picked[0].suffix}"), names.index("copy.jpg")
+    nearest_other = np.sort((v[b] @ v.T)[[i for i in range(len(v)) if i not in (a, b)]])[-1]
+    return {"originals": [str(f) for f in picked], "copy_of": str(picked[0]),
+            "copy_score_to_original": float(v[a] @ v[b]), "copy_score_to_nearest_other": float(nearest_other),
+            "summary": dup.calibration.summary(), "threshold": dup.threshold,
+            "groups": [[names[r] for r in g.rows] for g in dup.groups], "tiers": dup.tier_counts(),
+            "calibration": dup.calibration.to_dict(), "seconds": time.perf_counter() - t,
+            "report": {k: str(p) for k, p in paths.items()}}

@@ -1,0 +1,252 @@
+"""The duplicate finder's tiers, threshold and keep rule: a 101-image folder with one edited copy and the
+bundled encoder, small planted folders scored as the measurement scores them, the copy-share fit against
+a hand computation, exact duplicates, the keep rule, and the pHash baseline -- real FAISS, real images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from benchmarks.duplicates_measure import case, edited_copy, in_memory
+from benchmarks.phash import _popcount, pairs_within
+from benchmarks.planted import PairScore, score_pairs
+from instdisc.bundled import bundled_checkpoint
+from instdisc.explore import Explorer
+from instdisc.explore.calibrate import expected_precision
+from instdisc.explore.collection import Collection
+from instdisc.explore.keep import RULES, suggest
+from instdisc.explore.mixture import fit_mixture, positive_tail
+from instdisc.explore.reports import write_duplicates
+from instdisc.trained import Checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _picture(rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A distinct 32 px picture: colour noise at four scales (coarse to fine) and four filled shapes."""
+    out = np.zeros((size, size, 3))
+    for cells, amp in ((2, 1.0), (4, 0.8), (8, 0.5), (16, 0.3)):
+        g = rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)
+        out += amp * np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BICUBIC), np.float64)
+    img = Image.fromarray(np.clip(out / 2.6, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = (int(v) for v in rng.integers(-8, size, 2))
+        w, h = (int(v) for v in rng.integers(6, 20, 2))
+        shape = (draw.ellipse, draw.rectangle)[int(rng.integers(2))]
+        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return img
+
+
+def _pictures(n: int, seed: int = 3) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [_picture(rng) for _ in range(n)]
+
+
+def _index(folder: Path, out: Path) -> Path:
+    from index.build import BuildOptions, build
+
+    build(bundled_checkpoint(), out, images=folder, options=BuildOptions(progress=False), overwrite=True)
+    return out
+
+
+def _rows_by_name(ex: Explorer) -> dict[str, int]:
+    return {Path(p).name: r for r, p in enumerate(ex.collection.paths)}
+
+
+def _cifar_test_folder() -> Path | None:
+    """CIFAR-10's test JPEGs (``test/<class>/*.jpg``) where this machine has them (INSTDISC_CIFAR10)."""
+    for root in (os.environ.get("INSTDISC_CIFAR10"), ROOT / "data" / "cifar10", Path("/work/main/data/cifar10")):
+        if root and (Path(root) / "test").is_dir():
+            return Path(root) / "test"
+    return None
+
+
+@pytest.fixture(scope="module")
+def folder_101(tmp_path_factory) -> Path:
+    """100 pictures and one edited copy of the first."""
+    d = tmp_path_factory.mktemp("folder-101")
+    pics = _pictures(100)
+    for i, im in enumerate(pics):
+        im.save(d / f"{i:03d}.png")
+    (d / "copy.jpg").write_bytes(edited_copy(pics[0]))
+    return d
+
+
+# ---------------------------------------------------------------- the 101-image folder
+
+
+@pytest.mark.skipif(_cifar_test_folder() is None, reason="CIFAR-10 test JPEGs not here (set INSTDISC_CIFAR10)")
+def test_the_one_copy_of_a_101_image_cifar_folder_is_grouped_and_nothing_else(tmp_path: Path):
+    files = sorted(_cifar_test_folder().rglob("*.jpg"))
+    picked = [files[i] for i in np.random.default_rng(0).choice(len(files), 100, replace=False)]
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, f in enumerate(picked):
+        shutil.copy(f, d / f"{i:03d}.jpg")
+    (d / "copy.jpg").write_bytes(edited_copy(Image.open(picked[0])))
+    ex = Explorer.open(_index(d, tmp_path / "idx"))
+    dup = ex.duplicates("auto")
+    rows = _rows_by_name(ex)
+    assert [sorted(g.rows) for g in dup.groups] == [sorted([rows["000.jpg"], rows["copy.jpg"]])]
+    assert dup.groups[0].tier == "near"
+    cal = dup.calibration
+    assert cal.prevalence_estimated and cal.reached and cal.precision >= cal.target_precision
+    # one copy among 101 images, and the fit says so (a fixed 5 % share called the pair noise: 0 groups)
+    assert 0.003 < cal.prevalence < 0.03
+    assert cal.threshold <= dup.groups[0].min_score
+
+
+# ---------------------------------------------------------------- planted folders, scored as measured
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2])
+def test_planted_copies_in_a_small_folder(share: float):
+    originals = _pictures(200, seed=11)
+    row = case(originals, [f"{i}.png" for i in range(200)], share, Checkpoint.load(str(bundled_checkpoint())), 0)
+    ours = row["ours"]
+    assert row["planted"] == round(200 * share)
+    # synthetic pictures are harder for the bundled encoder than photos (look-alikes score up to 0.95)
+    assert ours["recall"] >= 0.75 and ours["precision"] >= 0.95 and ours["reached"]
+    # what auto printed is what was then measured, and the copy share is estimated, not assumed
+    assert abs(ours["expected_recall"] - ours["recall"]) <= 0.1
+    assert abs(ours["expected_precision"] - ours["precision_all"]) <= 0.1
+    assert abs(ours["estimated_share_with_copy"] - row["true_share_with_copy"]) <= 0.2 * row["true_share_with_copy"]
+    for d in (10, 4, 2):
+        assert 0.0 <= row[f"phash_le{d}"]["recall"] <= 1.0
+
+
+def test_pair_scores_by_hand():
+    # originals 0..5, copies 6 (of 0, jpeg) and 7 (of 1, crop)
+    pairs = [(0, 6, "jpeg"), (1, 7, "crop")]
+    reported = {(0, 6), (2, 7), (3, 4)}
+    s = score_pairs(reported, pairs, originals=6)
+    assert s == PairScore(recall=0.5, recall_by_edit={"crop": 0.0, "jpeg": 1.0}, precision=0.5,
+                          precision_all=1 / 3, reported_pairs=3, pairs_with_copy=2, right_pairs=1, own_pairs=1)
+
+
+# ---------------------------------------------------------------- the copy-share fit
+
+
+def test_copy_share_fit_against_a_hand_computation():
+    # 2,000 images, k = 4. Unrelated edges: a known tail F0(t) = exp(-12 u) - exp(-12), u = (t - 0.5) / 0.5
+    # (log-linear, inside the fitted family), drawn by its inverse at evenly spaced quantiles -- no noise.
+    # Copy edges: q = 0.1 per image (100 pairs), at the synthetic-copy scores' own quantiles.
+    n, k, q = 2000, 4, 0.1
+    f0_at_lo = 1.0 - np.exp(-12.0)
+    null_edges = int(round(n * f0_at_lo))  # F0(0.5) edges per image above 0.5 ...
+    p = (np.arange(null_edges) + 0.5) / null_edges  # ... spread by inverting F0
+    u = -np.log(np.exp(-12.0) + p * f0_at_lo) / 12.0
+    null = 0.5 + 0.5 * u
+    positives = np.linspace(0.95, 0.999, 400)
+    copies = np.repeat(np.quantile(positives, (np.arange(100) + 0.5) / 100), 2)  # both directions of a pair
+    scores = np.full(n * k, 0.1)
+    scores[:null.size] = null
+    scores[null.size:null.size + copies.size] = copies
+    scores = -np.sort(-scores.reshape(n, k), axis=1)
+    fit = fit_mixture(scores, positives, t_lo=0.5)
+    assert fit.copy_edges_per_image == pytest.approx(q, rel=0.1)
+    t = np.array([0.9, 0.96, 0.98])
+    assert fit.null(t) == pytest.approx(np.exp(-12 * (t - 0.5) / 0.5) - np.exp(-12.0), rel=0.25, abs=1e-4)
+    # the expected precision is q R / (q R + F0), by hand at t = 0.96: R = (0.999 - 0.96) / 0.049
+    r = positive_tail(positives, np.array([0.96]))[0]
+    assert r == pytest.approx((0.999 - 0.96) / 0.049, abs=0.01)
+    f0 = np.exp(-12 * 0.92) - np.exp(-12.0)
+    assert expected_precision(np.array([r]), np.array([f0]), q)[0] == pytest.approx(q * r / (q * r + f0))
+    assert expected_precision(np.array([0.0]), np.array([0.0]), q)[0] == 1.0
+
+
+# ---------------------------------------------------------------- tiers and the keep rule
+
+
+def test_exact_tier_same_bytes_and_same_pixels(folder_101: Path, tmp_path: Path):
+    d = tmp_path / "imgs"
+    shutil.copytree(folder_101, d)
+    shutil.copy(d / "005.png", d / "005-again.png")  # same bytes
+    Image.open(d / "007.png").save(d / "007-resaved.png", compress_level=0)  # same pixels, other bytes
+    assert (d / "007.png").read_bytes() != (d / "007-resaved.png").read_bytes()
+    ex = Explorer.open(_index(d, tmp_path / "idx"))
+    rows = _rows_by_name(ex)
+    v = ex.collection.vectors
+    dup = ex.duplicates(float(v[rows["000.png"]] @ v[rows["copy.jpg"]]) - 1e-4)  # the edited copy just in
+    by_rows = {frozenset(g.rows): g.tier for g in dup.groups}
+    assert by_rows == {frozenset({rows["005.png"], rows["005-again.png"]}): "exact",
+                       frozenset({rows["007.png"], rows["007-resaved.png"]}): "exact",
+                       frozenset({rows["000.png"], rows["copy.jpg"]}): "near"}
+    assert dup.exact.same_bytes_pairs == 1 and dup.exact.same_pixels_pairs == 1
+    tiers = dup.tier_counts()
+    assert (tiers["exact"]["groups"], tiers["exact"]["images"], tiers["near"]["groups"]) == (2, 4, 1)
+    # exact groups stand at any threshold
+    assert {frozenset(g.rows) for g in ex.duplicates(1.0).groups} == {k for k, t in by_rows.items() if t == "exact"}
+    out = write_duplicates(tmp_path / "report", ex.collection, dup)
+    table = list(csv.DictReader(out["csv"].open()))
+    assert {r["tier"] for r in table} == {"exact", "near"}
+    removed = [r for r in table if r["path"].endswith("-again.png") or r["path"].endswith("005.png")]
+    assert sorted(r["action"] for r in removed) == ["keep", "remove"]
+    assert any(r["reason"].startswith("exact copy of id") for r in removed)
+
+
+def _files_collection(tmp_path: Path, specs: list[tuple[str, int, int, int, float]]) -> Collection:
+    """Files named by ``specs`` (name, width, height, extra bytes, mtime), one vector each (all alike)."""
+    paths = []
+    for name, w, h, extra, mtime in specs:
+        p = tmp_path / name
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (90, 120, 30)).save(buf, format="PNG")
+        p.write_bytes(buf.getvalue() + b"\0" * extra)
+        os.utime(p, (mtime, mtime))
+        paths.append(p)
+    n = len(specs)
+    v = np.ones((n, 4), np.float32) / 2
+    return Collection(ids=np.arange(10, 10 + n), vectors=v, paths=[s[0] for s in specs], labels=[None] * n,
+                      splits=[None] * n, widths=[s[1] for s in specs], heights=[s[2] for s in specs],
+                      load_image=lambda r: Image.open(paths[r]), embed=lambda ims: v[:len(ims)],
+                      file_path=lambda r: paths[r])
+
+
+@pytest.mark.parametrize(("specs", "kept", "rule"), [
+    # resolution first, even against a larger and older file
+    ([("a.png", 32, 32, 5000, 100.0), ("b.png", 64, 64, 0, 200.0)], "b.png", RULES[0]),
+    # equal resolution: the larger file
+    ([("a.png", 32, 32, 0, 100.0), ("b.png", 32, 32, 300, 200.0)], "b.png", RULES[1]),
+    # equal resolution and size: the oldest
+    ([("aa.png", 32, 32, 0, 100.0), ("b.png", 32, 32, 0, 200.0)], "aa.png", RULES[2]),
+    ([("a.png", 32, 32, 0, 300.0), ("bb.png", 32, 32, 0, 200.0)], "bb.png", RULES[2]),
+    # all equal: the shorter path
+    ([("copy-a.png", 32, 32, 0, 100.0), ("a.png", 32, 32, 0, 100.0)], "a.png", RULES[3]),
+])
+def test_keep_rule(tmp_path: Path, specs, kept: str, rule: str):
+    coll = _files_collection(tmp_path, specs)
+    members = suggest(coll, list(range(len(specs))))
+    assert [m.action for m in members] == ["keep"] + ["remove"] * (len(specs) - 1)
+    assert members[0].path == kept and members[0].reason == rule
+    assert members[1].reason == f"near-duplicate of id {members[0].id}"
+
+
+# ---------------------------------------------------------------- the pHash baseline
+
+
+def test_phash_pairs_are_the_brute_force_pairs():
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    h[5] = h[4] ^ np.uint64(0b1011)  # 3 bits from 4
+    h[9] = h[4] ^ np.uint64(1 << 63)  # 1 bit from 4 (the top bit)
+    bits = lambda x: bin(int(x)).count("1")  # noqa: E731
+    assert _popcount(np.array([h[4] ^ h[5], h[4] ^ h[9]])).tolist() == [3, 1]
+    for d in (1, 4, 20):
+        brute = {(a, b) for a in range(300) for b in range(a + 1, 300) if bits(h[a] ^ h[b]) <= d}
+        assert pairs_within(h, d) == brute
+    assert {(4, 9)} <= pairs_within(h, 1) and (4, 5) not in pairs_within(h, 2)
+
+
+def test_in_memory_collection_keeps_sizes():
+    ims = _pictures(3)
+    coll = in_memory(ims, ["a", "b", "c"], lambda batch: np.eye(3, dtype=np.float32)[:len(batch)])
+    assert coll.widths == [32, 32, 32] and len(coll) == 3
