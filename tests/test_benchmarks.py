@@ -98,7 +98,8 @@ def test_latency_summary_keys_report_reads_and_table(capsys):
     from benchmarks import common
     from instdisc.evaluation.stats import latency_summary, percentile
 
-    assert not hasattr(common, "percentile") and not hasattr(common, "latency_summary")  # one home: instdisc.evaluation.stats
+    # one home: instdisc.evaluation.stats
+    assert not hasattr(common, "percentile") and not hasattr(common, "latency_summary")
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([5.0], 99) == 5.0
     s = latency_summary([0.001, 0.002, 0.003])
