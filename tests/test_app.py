@@ -150,11 +150,27 @@ def test_ui_search_then_refresh_then_more_like_this(h: SearchHandlers, shapes_ro
     assert s4["ids"][0] == h.facts.example_ids()[0] and len(g4) == 5
 
 
-def test_ui_refresh_without_a_query_changes_nothing(h: SearchHandlers):
-    out = h.ui_refresh(None, 30, ANY, ANY)
-    assert len(out) == 3
-    out = h.ui_select_result(3, None, 30, ANY, ANY)
-    assert len(out) == 4
+def test_ui_refresh_without_a_query_changes_nothing(h: SearchHandlers, monkeypatch):
+    """With no query (or a click outside the results) every output is Gradio's "leave it as it is"
+    update -- not None or an empty list, which would clear the gallery and the status line -- and no
+    search runs."""
+    import gradio as gr
+
+    keep = gr.skip()
+    assert keep == {"__type__": "update"}  # an update that sets nothing
+    assert len(h.facts.example_ids()) == 4  # found (and kept) before the searches are counted
+    searched = []
+    monkeypatch.setattr(h.index, "search_vectors", lambda *a, **kw: searched.append(a) or [[]])
+    monkeypatch.setattr(h.batcher, "search", lambda *a, **kw: searched.append(a) or [])
+    latencies = list(h.latencies_ms)
+    assert h.ui_refresh(None, 30, ANY, ANY) == (keep, keep, keep)
+    assert h.ui_refresh({"vec": None, "ids": [], "query": ""}, 30, ANY, ANY) == (keep, keep, keep)
+    assert h.ui_select_result(3, None, 30, ANY, ANY) == (keep, keep, keep, keep)
+    state = {"vec": [0.0] * 128, "ids": [1, 2, 3], "query": "q.png"}
+    assert h.ui_select_result(3, state, 30, ANY, ANY) == (keep, keep, keep, keep)  # past the last result
+    assert h.ui_select_result(None, state, 30, ANY, ANY) == (keep, keep, keep, keep)
+    assert h.ui_select_example(4, 30, ANY, ANY) == (keep, keep, keep, keep)  # four examples: 0..3
+    assert searched == [] and h.latencies_ms == latencies
 
 
 def test_ui_clear(h: SearchHandlers):
@@ -326,12 +342,27 @@ def test_decoded_colours_and_orientation(h: SearchHandlers, tmp_path: Path):
     assert top[0] > 200 and top[1] > 200 and top[2] < 80  # the left band is now on top
 
 
-def test_exif_rotation_changes_the_search_like_rotating_the_pixels(h: SearchHandlers, tmp_path: Path):
-    rotated = _save(tmp_path, "r.jpg", _exif_rotated())
-    upright, _ = h.decode_query(payload(rotated))
+def test_exif_rotation_changes_the_search_like_rotating_the_pixels(h: SearchHandlers, shapes_root: Path,
+                                                                   tmp_path: Path):
+    """A camera file stores an indexed image turned a quarter anticlockwise and says so in EXIF
+    (orientation 6: turn clockwise to display). The query is what rotating the stored pixels by hand
+    gives, pixel for pixel, so it searches like that upright array; the stored pixels as they are
+    (what a loader ignoring the orientation would search) give other results."""
+    original = Image.open(shapes_root / "test" / "triangle" / "0006.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = _save(tmp_path, "r.jpg", _jpeg(original.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes(),
+                                             quality=95))
+    stored = np.asarray(Image.open(rotated).convert("RGB"))  # the decoded pixels, orientation not applied
+    by_hand = np.ascontiguousarray(np.rot90(stored, k=-1))  # a quarter turn clockwise
+    decoded, _ = h.decode_query(payload(rotated))
+    np.testing.assert_array_equal(np.asarray(decoded), by_hand)
     a = h.search(payload(rotated), 10)
-    b = h.search(upright, 10)  # a PIL image: already upright, no EXIF
+    b = h.search(by_hand, 10)  # an array: no EXIF to apply
     assert [x.id for x in a.hits] == [x.id for x in b.hits]
+    np.testing.assert_allclose([x.score for x in a.hits], [x.score for x in b.hits], atol=1e-5)
+    sideways = h.search(stored, 10)
+    assert sideways.hits[0].score < a.hits[0].score - 0.01 and [x.id for x in sideways.hits] != [x.id for x in a.hits]
 
 
 def test_other_query_forms(h: SearchHandlers, shapes_root: Path):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import efficiency
 
@@ -146,3 +147,87 @@ def test_embed_resolution_scores_one_checkpoint_at_several_sides(tiny_run, shape
     with pytest.raises(SystemExit):
         embed_resolution.main(["--checkpoint", str(tiny_run), "--data", str(shapes_root), "--scales", "0.5",
                                "--out", str(out)])
+
+
+# ---------------------------------------------------------------- embed_resolution's scoring functions
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def test_near_duplicate_top1_counts_where_each_original_ranks() -> None:
+    """Per cent of edited copies whose original is ranked first / within the first 10, ranks set by hand."""
+    from experiments.embed_resolution import near_duplicate_top1
+
+    gallery = torch.eye(12)
+    queries = _unit(torch.stack([
+        gallery[3],  # original 3 first
+        gallery[5] + 0.5 * gallery[7],  # original 5 first, 7 second
+        gallery[1] + 0.5 * gallery[2],  # original 2 second, behind 1
+        gallery[:10].sum(0) + 0.1 * gallery[11],  # original 11 eleventh: ten rows score higher
+    ]))
+    out = near_duplicate_top1(queries, torch.tensor([3, 5, 2, 11]), gallery)
+    assert out == {"top1": 50.0, "top10": 75.0}
+
+
+def test_database_side_augmentation_sums_the_k_nearest_weighted_by_similarity_cubed() -> None:
+    from experiments.embed_resolution import database_side_augmentation
+
+    # by hand: a pair at cosine 0.6 becomes a + 0.6^3 b, re-normalised; a neighbour at a negative cosine
+    # weighs nothing, so a pair at cosine -0.6 stays as it is
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.6, 0.8])
+    pair = database_side_augmentation(torch.stack([a, b]), k=2, alpha=3.0)
+    torch.testing.assert_close(pair, _unit(torch.stack([a + 0.216 * b, b + 0.216 * a])))
+    apart = torch.stack([a, torch.tensor([-0.6, 0.8])])
+    torch.testing.assert_close(database_side_augmentation(apart, k=2, alpha=3.0), apart)
+    # the same sum written out row by row, on random rows
+    g = _unit(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)))
+    sims = (g @ g.T).numpy()
+    rows = []
+    for i in range(30):
+        near = sims[i].argsort()[::-1][:4]
+        rows.append(sum(max(float(sims[i, j]), 0.0) ** 3 * g[j] for j in near))
+    torch.testing.assert_close(database_side_augmentation(g, k=4, alpha=3.0), _unit(torch.stack(rows)))
+
+
+def test_scored_row_whitens_on_the_gallery_and_augments_only_the_gallery() -> None:
+    """embed_resolution's row: as they are, PCA-whitened with the gallery's fit (queries and edited copies
+    mapped alike), and with DBA of the gallery; 1-NN and the near-duplicate ranks recomputed here."""
+    from types import SimpleNamespace
+
+    from experiments.embed_resolution import DBA_K, database_side_augmentation, scored
+    from instdisc.whitening import fit_whitening
+
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.eye(6)[1:4]
+    g_labels, q_labels = torch.arange(60) % 3, torch.arange(24) % 3
+    loud = torch.tensor([4.0, 0, 0, 0, 0, 0])  # a loud axis that says nothing about the class: whitening quiets it
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        n = len(labels)
+        return _unit(centres[labels] + 0.5 * torch.randn(n, 6, generator=gen) + torch.randn(n, 1, generator=gen) * loud)
+
+    g, q = draw(g_labels), draw(q_labels)
+    targets = torch.arange(0, 60, 6)
+    e = _unit(g[targets] + 0.3 * torch.randn(10, 6, generator=gen))
+    train = SimpleNamespace(labels=g_labels, classes=["a", "b", "c"])
+    test = SimpleNamespace(labels=q_labels, classes=train.classes)
+    row = scored(g, q, e, test, train, targets)
+
+    def nn1(qq: torch.Tensor, gg: torch.Tensor) -> float:
+        return 100 * float((g_labels[(qq @ gg.T).argmax(1)] == q_labels).double().mean())
+
+    def near_dup(ee: torch.Tensor, gg: torch.Tensor) -> dict:
+        s = ee @ gg.T
+        ranks = (s > s[torch.arange(len(ee)), targets][:, None]).sum(1)
+        return {"top1": 100 * float((ranks == 0).double().mean()), "top10": 100 * float((ranks < 10).double().mean())}
+
+    w = fit_whitening(g)
+    dba = database_side_augmentation(g)
+    whitened, augmented = row["whitened"], row[f"dba{DBA_K}"]
+    assert row["nn1"] == pytest.approx(nn1(q, g)) and row["near_duplicate"] == near_dup(e, g)
+    assert whitened["nn1"] == pytest.approx(nn1(w.apply(q), w.apply(g)))
+    assert whitened["near_duplicate"] == near_dup(w.apply(e), w.apply(g))
+    assert augmented["nn1"] == pytest.approx(nn1(q, dba)) and augmented["near_duplicate"] == near_dup(e, dba)
+    assert whitened["nn1"] != row["nn1"] and augmented["map"] != row["map"]  # each variant changes the ranking

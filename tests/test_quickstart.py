@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,27 +51,42 @@ def _epochs(run: Path) -> list[int]:
 @pytest.mark.slow
 def test_quickstart_trains_resumes_an_interrupted_run_serves_then_reuses(shapes_root: Path, tmp_path: Path) -> None:
     """One life of the README command (three real runs, kept in one test because each costs a set-up
-    check, an import of torch and Gradio and a served page): interrupted while training, resumed to
-    the end of its plan, indexed and served; then run again with nothing left to do."""
+    check, an import of torch and Gradio and a served page): interrupted in the first epoch of its plan,
+    resumed to the end of that plan (the epochs done before the stop kept, not retrained), indexed and
+    served; then run again with nothing left to do."""
     run, index = tmp_path / "run", tmp_path / "index"
     proc, port = _start(shapes_root, run, index, "20s")
-    t0 = time.time()
-    while not (run / "checkpoint.pt").exists():  # the first epoch's checkpoint: training is under way
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() - t0 < 180, "no checkpoint within 3 minutes"
-        time.sleep(0.2)
+    lines: list[str] = []
+    planned = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "time budget" in line:  # the epochs are planned and the first epoch is under way
+                planned.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not planned.wait(180):
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("no plan within 3 minutes:\n" + "".join(lines))
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground group
     try:
-        out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired as e:  # it went on to serve: show what it printed
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:  # it went on to serve: show what it printed
         os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"quickstart did not stop on SIGINT:\n{e.output}") from None
-    # a signal in the last step still stops the script (the run is then complete; resuming has nothing to do)
-    assert proc.returncode != 0 and ("stopped at epoch" in out or "stopped after the last epoch" in out), out
-    assert not (index / "manifest.json").exists()  # it stopped before indexing
+        raise AssertionError("quickstart did not stop on SIGINT:\n" + "".join(lines)) from None
+    reader.join(10)
+    out = "".join(lines)
+    assert proc.returncode != 0 and not (index / "manifest.json").exists(), out  # stopped before indexing
     c = checkpoint.load(run / "checkpoint.pt")
-    stopped = {"epochs": c["config"]["epochs"], "epoch": c["epoch"], "plan": c["plan"]}
-    assert stopped["plan"] and stopped["epoch"] <= stopped["epochs"]
+    stopped = {"epochs": c["config"]["epochs"], "epoch": c["epoch"], "plan": c["plan"], "history": c["history"]}
+    if "stopped after the last epoch" in out and stopped["epochs"] == 1:
+        pytest.skip("on this machine the 20 s budget planned a single epoch: nothing was left to interrupt")
+    # stopped early in its plan, with a checkpoint: epochs are left for the next call to resume
+    assert "stopped at epoch" in out and "stopped after the last epoch" not in out, out
+    assert stopped["plan"] and stopped["epoch"] < stopped["epochs"], stopped
+    logged = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
 
     assert "time budget" in out  # the first run planned its epochs from the budget
 
@@ -81,7 +96,11 @@ def test_quickstart_trains_resumes_an_interrupted_run_serves_then_reuses(shapes_
     # every epoch of the plan once, none twice; the resumed run re-paces after each epoch
     # (instdisc.budget.repace), so its plan may end at another epoch than the one planned at the stop
     final = checkpoint.load(run / "checkpoint.pt")
-    assert epochs == list(range(final["config"]["epochs"] + 1)) and epochs[-1] >= max(1, stopped["epoch"])
+    assert epochs == list(range(final["config"]["epochs"] + 1)) and final["epoch"] == final["config"]["epochs"]
+    assert final["epoch"] > stopped["epoch"]  # the resumed run trained the epochs that were left ...
+    # ... after the ones done before the stop, kept as they were (wall-clock timings included: not retrained)
+    assert (run / "metrics.jsonl").read_text().startswith(logged)
+    assert final["history"][: len(stopped["history"])] == stopped["history"]
     assert json.loads((index / "manifest.json").read_text())["count"] == 240  # the bank of the 240 training images
     before = {p: _digest(p) for p in (run / "checkpoint.pt", index / "manifest.json")}
     mtimes = {p: p.stat().st_mtime_ns for p in before}

@@ -1,7 +1,8 @@
-"""kill -9 during writes: the fault hook itself, a checkpoint write (then --resume), and an index
-update (then rerun). Real subprocesses, real SIGKILL. The full matrix -- every phase of every
-file of checkpoints, --add, rebuilds and first builds, plus timed kills from outside -- is
-``python scripts/measure_reliability.py --part faults``, and for --add also the ``slow`` test below
+"""kill -9 during writes: the fault hook itself, a checkpoint write (then --resume), an index update, a
+rebuild and a first build (then rerun), each compared with the same command run without interruption.
+Real subprocesses, real SIGKILL. The full matrix -- every phase of every file of checkpoints, --add,
+rebuilds and first builds, plus timed kills from outside -- is ``python scripts/measure_reliability.py
+--part faults``, and for the index also the ``slow`` tests below
 (``INSTDISC_SLOW_TESTS=1 pytest -m slow tests/test_reliability_faults.py``)."""
 
 from __future__ import annotations
@@ -146,6 +147,75 @@ def test_kill_anywhere_in_an_add(add_setup: dict, plain: Path, target: str, phas
     d = faults.copy_index(add_setup["base"], add_setup["work"] / f"k-{phase}-{target[:5]}")
     r = faults.kill_index_write(["--out", str(d), "--add", str(plain / "b")], d, target, phase,
                                 add_setup["before"], add_setup["after"], "add")
+    assert r["survived"], r
+
+
+def _build_args(checkpoint: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--out", str(out), "--images", str(images), "--index-type", "flat",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def full_build(tiny_run: Path, plain: Path, add_setup: dict) -> dict:
+    """What a reader sees of the index of all of plain (a and b) built by ``scripts/build_index.py`` without
+    interruption (a separate process, as the killed ones)."""
+    ref = add_setup["work"] / "full-ref"
+    r = run_script(["scripts/build_index.py", *_build_args(tiny_run / "checkpoint.pt", plain, ref), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    return faults.snapshot(ref)
+
+
+def test_kill_during_a_rebuild_keeps_the_previous_index(add_setup: dict, full_build: dict, tiny_run: Path,
+                                                        plain: Path):
+    """``--overwrite`` of an existing index killed while its new manifest is half written: the new index and
+    metadata files are complete on disk, yet a reader still gets exactly the previous index; the rerun gives
+    what the uninterrupted build gives and leaves no orphaned generation behind."""
+    before = add_setup["before"]
+    assert before["count"] == 16 and full_build["count"] == 32
+    d = faults.copy_index(add_setup["base"], add_setup["work"] / "rebuild-killed")
+    r = faults.kill_index_write(_build_args(tiny_run / "checkpoint.pt", plain, d, "--overwrite"), d,
+                                "manifest.json", "mid", before, full_build, "rebuild")
+    left = r["files_left_by_kill"]
+    assert r["killed"] and any(n.startswith("index-") for n in left) and any(n.startswith("meta-") for n in left)
+    assert any(n.startswith(".manifest.json.") for n in left)  # the half-written manifest, never renamed
+    assert r["reader_after_kill"] == "previous generation" and r["reader_saw_expected_state"]
+    assert faults.same_state(faults.snapshot(d), full_build)  # after the rerun: the full collection
+    assert r["rerun_returncode"] == 0 and r["final_equals_uninterrupted"]
+    assert r["leftovers_after_rerun"] == [] and r["survived"]
+
+
+def test_kill_during_a_first_build_leaves_no_index_then_the_rerun_builds_it(add_setup: dict, full_build: dict,
+                                                                            tiny_run: Path, plain: Path):
+    """A first build killed while writing its metadata database: no manifest, so opening the folder is a
+    clear "no index" error, not a half-built index; the same command again builds what the uninterrupted
+    build gives and clears what the killed one left."""
+    d = add_setup["work"] / "first-killed"
+    r = faults.kill_index_write(_build_args(tiny_run / "checkpoint.pt", plain, d), d, "meta-*.sqlite", "mid",
+                                "no index yet", full_build, "first build")
+    left = r["files_left_by_kill"]
+    assert r["killed"] and any(n.startswith("index-") for n in left) and any(n.startswith(".meta-") for n in left)
+    assert "manifest.json" not in left
+    assert r["reader_after_kill"] == "clear error: no index yet" and r["reader_saw_expected_state"]
+    assert r["rerun_returncode"] == 0 and r["final_equals_uninterrupted"]
+    assert faults.same_state(faults.snapshot(d), full_build)
+    assert r["leftovers_after_rerun"] == [] and r["survived"]
+
+
+@pytest.mark.slow
+@needs_slow
+@pytest.mark.parametrize("target", ["index-*.faiss", "meta-*.sqlite", "manifest.json"])
+@pytest.mark.parametrize("phase", ["mid", "before-rename", "after-rename"])
+def test_kill_anywhere_in_a_rebuild_or_a_first_build(add_setup: dict, full_build: dict, tiny_run: Path, plain: Path,
+                                                     target: str, phase: str):
+    d = faults.copy_index(add_setup["base"], add_setup["work"] / f"rk-{phase}-{target[:5]}")
+    r = faults.kill_index_write(_build_args(tiny_run / "checkpoint.pt", plain, d, "--overwrite"), d, target, phase,
+                                add_setup["before"], full_build, "rebuild")
+    assert r["survived"], r
+    if target == "manifest.json" and phase == "after-rename":
+        return  # a first build has no earlier state to keep: the new index is simply there
+    d = add_setup["work"] / f"fk-{phase}-{target[:5]}"
+    r = faults.kill_index_write(_build_args(tiny_run / "checkpoint.pt", plain, d), d, target, phase,
+                                "no index yet", full_build, "first build")
     assert r["survived"], r
 
 
