@@ -6,6 +6,8 @@ The script builds or updates an index folder in exactly one of these modes, chos
 * ``build``: ``--checkpoint C --out D [--images PATH]`` -- a new index from the memory bank or
   from embedded images (under torchrun with ``--images``, ``torchrun`` instead);
 * ``update``: ``--out D --add PATH`` and/or ``--remove PATH...`` -- change an existing index;
+* ``sync``: ``--out D --sync FOLDER [--watch]`` -- make the index mirror a folder (:mod:`index.sync`),
+  and with ``--watch`` keep doing so as the folder changes (:mod:`index.watch`);
 * ``shard``: ``--checkpoint C --images PATH --shards N --shard-id I`` -- embed one shard to a file;
 * ``merge``: ``--checkpoint C --out D --merge-shards N`` -- build from the N shard files;
 * ``torchrun``: ``build`` with ``--images`` launched by torchrun -- every rank embeds its shard,
@@ -30,10 +32,10 @@ from instdisc.images import ImageError
 from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
 from .build import BuildOptions, add, build, check_new, open_source, remove
 from .errors import IndexDirError
-from .manifest import Manifest
+from .manifest import MANIFEST, Manifest
 from .shards import build_from_shards, default_shard_dir, embed_shard
 
-MODES = ("build", "update", "shard", "merge", "torchrun")
+MODES = ("build", "update", "sync", "shard", "merge", "torchrun")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="--add: label for every added image (default: from class folders)")
     p.add_argument("--split", help="--add: split name for every added image")
     p.add_argument("--remove", nargs="+", metavar="PATH", help="delete entries (relative paths or folders)")
+    p.add_argument("--sync", metavar="FOLDER",
+                   help="make INDEX_DIR mirror FOLDER: embed new and changed files, remove deleted ones, give moved "
+                        "or renamed ones their new path without re-embedding (builds the index if there is none)")
+    p.add_argument("--watch", action="store_true", help="--sync: keep syncing as FOLDER changes, until Ctrl-C")
+    p.add_argument("--debounce", type=float, default=None, metavar="S",
+                   help="--watch: seconds of quiet after the last change before a batch is synced (default 2)")
     p.add_argument("--device", default=None, help="torch device for embedding (default: the GPU when present)")
     p.add_argument("--batch-size", type=int, default=BuildOptions.batch_size)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -87,6 +95,13 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
         if not (args.checkpoint and args.images):
             raise ValueError("--shards/--shard-id need --checkpoint and --images")
         return "shard"
+    if args.watch and not args.sync:
+        raise ValueError("--watch goes with --sync FOLDER")
+    if args.sync:
+        if args.images or args.add or args.remove or args.merge_shards is not None:
+            raise ValueError("--sync FOLDER is an update mode of its own: drop --images, --add, --remove and "
+                             "--merge-shards")
+        return "sync"
     if args.merge_shards is not None:
         if not args.checkpoint:
             raise ValueError("--merge-shards needs the --checkpoint the shards were embedded with")
@@ -106,6 +121,8 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
 
 def resolve_checkpoint(args: argparse.Namespace) -> None:
     """``--checkpoint general`` (or none, with --images, when building) -> the verified bundled encoder."""
+    if args.checkpoint is None and args.sync and not (Path(args.out) / MANIFEST).exists():
+        args.checkpoint = bundled.NAME  # --sync into a new index: built with the bundled encoder
     if args.checkpoint is None and args.images and not (args.add or args.remove):
         args.checkpoint = bundled.NAME
         print("no --checkpoint: embedding with the bundled general encoder (instdisc/models/general/card.json)",
@@ -168,6 +185,44 @@ def run_update(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     return m
 
 
+def run_sync(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
+    """--sync FOLDER once, or with --watch until Ctrl-C / SIGTERM (the running sync commits first)."""
+    from .sync import REPORT, sync
+
+    def once():
+        report = sync(args.out, args.sync, args.checkpoint, opts)
+        print(report.summary() + f"\n  report: {Path(args.out) / REPORT}", flush=True)
+        return report
+
+    if not args.watch:
+        once()
+        return Manifest.read(args.out)
+    import signal
+    import threading
+
+    from .watch import DEBOUNCE_S, MAX_DELAY_S, watch
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):  # the first one stops after the running sync; a second one interrupts
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("stopping after the running sync (again to interrupt it)", file=sys.stderr, flush=True)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"watching {Path(args.sync).resolve()} (Ctrl-C to stop)", flush=True)
+        debounce = DEBOUNCE_S if args.debounce is None else args.debounce
+        stats = watch(args.sync, args.out, once, stop, debounce, max(MAX_DELAY_S, debounce),
+                      on_error=lambda e: print(f"error: {e} (retried on the next change)", file=sys.stderr, flush=True))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(f"stopped: {len(stats.reports)} syncs, {stats.events} file events", flush=True)
+    return Manifest.read(args.out)
+
+
 def run_shard(args: argparse.Namespace, opts: BuildOptions) -> None:
     path = embed_shard(args.checkpoint, args.images, args.shard_dir or default_shard_dir(args.out),
                        args.shard_id, args.shards, opts)
@@ -213,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "shard":
             run_shard(args, opts)
             return 0
-        m = {"build": run_build, "update": run_update, "merge": run_merge, "torchrun": run_torchrun}[mode](args, opts)
+        m = {"build": run_build, "update": run_update, "sync": run_sync, "merge": run_merge,
+             "torchrun": run_torchrun}[mode](args, opts)
     except (IndexDirError, CheckpointError, DataError, ImageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

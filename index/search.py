@@ -52,6 +52,7 @@ class Hit:
     taken: str | None = None  # date taken (local ISO time; EXIF, else the file's time)
     camera: str | None = None  # make and model
     file_bytes: int | None = None
+    taken_from: str | None = None  # "exif", or "file" when the date is the file's modification time
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +60,7 @@ class Hit:
     @classmethod
     def from_row(cls, row: Row, score: float = math.nan) -> Hit:
         return cls(int(row.id), float(score), row.path, row.label, row.split, row.width, row.height, row.taken,
-                   row.camera, row.file_bytes)
+                   row.camera, row.file_bytes, row.taken_from)
 
 
 def safe_join(root: Path, rel: str) -> Path:
