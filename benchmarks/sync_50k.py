@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="also rebuild the whole folder and compare 200 answers")
     p.add_argument("--watch", type=int, default=1_000, help="files copied in while watching (0: skip)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--scales", nargs="+", type=float, default=None,
+                   help="embedding sides as multiples of 32 px (default: the bundled encoder's recipe, 1 1.5)")
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     folder, idx = work / "photos", work / "index"
     shutil.rmtree(work, ignore_errors=True)
     encoder = str(bundled.resolve("general"))
-    opts = BuildOptions(progress=False)
+    opts = BuildOptions(progress=False, scales=tuple(args.scales) if args.scales else None)
     rec: dict = {"command": "python -m benchmarks.sync_50k " + " ".join(sys.argv[1:] if argv is None else argv),
                  "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,

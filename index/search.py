@@ -226,14 +226,17 @@ class SearchIndex:
 
     def ids(self) -> np.ndarray:
         """Every entry's id, sorted."""
+        self._follow_updates()
         return self._store.ids()
 
     def rows(self) -> list[Row]:
         """Every entry's metadata row (path relative to the root, label, split, size, hash), in id order."""
+        self._follow_updates()
         return self._store.rows()
 
     def paths(self) -> list[str]:
         """Every entry's path relative to :attr:`root`, in id order."""
+        self._follow_updates()
         return [r.path for r in self._store.rows()]
 
     def vectors(self, ids: np.ndarray | list[int]) -> np.ndarray | None:

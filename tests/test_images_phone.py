@@ -18,8 +18,10 @@ from index.build import BuildOptions
 from index.search import SearchIndex
 from index.sync import sync
 from instdisc import bundled
+from instdisc.imagecache import decode_all
 from instdisc.images import load_image
 from instdisc.photometa import camera_name, parse_date_bound, parse_exif_date, read_photo_meta
+from instdisc.scan import scan_folder
 from instdisc.web.handlers import SearchHandlers
 from instdisc.web.queries import QueryError, Upload, decode_query
 from instdisc.web.server import serving
@@ -68,6 +70,10 @@ def test_heic_and_avif_decode_upright_like_the_jpeg(tmp_path: Path):
         meta = read_photo_meta(tmp_path / name)
         assert (meta.taken, meta.taken_from, meta.camera) == ("2021-06-05T10:11:12", "exif", "Apple iPhone 13"), name
         assert (meta.width, meta.height) == upright.size, name
+    found = scan_folder(tmp_path).paths  # training's and indexing's scan, then training's decoder
+    imgs, ok, bad = decode_all(tmp_path, found, 32, workers=1, progress=False)
+    assert ok == ["p.avif", "p.heic", "p.jpg"] and bad == [] and imgs.shape == (3, 32, 32, 3)
+    assert np.abs(imgs[1].astype(float) - imgs[2].astype(float)).mean() < 6  # HEIC square ~ the JPEG's
     data = (tmp_path / "p.heic").read_bytes()
     img, name = decode_query(Upload("phone.heic", data))  # an upload to the app or the REST API
     assert name == "phone.heic" and img.size == upright.size

@@ -79,6 +79,7 @@ def test_sync_follows_every_change_and_equals_a_fresh_build(tmp_path: Path, enco
         return real(embedder, root, paths, progress)
 
     monkeypatch.setattr(sync_mod, "embed_files", spy)
+    monkeypatch.setattr("index.search.FOLLOW_CHECK_S", 0.0)  # look at the manifest on every call
     follower = SearchIndex.open(idx, device="cpu", follow=True)  # what the app holds
     r = sync(idx, f, None, OPTS)
     assert (r.added, r.removed, r.moved, r.changed, r.touched) == (1, 1, 3, 1, 1)
@@ -101,7 +102,6 @@ def test_sync_follows_every_change_and_equals_a_fresh_build(tmp_path: Path, enco
     assert _answers(idx) == _answers(fresh)  # same paths, same scores
     assert _rows(idx) == _rows(fresh)  # labels follow the new folders, as a build gives them
     # the follower switched to the new generation without being reopened
-    follower._checked = 0.0  # do not wait for the next look at the manifest
     assert sorted(follower.paths()) == sorted(after)
     follower.close()
 
