@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", nargs="+", type=float, default=None,
                    help="embedding sides as multiples of 32 px (default: the bundled encoder's recipe, 1 1.5)")
     p.add_argument("--note", default="")
+    p.add_argument("--machine", default="2-core AMD EPYC with AVX2, no AVX-512, 24 GiB, no GPU",
+                   help="what the machine is, recorded with the figures")
     args = p.parse_args(argv)
 
     import torch
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                  "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                               text=True).stdout.strip(),
-                 "machine": {"cpu": _cpu_model(), "python": platform.python_version(), "cores": os.cpu_count(),
+                 "machine": {"description": args.machine, "cpu": _cpu_model(), "python": platform.python_version(),
+                             "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()},
                  "note": args.note}
     t = time.perf_counter()
