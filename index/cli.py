@@ -188,38 +188,17 @@ def run_update(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
 def run_sync(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     """--sync FOLDER once, or with --watch until Ctrl-C / SIGTERM (the running sync commits first)."""
     from .sync import REPORT, sync
+    from .watch import watch_until_signalled
 
     def once():
         report = sync(args.out, args.sync, args.checkpoint, opts)
         print(report.summary() + f"\n  report: {Path(args.out) / REPORT}", flush=True)
         return report
 
-    if not args.watch:
+    if args.watch:
+        watch_until_signalled(args.sync, args.out, once, args.debounce)
+    else:
         once()
-        return Manifest.read(args.out)
-    import signal
-    import threading
-
-    from .watch import DEBOUNCE_S, MAX_DELAY_S, watch
-
-    stop = threading.Event()
-
-    def on_signal(signum, frame):  # the first one stops after the running sync; a second one interrupts
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("stopping after the running sync (again to interrupt it)", file=sys.stderr, flush=True)
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        print(f"watching {Path(args.sync).resolve()} (Ctrl-C to stop)", flush=True)
-        debounce = DEBOUNCE_S if args.debounce is None else args.debounce
-        stats = watch(args.sync, args.out, once, stop, debounce, max(MAX_DELAY_S, debounce),
-                      on_error=lambda e: print(f"error: {e} (retried on the next change)", file=sys.stderr, flush=True))
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    print(f"stopped: {len(stats.reports)} syncs, {stats.events} file events", flush=True)
     return Manifest.read(args.out)
 
 

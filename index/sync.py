@@ -130,9 +130,11 @@ class SyncReport:
         what = "built" if self.built else (f"{self.added} added, {self.removed} removed, {self.moved} moved or renamed "
                                            f"(not re-embedded), {self.changed} changed (re-embedded), "
                                            f"{self.touched} touched, {self.unchanged} unchanged")
-        return (f"sync {self.folder}: {what}; {len(self.unreadable)} unreadable; {self.count} entries\n"
-                f"  time: scan {t.scan:.2f} s, compare {t.compare:.2f} s, hash {t.hash:.2f} s, embed {t.embed:.2f} s "
-                f"({self.embedded} files), write {t.write:.2f} s, total {t.total:.2f} s")
+        head = f"sync {self.folder}: {what}; {len(self.unreadable)} unreadable; {self.count} entries\n"
+        if self.built:
+            return head + f"  time: {t.total:.2f} s (a full build)"
+        return (head + f"  time: scan {t.scan:.2f} s, compare {t.compare:.2f} s, hash {t.hash:.2f} s, "
+                f"embed {t.embed:.2f} s ({self.embedded} files), write {t.write:.2f} s, total {t.total:.2f} s")
 
 
 # ---------------------------------------------------------------- comparing

@@ -13,6 +13,8 @@ serving, like any update.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -120,4 +122,30 @@ def watch(
         observer.stop()
         observer.join(timeout=10)
         stats.events = changes.count
+    return stats
+
+
+def watch_until_signalled(folder: str | os.PathLike, index_dir: str | os.PathLike,
+                          sync_once: Callable[[], SyncReport], debounce_s: float | None = None) -> WatchStats:
+    """:func:`watch` for a terminal: the first Ctrl-C or SIGTERM stops it once the running sync has committed,
+    a second one interrupts that sync (which leaves the previous generation serving)."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("stopping after the running sync (again to interrupt it)", file=sys.stderr, flush=True)
+        stop.set()
+
+    debounce = DEBOUNCE_S if debounce_s is None else debounce_s
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"watching {Path(folder).resolve()} (Ctrl-C to stop)", flush=True)
+        stats = watch(folder, index_dir, sync_once, stop, debounce, max(MAX_DELAY_S, debounce),
+                      on_error=lambda e: print(f"error: {e} (retried on the next change)", file=sys.stderr,
+                                               flush=True))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(f"stopped: {len(stats.reports)} syncs, {stats.events} file events", flush=True)
     return stats
