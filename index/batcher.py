@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from .search import Hit, SearchIndex
+from .store import Filters
 
 MAX_BATCH = 64  # queries embedded together at most (also what one forward pass comfortably holds)
 
@@ -52,6 +53,10 @@ class Query:
     k: int
     label: str | None = None
     folder: str | None = None
+    filters: Filters | None = None  # when given, replaces label and folder (adds date taken and camera)
+
+    def search_filters(self) -> Filters:
+        return self.filters if self.filters is not None else Filters(self.label, self.folder)
 
 
 @dataclass(frozen=True)
@@ -179,11 +184,11 @@ class QueryBatcher:
         self.stats.largest = max(self.stats.largest, len(live))
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(live):
-            groups[(p.query.k, p.query.label, p.query.folder)].append(i)
-        for (k, label, folder), rows in groups.items():
+            groups[(p.query.k, p.query.search_filters())].append(i)
+        for (k, filters), rows in groups.items():
             try:
                 t1 = time.perf_counter()
-                hits = self.index.search_vectors(vecs[rows], k, label=label, folder=folder)
+                hits = self.index.search_vectors(vecs[rows], k, filters=filters)
                 search_ms = (time.perf_counter() - t1) * 1e3
             except Exception as e:  # noqa: BLE001 -- e.g. a folder filter with '..': this group's callers
                 for i in rows:

@@ -16,6 +16,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -27,6 +28,7 @@ from instdisc.data import DataError, decode_all, resolve_source
 from instdisc.fsutil import sha256_file
 from instdisc.images import ImageError, ImageInfo, is_image_name, nchw, probe
 from instdisc.ingest import REPORT_NAME, IngestReport, facts_from, write_reports
+from instdisc.photometa import PhotoMeta, try_photo_meta
 from instdisc.runtime import pick_device, use_bf16
 from instdisc.scan import ScanResult, scan_folder
 from instdisc.trained import Checkpoint
@@ -94,19 +96,25 @@ class Collected:
 # ---------------------------------------------------------------- checkpoint and files
 
 
-FileInfo = tuple[ImageInfo | None, str | None]  # (header facts, sha256) of one original file
+class FileInfo(NamedTuple):
+    """What indexing reads once from an original file (None where it cannot be read)."""
+
+    head: ImageInfo | None  # header facts
+    sha256: str | None
+    photo: PhotoMeta | None = None  # date taken, camera, sizes (instdisc.photometa)
 
 
 def file_info(path: Path) -> FileInfo:
-    """(header facts, sha256) of an original file; Nones where it cannot be read."""
+    """Header facts, sha256 and photo facts of an original file; Nones where it cannot be read."""
     try:
         digest = sha256_file(path)
     except OSError:
-        return None, None
+        return FileInfo(None, None)
+    photo = try_photo_meta(path)
     try:
-        return probe(path), digest
+        return FileInfo(probe(path), digest, photo)
     except ImageError:  # header unreadable: the decoder reports it when it matters
-        return None, digest
+        return FileInfo(None, digest, photo)
 
 
 def file_infos(root: Path, paths: list[str], progress: bool) -> list[FileInfo]:
@@ -119,9 +127,11 @@ def file_infos(root: Path, paths: list[str], progress: bool) -> list[FileInfo]:
         return list(tqdm(it, total=len(paths), desc="hash files", unit="file", disable=not progress, leave=False))
 
 
-def _row(id: int, path: str, label: str | None, split: str | None, info: FileInfo) -> Row:
-    head, digest = info
-    return Row(int(id), path, label, split, head.width if head else None, head.height if head else None, digest)
+def entry_row(id: int, path: str, label: str | None, split: str | None, info: FileInfo) -> Row:
+    head, digest, ph = info
+    return Row(int(id), path, label, split, head.width if head else None, head.height if head else None, digest,
+               *((ph.file_bytes, ph.mtime_ns, ph.taken, ph.taken_from, ph.camera_make, ph.camera_model, ph.camera)
+                 if ph else ()))
 
 
 def open_source(path: str | os.PathLike) -> tuple[Path, list[str]]:
@@ -246,7 +256,7 @@ def from_images(ckpt: Checkpoint, images: str | os.PathLike, options: BuildOptio
 def _infos(root: Path, paths: list[str], progress: bool) -> list[FileInfo]:
     if not root.is_dir():
         warnings.warn(f"image root {root} is not here: widths, heights and hashes are left empty", stacklevel=3)
-        return [(None, None)] * len(paths)
+        return [FileInfo(None, None)] * len(paths)
     return file_infos(root, paths, progress)
 
 
@@ -294,7 +304,7 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
         vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
         options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
     infos = _infos(col.root, col.paths, options.progress)
-    rows = [_row(i, p, lab, sp, info) for i, p, lab, sp, info in zip(ids, col.paths, col.labels, col.splits, infos,
+    rows = [entry_row(i, p, lab, sp, info) for i, p, lab, sp, info in zip(ids, col.paths, col.labels, col.splits, infos,
                                                                        strict=True)]
     manifest = Manifest.new(ckpt=ckpt, source=source, root=col.root, dim=vectors.shape[1], index_info=info,
                             count=n, next_id=n, embedding=embedding)
@@ -312,7 +322,7 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
 
 def ingest_report(col: Collected, infos: list[FileInfo], image_size: int) -> IngestReport:
     """What the build found under the images' root (written as INDEX_DIR/ingest.json)."""
-    facts = facts_from(col.paths, [h for h, _ in infos], [d for _, d in infos])
+    facts = facts_from(col.paths, [i.head for i in infos], [i.sha256 for i in infos])
     return IngestReport(str(col.root), int(col.found or 0), len(col.paths), image_size, facts, list(col.skipped),
                         list(col.refused))
 
@@ -434,7 +444,7 @@ def add(
                 splits = [split] * len(rels)
             existing = {prefix + p: v for p, v in loaded.store.path_hashes().items()}
             infos = file_infos(src_root, rels, options.progress)
-            todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i][1]]
+            todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i].sha256]
             unchanged = len(rels) - len(todo)
             if not todo:  # all already indexed and unchanged
                 return m
@@ -450,7 +460,7 @@ def add(
             index = remove_from_index(loaded.index, np.array(replaced, dtype=np.int64), m)
             if len(kept_i):
                 index.add_with_ids(vecs, ids)
-            rows = [_row(int(ids[j]), full[i], labels[i], splits[i], infos[i]) for j, i in enumerate(kept_i)]
+            rows = [entry_row(int(ids[j]), full[i], labels[i], splits[i], infos[i]) for j, i in enumerate(kept_i)]
             m.next_id += len(kept_i)
             m.root = str(new_root)
             m.updates.append(Update(

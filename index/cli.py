@@ -6,6 +6,8 @@ The script builds or updates an index folder in exactly one of these modes, chos
 * ``build``: ``--checkpoint C --out D [--images PATH]`` -- a new index from the memory bank or
   from embedded images (under torchrun with ``--images``, ``torchrun`` instead);
 * ``update``: ``--out D --add PATH`` and/or ``--remove PATH...`` -- change an existing index;
+* ``sync``: ``--out D --sync FOLDER [--watch]`` -- make the index mirror a folder (:mod:`index.sync`),
+  and with ``--watch`` keep doing so as the folder changes (:mod:`index.watch`);
 * ``shard``: ``--checkpoint C --images PATH --shards N --shard-id I`` -- embed one shard to a file;
 * ``merge``: ``--checkpoint C --out D --merge-shards N`` -- build from the N shard files;
 * ``torchrun``: ``build`` with ``--images`` launched by torchrun -- every rank embeds its shard,
@@ -31,10 +33,10 @@ from instdisc.resolution import sample_sizes
 from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
 from .build import BuildOptions, add, build, check_new, open_source, remove, scan_source
 from .errors import IndexDirError
-from .manifest import Manifest
+from .manifest import MANIFEST, Manifest
 from .shards import build_from_shards, default_shard_dir, embed_shard
 
-MODES = ("build", "update", "shard", "merge", "torchrun")
+MODES = ("build", "update", "sync", "shard", "merge", "torchrun")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="--add: label for every added image (default: from class folders)")
     p.add_argument("--split", help="--add: split name for every added image")
     p.add_argument("--remove", nargs="+", metavar="PATH", help="delete entries (relative paths or folders)")
+    p.add_argument("--sync", metavar="FOLDER",
+                   help="make INDEX_DIR mirror FOLDER: embed new and changed files, remove deleted ones, give moved "
+                        "or renamed ones their new path without re-embedding (builds the index if there is none)")
+    p.add_argument("--watch", action="store_true", help="--sync: keep syncing as FOLDER changes, until Ctrl-C")
+    p.add_argument("--debounce", type=float, default=None, metavar="S",
+                   help="--watch: seconds of quiet after the last change before a batch is synced (default 2)")
     p.add_argument("--device", default=None, help="torch device for embedding (default: the GPU when present)")
     p.add_argument("--batch-size", type=int, default=BuildOptions.batch_size)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -88,6 +96,13 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
         if not (args.checkpoint and args.images):
             raise ValueError("--shards/--shard-id need --checkpoint and --images")
         return "shard"
+    if args.watch and not args.sync:
+        raise ValueError("--watch goes with --sync FOLDER")
+    if args.sync:
+        if args.images or args.add or args.remove or args.merge_shards is not None:
+            raise ValueError("--sync FOLDER is an update mode of its own: drop --images, --add, --remove and "
+                             "--merge-shards")
+        return "sync"
     if args.merge_shards is not None:
         if not args.checkpoint:
             raise ValueError("--merge-shards needs the --checkpoint the shards were embedded with")
@@ -108,12 +123,14 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
 def resolve_checkpoint(args: argparse.Namespace) -> None:
     """``--checkpoint general`` (or none, with --images, when building) -> the bundled encoder that fits the
     folder's image sizes, said with its reason; a bundled name -> that encoder, verified."""
+    if args.checkpoint is None and args.sync and not (Path(args.out) / MANIFEST).exists():
+        args.checkpoint = bundled.NAME  # --sync into a new index: built with the bundled encoder
     if args.checkpoint is None and args.images and not (args.add or args.remove):
         args.checkpoint = bundled.NAME
     if args.checkpoint == bundled.NAME:
         sample = None
-        if args.images:
-            root, found = scan_source(args.images)
+        if args.images or args.sync:
+            root, found = scan_source(args.images or args.sync)
             sample = sample_sizes(root, found.paths)
         choice = bundled.choose(sample)
         print(f"embedding with {choice.reason} ({choice.path})", file=sys.stderr)
@@ -176,6 +193,23 @@ def run_update(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     return m
 
 
+def run_sync(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
+    """--sync FOLDER once, or with --watch until Ctrl-C / SIGTERM (the running sync commits first)."""
+    from .sync import REPORT, sync
+    from .watch import watch_until_signalled
+
+    def once():
+        report = sync(args.out, args.sync, args.checkpoint, opts)
+        print(report.summary() + f"\n  report: {Path(args.out) / REPORT}", flush=True)
+        return report
+
+    if args.watch:
+        watch_until_signalled(args.sync, args.out, once, args.debounce)
+    else:
+        once()
+    return Manifest.read(args.out)
+
+
 def run_shard(args: argparse.Namespace, opts: BuildOptions) -> None:
     path = embed_shard(args.checkpoint, args.images, args.shard_dir or default_shard_dir(args.out),
                        args.shard_id, args.shards, opts)
@@ -221,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "shard":
             run_shard(args, opts)
             return 0
-        m = {"build": run_build, "update": run_update, "merge": run_merge, "torchrun": run_torchrun}[mode](args, opts)
+        m = {"build": run_build, "update": run_update, "sync": run_sync, "merge": run_merge,
+             "torchrun": run_torchrun}[mode](args, opts)
     except (IndexDirError, CheckpointError, DataError, ImageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -106,9 +106,9 @@ class EmbeddingInfo:
 
 @dataclass
 class Update:
-    """One --add / --remove applied to the index (kept in the manifest as its history)."""
+    """One --add / --remove / --sync applied to the index (kept in the manifest as its history)."""
 
-    op: str  # add | remove
+    op: str  # add | remove | sync
     time: str
     count: int | None = None  # remove: entries deleted
     paths: list[str] | None = None  # remove: what was asked (first 20)
@@ -119,6 +119,7 @@ class Update:
     skipped: int | None = None
     root_prefix: str | None = None
     unreadable: list[list[str]] | None = None  # add: [path, why] of files that could not be decoded
+    moved: int | None = None  # sync: entries that kept their vector under a new path (not re-embedded)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

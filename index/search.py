@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
@@ -30,10 +31,11 @@ from .embedding import IndexEmbedder, whitening_of
 from .errors import IndexDirError, UnsafePathError
 from .faiss_util import gpu_available, index_kind, normalise, stored_vectors
 from .layout import open_dir, verified_checkpoint
-from .manifest import Manifest
-from .store import Row
+from .manifest import MANIFEST, Manifest
+from .store import Filters, Row
 
 DEVICES = ("auto", "cpu", "cuda", "gpu", "faiss-gpu", "torch-cuda")
+FOLLOW_CHECK_S = 0.5  # follow=True: how often the manifest is looked at (one stat) for a new generation
 
 
 @dataclass
@@ -47,13 +49,18 @@ class Hit:
     split: str | None
     width: int | None
     height: int | None
+    taken: str | None = None  # date taken (local ISO time; EXIF, else the file's time)
+    camera: str | None = None  # make and model
+    file_bytes: int | None = None
+    taken_from: str | None = None  # "exif", or "file" when the date is the file's modification time
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_row(cls, row: Row, score: float = math.nan) -> Hit:
-        return cls(int(row.id), float(score), row.path, row.label, row.split, row.width, row.height)
+        return cls(int(row.id), float(score), row.path, row.label, row.split, row.width, row.height, row.taken,
+                   row.camera, row.file_bytes, row.taken_from)
 
 
 def safe_join(root: Path, rel: str) -> Path:
@@ -108,12 +115,15 @@ class SearchIndex:
     @classmethod
     def open(
         cls, index_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str | None = None,
-        mmap: bool = False,
+        mmap: bool = False, follow: bool = False,
     ) -> SearchIndex:
         """Load and cross-check manifest, metadata and FAISS index; load the (hash-verified) encoder.
 
         ``device``: None/'auto' (GPU when possible), 'cpu', 'cuda', 'faiss-gpu' or 'torch-cuda'.
         ``mmap``: memory-map the index file instead of reading it (large IVF indexes).
+        ``follow``: switch to a newer generation (an --add, --remove or --sync committed meanwhile) by
+        itself, checked at most every ``FOLLOW_CHECK_S`` on use (what the app does); otherwise the opened
+        generation is served until :meth:`refresh` is called.
         """
         req = (device or "auto").lower()
         if req not in DEVICES:
@@ -139,6 +149,9 @@ class SearchIndex:
                                           enc_device, use_bf16(enc_device, "auto"), batch_size=256)
             self.image_size = self.embedder.input_size
             self._embed_lock = threading.Lock()
+            self._swap_lock = threading.Lock()
+            self._req_device, self._mmap, self._follow = req, mmap, follow
+            self._stamp, self._checked = self._manifest_stamp(), time.monotonic()
         except BaseException:
             loaded.store.close()
             raise
@@ -146,6 +159,46 @@ class SearchIndex:
 
     def close(self) -> None:
         self._store.close()
+
+    # ------------------------------------------------------------ following updates
+
+    def _manifest_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.dir / MANIFEST).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Switch to the folder's current generation if a writer committed a newer one; True if it did.
+
+        The encoder and whitening stay (updates never change them: the checkpoint's hash is checked);
+        searches already running finish on the generation they started with."""
+        stamp = self._manifest_stamp()
+        self._checked = time.monotonic()
+        if stamp is None or stamp == self._stamp:
+            return False
+        with self._swap_lock:
+            if stamp == self._stamp:
+                return False
+            loaded = open_dir(self.dir, self._mmap)
+            if loaded.manifest.generation == self.manifest.generation:
+                loaded.store.close()
+                self._stamp = stamp
+                return False
+            if loaded.manifest.checkpoint.sha256 != self.manifest.checkpoint.sha256:
+                loaded.store.close()
+                raise IndexDirError(f"{self.dir}: the new generation was built with another checkpoint; reopen it")
+            backend = _choose_backend(loaded.index, loaded.manifest.index.params, self._req_device)
+            # the old store is left to the garbage collector: a search in flight may still read it
+            self._index, self._store, self._backend = loaded.index, loaded.store, backend
+            self.manifest, self.root = loaded.manifest, Path(loaded.manifest.root)
+            self._stamp = stamp
+            return True
+
+    def _follow_updates(self) -> None:
+        if self._follow and time.monotonic() - self._checked >= FOLLOW_CHECK_S:
+            self.refresh()
 
     def __enter__(self) -> SearchIndex:
         return self
@@ -163,18 +216,27 @@ class SearchIndex:
 
     def labels(self) -> list[str]:
         """Distinct labels, sorted (for the label filter)."""
+        self._follow_updates()
         return self._store.labels()
+
+    def cameras(self) -> list[str]:
+        """Distinct camera names (make and model), sorted (for the camera filter)."""
+        self._follow_updates()
+        return self._store.cameras()
 
     def ids(self) -> np.ndarray:
         """Every entry's id, sorted."""
+        self._follow_updates()
         return self._store.ids()
 
     def rows(self) -> list[Row]:
         """Every entry's metadata row (path relative to the root, label, split, size, hash), in id order."""
+        self._follow_updates()
         return self._store.rows()
 
     def paths(self) -> list[str]:
         """Every entry's path relative to :attr:`root`, in id order."""
+        self._follow_updates()
         return [r.path for r in self._store.rows()]
 
     def vectors(self, ids: np.ndarray | list[int]) -> np.ndarray | None:
@@ -219,10 +281,13 @@ class SearchIndex:
     # ------------------------------------------------------------ searching
 
     def search_vectors(
-        self, q: np.ndarray, k: int, label: str | None = None, folder: str | None = None
+        self, q: np.ndarray, k: int, label: str | None = None, folder: str | None = None,
+        filters: Filters | None = None,
     ) -> list[list[Hit]]:
         """Top-k by cosine similarity for each query row, optionally only among entries with
-        ``label`` and/or under ``folder`` (relative to the root); k results wherever that many match."""
+        ``label`` and/or under ``folder`` (relative to the root), or passing ``filters`` (which then
+        replaces both: label, folder, date-taken range, camera); k results wherever that many match."""
+        self._follow_updates()
         q = np.asarray(q, dtype=np.float32)
         if q.ndim == 1:
             q = q[None]
@@ -232,12 +297,13 @@ class SearchIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         q = normalise(q)
-        allowed = self._store.ids_matching(label, folder)
-        pool = len(self) if allowed is None else len(allowed)
+        index, store, backend = self._index, self._store, self._backend  # one generation, even if one follows
+        allowed = store.ids_matching(label, folder, filters)
+        pool = int(index.ntotal) if allowed is None else len(allowed)
         if pool == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
-        scores, ids = self._backend.search(q, min(k, pool), allowed)
-        rows = self._store.get(np.unique(ids[ids >= 0]).tolist())
+        scores, ids = backend.search(q, min(k, pool), allowed)
+        rows = store.get(np.unique(ids[ids >= 0]).tolist())
         out = []
         for s_row, i_row in zip(scores, ids, strict=True):
             hits = []
@@ -250,14 +316,15 @@ class SearchIndex:
             out.append(hits)
         return out
 
-    def search_images(self, images: list, k: int, label: str | None = None, folder: str | None = None
-                      ) -> list[list[Hit]]:
-        return self.search_vectors(self.embed_images(images), k, label, folder)
+    def search_images(self, images: list, k: int, label: str | None = None, folder: str | None = None,
+                      filters: Filters | None = None) -> list[list[Hit]]:
+        return self.search_vectors(self.embed_images(images), k, label, folder, filters)
 
     # ------------------------------------------------------------ metadata
 
     def get(self, ids: list[int]) -> list[Hit]:
         """Metadata rows in the order asked (score nan); KeyError for unknown ids."""
+        self._follow_updates()
         rows = self._store.get(ids)
         missing = [int(i) for i in ids if int(i) not in rows]
         if missing:
@@ -266,6 +333,7 @@ class SearchIndex:
 
     def image_path(self, id: int) -> Path:
         """Absolute path of an entry's image; UnsafePathError if the stored path would escape the root."""
+        self._follow_updates()
         rows = self._store.get([int(id)])
         if int(id) not in rows:
             raise KeyError(f"no entry with id {int(id)}")

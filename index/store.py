@@ -30,16 +30,29 @@ CREATE TABLE items (
     split TEXT,                  -- train / test / ... or NULL
     width INTEGER,               -- of the original file, NULL if it could not be read
     height INTEGER,
-    sha256 TEXT                  -- of the file's bytes
+    sha256 TEXT,                 -- of the file's bytes
+    file_bytes INTEGER,          -- size and modification time when indexed (sync compares them first)
+    mtime_ns INTEGER,
+    taken TEXT,                  -- date taken, local ISO time (EXIF, else the file's time)
+    taken_from TEXT,             -- 'exif' or 'file'
+    camera_make TEXT,
+    camera_model TEXT,
+    camera TEXT                  -- make and model as one name ('Apple iPhone 13'), for the filter
 );
 CREATE INDEX items_label ON items(label);
+CREATE INDEX items_taken ON items(taken);
+CREATE INDEX items_camera ON items(camera);
 CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-COLUMNS = ("id", "path", "label", "split", "width", "height", "sha256")
+BASE_COLUMNS = ("id", "path", "label", "split", "width", "height", "sha256")  # what every database has
+PHOTO_COLUMNS = ("file_bytes", "mtime_ns", "taken", "taken_from", "camera_make", "camera_model", "camera")
+COLUMNS = BASE_COLUMNS + PHOTO_COLUMNS
 
 
 @dataclass
 class Row:
+    """One entry's metadata; the photo facts are None in databases written before they were recorded."""
+
     id: int
     path: str
     label: str | None = None
@@ -47,6 +60,28 @@ class Row:
     width: int | None = None
     height: int | None = None
     sha256: str | None = None
+    file_bytes: int | None = None
+    mtime_ns: int | None = None
+    taken: str | None = None
+    taken_from: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    camera: str | None = None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search may return: label, folder prefix, date-taken range (inclusive ISO bounds), camera name.
+    Hashable, so concurrent queries with equal filters share one search."""
+
+    label: str | None = None
+    folder: str | None = None
+    taken_from: str | None = None
+    taken_to: str | None = None
+    camera: str | None = None
+
+    def __bool__(self) -> bool:
+        return any(v not in (None, "") for v in astuple(self))
 
 
 def normalise_folder(folder: str) -> str:
@@ -66,8 +101,19 @@ def _prefix_range(folder: str) -> tuple[str, str]:
 
 
 def _insert(con: sqlite3.Connection, rows: Iterable[Row]) -> None:
-    con.executemany(f"INSERT INTO items ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    con.executemany(f"INSERT INTO items ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                     (astuple(r) for r in rows))
+
+
+def _add_photo_columns(con: sqlite3.Connection) -> None:
+    """Bring a database written before the photo facts were recorded up to :data:`SCHEMA` (NULLs)."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(items)")}
+    for col in PHOTO_COLUMNS:
+        if col not in have:
+            kind = "INTEGER" if col in ("file_bytes", "mtime_ns") else "TEXT"
+            con.execute(f"ALTER TABLE items ADD COLUMN {col} {kind}")
+    con.execute("CREATE INDEX IF NOT EXISTS items_taken ON items(taken)")
+    con.execute("CREATE INDEX IF NOT EXISTS items_camera ON items(camera)")
 
 
 def _set_info(con: sqlite3.Connection, info: dict[str, str]) -> None:
@@ -107,6 +153,7 @@ def update_db(
         con = sqlite3.connect(tmp)
         try:
             old.backup(con)
+            _add_photo_columns(con)
             ids = [(int(i),) for i in remove_ids]
             if ids:
                 con.executemany("DELETE FROM items WHERE id = ?", ids)
@@ -145,9 +192,14 @@ class MetadataStore:
             self._con = sqlite3.connect(_ro_uri(self.path), uri=True, check_same_thread=False)
             self._count = self._one("SELECT count(*) FROM items")
             self._info = dict(self._con.execute("SELECT key, value FROM info").fetchall())
+            have = {r[1] for r in self._con.execute("PRAGMA table_info(items)")}
         except sqlite3.DatabaseError as e:
             raise IndexDirError(f"{self.path}: unreadable metadata database ({e})") from e
         self._labels: list[str] | None = None
+        self._cameras: list[str] | None = None
+        # an older database lacks the photo columns: read them as NULL
+        self._select = ", ".join(c if c in have else f"NULL AS {c}" for c in COLUMNS)
+        self.has_photo_facts = all(c in have for c in PHOTO_COLUMNS)
 
     def _one(self, sql: str, args: tuple = ()) -> int:
         return int(self._con.execute(sql, args).fetchone()[0])
@@ -185,24 +237,41 @@ class MetadataStore:
         out: dict[int, Row] = {}
         for i in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
             chunk = ids[i : i + 900]
-            sql = f"SELECT {', '.join(COLUMNS)} FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
+            sql = f"SELECT {self._select} FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
             for r in self._query(sql, chunk):
                 out[r[0]] = Row(*r)
         return out
 
     def rows(self) -> list[Row]:
-        return [Row(*r) for r in self._query(f"SELECT {', '.join(COLUMNS)} FROM items ORDER BY id")]
+        return [Row(*r) for r in self._query(f"SELECT {self._select} FROM items ORDER BY id")]
 
-    def ids_matching(self, label: str | None = None, folder: str | None = None) -> np.ndarray | None:
-        """Sorted ids passing the filters, or None when there is no filter."""
+    def cameras(self) -> list[str]:
+        """Distinct camera names, sorted (for the camera filter)."""
+        if self._cameras is None:
+            rows = self._query("SELECT DISTINCT camera FROM items WHERE camera IS NOT NULL ORDER BY camera") \
+                if self.has_photo_facts else []
+            self._cameras = [r[0] for r in rows]
+        return list(self._cameras)
+
+    def ids_matching(self, label: str | None = None, folder: str | None = None,
+                     filters: Filters | None = None) -> np.ndarray | None:
+        """Sorted ids passing the filters (``label``/``folder`` or a :class:`Filters`), or None when there is
+        no filter. Entries without a date or camera never pass a date or camera filter."""
+        f_ = filters or Filters(label, folder)
         where, args = [], []
-        if label is not None and label != "":
+        if f_.label is not None and f_.label != "":
             where.append("label = ?")
-            args.append(label)
-        f = normalise_folder(folder) if folder else ""
+            args.append(f_.label)
+        f = normalise_folder(f_.folder) if f_.folder else ""
         if f:
             where.append("path >= ? AND path < ?")
             args.extend(_prefix_range(f))
+        photo = [(f_.taken_from, "taken >= ?"), (f_.taken_to, "taken <= ?"), (f_.camera, "camera = ?")]
+        for value, cond in photo:
+            if value:
+                where.append(cond if self.has_photo_facts else "0")
+                if self.has_photo_facts:
+                    args.append(value)
         if not where:
             return None
         rows = self._query(f"SELECT id FROM items WHERE {' AND '.join(where)} ORDER BY id", args)
@@ -217,6 +286,13 @@ class MetadataStore:
         if not f:
             return []
         return [r[0] for r in self._query("SELECT id FROM items WHERE path >= ? AND path < ?", _prefix_range(f))]
+
+    def file_states(self) -> dict[str, tuple[int, str | None, int | None, int | None]]:
+        """path -> (id, sha256, file_bytes, mtime_ns) for every entry (what a sync compares with the folder)."""
+        if not self.has_photo_facts:
+            return {p: (i, h, None, None) for i, p, h in self._query("SELECT id, path, sha256 FROM items")}
+        return {p: (i, h, n, t) for i, p, h, n, t in self._query("SELECT id, path, sha256, file_bytes, mtime_ns "
+                                                                 "FROM items")}
 
     def path_hashes(self) -> dict[str, tuple[int, str | None]]:
         """path -> (id, sha256) for every entry (used to skip or replace files on --add)."""

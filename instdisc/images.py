@@ -3,6 +3,10 @@
 Shared by training-data loading, index building and the app, so all three accept and
 reject exactly the same files: EXIF orientation is applied, 16-bit, CMYK, palette, alpha
 and animated images are converted, and decompression bombs are refused with a clear error.
+
+Phone formats: HEIC/HEIF decode through the ``pillow-heif`` plug-in, registered with PIL when
+this module is imported (libheif applies the file's rotation and resets the EXIF orientation
+to 1, so ``exif_transpose`` leaves it upright); AVIF decodes through Pillow's own AVIF plug-in.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+pillow_heif.register_heif_opener()  # HEIC/HEIF for every PIL.Image.open of the process
+
+PHONE_EXTENSIONS = (".heic", ".heif", ".hif", ".avif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                    *PHONE_EXTENSIONS)
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; beyond this PIL's bomb check refuses the file
 MAX_ASPECT = 4  # fit_square crops longer strips to their centre before resizing (bounded memory)
 

@@ -179,9 +179,9 @@ def leftovers(index_dir: Path) -> list[str]:
 
     try:
         files = json.loads((index_dir / "manifest.json").read_text())["files"]
-        named = {files["index"], files["db"], "manifest.json", ".lock", "ingest.json"}
+        named = {files["index"], files["db"], "manifest.json", ".lock", "ingest.json", "sync.json"}
     except (OSError, ValueError, KeyError):
-        named = {".lock", "ingest.json"}  # ingest.json: the last ingest report (index/build.py)
+        named = {".lock", "ingest.json", "sync.json"}  # the last ingest and sync reports (index/build.py, sync.py)
     return sorted(p.name for p in index_dir.iterdir() if p.name not in named)
 
 

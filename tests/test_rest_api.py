@@ -43,7 +43,8 @@ def test_search_by_file_and_by_base64_agree(served, shapes_root: Path):
     assert res["query"] == "0003.png" and res["k"] == 7 and len(res["ids"]) == 7
     assert res["paths"][0] == QUERY.as_posix() and res["scores"][0] == pytest.approx(1.0, abs=1e-3)
     assert res["scores"] == sorted(res["scores"], reverse=True) and res["took_ms"] > 0
-    assert set(res) == {"query", "k", "label", "folder", "took_ms", "ids", "scores", "paths", "labels", "splits"}
+    assert set(res) == {"query", "k", "label", "folder", "date_from", "date_to", "camera", "took_ms", "ids", "scores",
+                        "paths", "labels", "splits", "taken", "cameras"}
     b64 = base64.b64encode((shapes_root / QUERY).read_bytes()).decode()
     as_json = client.post("/api/search", json={"image_base64": b64, "k": 7}).json()
     as_form = client.post("/api/search", data={"image_base64": "data:image/png;base64," + b64, "k": "7"}).json()

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         set_search_threads(args.threads)
     try:
-        idx = SearchIndex.open(index_dir, checkpoint=args.checkpoint, device=args.device, mmap=args.mmap)
+        idx = SearchIndex.open(index_dir, checkpoint=args.checkpoint, device=args.device, mmap=args.mmap,
+                               follow=True)  # an --add, --remove or --sync is served without a restart
     except Exception as e:  # a missing/corrupt index or checkpoint: say so, no traceback
         print(f"error: cannot open index {index_dir}: {e}", file=sys.stderr)
         return 2

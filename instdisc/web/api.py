@@ -6,30 +6,40 @@ from __future__ import annotations
 from importlib import metadata
 
 from index.search import Hit, SearchIndex
+from index.store import Filters
 
 from .queries import SearchResult
 
 
 def hits_json(hits: list[Hit]) -> dict:
-    """Column lists ``ids, scores, paths, labels, splits`` (paths relative to the image root).
+    """Column lists ``ids, scores, paths, labels, splits, taken, cameras`` (paths relative to the image root;
+    ``taken``: date taken, ISO local time, from EXIF or else the file's time; ``cameras``: make and model).
 
     Columns rather than a list of hit dicts on purpose: gradio_client treats any dict with a
     ``"path"`` key in an answer as a file to download, and would fail on every hit.
     """
     return {"ids": [int(h.id) for h in hits], "scores": [round(float(h.score), 6) for h in hits],
             "paths": [h.path for h in hits], "labels": [h.label for h in hits],
-            "splits": [h.split for h in hits]}
+            "splits": [h.split for h in hits], "taken": [h.taken for h in hits],
+            "cameras": [h.camera for h in hits]}
+
+
+def filters_json(f: Filters) -> dict:
+    """The filters applied (None: not filtered), dates as the inclusive ISO bounds used."""
+    return {"label": f.label, "folder": f.folder, "date_from": f.taken_from, "date_to": f.taken_to,
+            "camera": f.camera}
 
 
 def search_json(res: SearchResult) -> dict:
-    """``{query, k, label, folder, took_ms, ids, scores, paths, labels, splits}`` of one search."""
-    return {"query": res.query, "k": res.k, "label": res.label, "folder": res.folder,
-            "took_ms": round(res.total_ms, 2), **hits_json(res.hits)}
+    """``{query, k, label, folder, date_from, date_to, camera, took_ms, ids, scores, paths, labels, splits, taken,
+    cameras}`` of one search."""
+    return {"query": res.query, "k": res.k, **filters_json(res.filters), "took_ms": round(res.total_ms, 2),
+            **hits_json(res.hits)}
 
 
-def batch_json(k: int, label: str | None, folder: str | None, took_ms: float, results: list[dict]) -> dict:
-    """``{k, label, folder, took_ms, results}``: one entry per image, in order."""
-    return {"k": k, "label": label, "folder": folder, "took_ms": round(took_ms, 2), "results": results}
+def batch_json(k: int, filters: Filters, took_ms: float, results: list[dict]) -> dict:
+    """``{k, label, folder, date_from, date_to, camera, took_ms, results}``: one entry per image, in order."""
+    return {"k": k, **filters_json(filters), "took_ms": round(took_ms, 2), "results": results}
 
 
 def version() -> str:

@@ -37,6 +37,7 @@ class CollectionFacts:
         self.root = Path(index.root)
         self._image_size = image_size
         self._labels: list[str] | None = None
+        self._cameras: list[str] | None = None
         self._folders: list[str] | None = None
         self._example_ids: list[int] | None = None
         self._small: bool | None = None
@@ -57,6 +58,16 @@ class CollectionFacts:
                 self.report_problem("the label list could not be read", e)
                 self._labels = []
         return self._labels
+
+    def cameras(self) -> list[str]:
+        """Camera names (make and model) of the collection's photos, for the camera filter."""
+        if self._cameras is None:
+            try:
+                self._cameras = list(self.index.cameras())
+            except Exception as e:  # the filter still accepts typed-in names
+                self.report_problem("the camera list could not be read", e)
+                self._cameras = []
+        return self._cameras
 
     def all_paths(self, limit: int = MAX_LISTED_PATHS) -> list[str] | None:
         """Every stored relative path, for the folder filter (None when there are too many to list)."""

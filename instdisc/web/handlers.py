@@ -30,12 +30,13 @@ from PIL import Image
 
 from index.batcher import Query, QueryBatcher
 from index.search import SearchIndex
+from index.store import Filters
 from instdisc.images import ImageError, load_image
 
 from .api import batch_json, hits_json, search_json
 from .collection import CollectionFacts
 from .limits import ANY, DEFAULT_K, MAX_BATCH, MAX_K, MAX_PIXELS, MAX_QUERY_BYTES
-from .queries import QueryError, SearchResult, clamp_k, decode_query, none_if_any
+from .queries import QueryError, SearchResult, clamp_k, decode_query, search_filters
 from .render import QUERY_THUMB, THUMB_SIZE, TILE_CACHE, Tiles, make_thumbnail, status
 
 __all__ = ["ANY", "DEFAULT_K", "QueryError", "SearchHandlers", "SearchResult", "make_thumbnail"]
@@ -64,51 +65,59 @@ class SearchHandlers:
         """(RGB image, display name) of a query under this app's limits (:func:`instdisc.web.queries.decode_query`)."""
         return decode_query(payload, self.max_query_bytes, self.max_pixels)
 
-    def _batched(self, images: list[Image.Image], names: list[str], k: int, label: str | None,
-                 folder: str | None, t0: float) -> list[SearchResult]:
+    def _batched(self, images: list[Image.Image], names: list[str], k: int, filters: Filters,
+                 t0: float) -> list[SearchResult]:
         """Resize here (in the request's thread), embed and search in the shared batcher."""
         pixels = self.index.prepare(images)
         try:
-            answers = self.batcher.search([Query(p, k, label, folder) for p in pixels])
+            answers = self.batcher.search([Query(p, k, filters.label, filters.folder, filters) for p in pixels])
         except ValueError as e:  # e.g. a folder filter with '..'
             raise QueryError(str(e)) from e
         total = (time.perf_counter() - t0) * 1e3
-        return [SearchResult(a.hits, k, label, folder, a.embed_ms, a.search_ms, total, name, a.vector)
-                for a, name in zip(answers, names, strict=True)]
+        return [SearchResult(a.hits, k, filters.label, filters.folder, a.embed_ms, a.search_ms, total, name, a.vector,
+                             filters) for a, name in zip(answers, names, strict=True)]
 
-    def search(self, payload: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> SearchResult:
-        """Decode ``payload`` and find its ``k`` nearest images (label / folder filter optional)."""
+    def search(self, payload: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None, date_from: Any = None,
+               date_to: Any = None, camera: Any = None) -> SearchResult:
+        """Decode ``payload`` and find its ``k`` nearest images (filters optional: label, folder, the date
+        taken from / to, camera)."""
         t0 = time.perf_counter()
         k = clamp_k(k, self.max_k)
+        filters = search_filters(label, folder, date_from, date_to, camera)
         img, name = self.decode_query(payload)
-        return self._batched([img], [name], k, none_if_any(label), none_if_any(folder), t0)[0]
+        return self._batched([img], [name], k, filters, t0)[0]
 
-    def search_id(self, id: int, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> SearchResult:
+    def search_id(self, id: int, k: Any = DEFAULT_K, label: Any = None, folder: Any = None, date_from: Any = None,
+                  date_to: Any = None, camera: Any = None) -> SearchResult:
         """"More like this": search with an image of the collection itself."""
         t0 = time.perf_counter()
         k = clamp_k(k, self.max_k)
+        filters = search_filters(label, folder, date_from, date_to, camera)
         try:
             path = self.index.image_path(int(id))
             img = load_image(path, self.max_pixels)
         except (ImageError, KeyError, RuntimeError) as e:  # RuntimeError: index.errors.IndexDirError
             raise QueryError(str(e).replace(str(self.root) + os.sep, "")) from e
-        rel = Path(path).relative_to(self.root).as_posix() if Path(path).is_relative_to(self.root) else Path(path).name
-        return self._batched([img], [rel], k, none_if_any(label), none_if_any(folder), t0)[0]
+        root = self.index.root
+        rel = Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else Path(path).name
+        return self._batched([img], [rel], k, filters, t0)[0]
 
     def search_vector(self, vec: np.ndarray, k: Any = DEFAULT_K, label: Any = None, folder: Any = None,
-                      query: str = "", t0: float | None = None) -> SearchResult:
+                      query: str = "", t0: float | None = None, date_from: Any = None, date_to: Any = None,
+                      camera: Any = None) -> SearchResult:
         """Search an already embedded query again (k or a filter changed): no decoding, no forward pass."""
         t0 = time.perf_counter() if t0 is None else t0
         k = clamp_k(k, self.max_k)
-        label, folder = none_if_any(label), none_if_any(folder)
+        filters = search_filters(label, folder, date_from, date_to, camera)
         vec = np.asarray(vec, dtype=np.float32).reshape(-1)
         t1 = time.perf_counter()
         try:
-            hits = self.index.search_vectors(vec[None], k, label=label, folder=folder)[0]
+            hits = self.index.search_vectors(vec[None], k, filters=filters)[0]
         except ValueError as e:  # e.g. a folder filter with '..'
             raise QueryError(str(e)) from e
         t2 = time.perf_counter()
-        return SearchResult(list(hits), k, label, folder, 0.0, (t2 - t1) * 1e3, (t2 - t0) * 1e3, query, vec)
+        return SearchResult(list(hits), k, filters.label, filters.folder, 0.0, (t2 - t1) * 1e3, (t2 - t0) * 1e3,
+                            query, vec, filters)
 
     def _record(self, res: SearchResult) -> None:
         self.latencies_ms.append(res.total_ms)
@@ -120,13 +129,15 @@ class SearchHandlers:
 
     # ------------------------------------------------------------------ API (JSON)
 
-    def api_search(self, image: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> dict:
+    def api_search(self, image: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None,
+                   date_from: Any = None, date_to: Any = None, camera: Any = None) -> dict:
         """JSON for one query image (:func:`instdisc.web.api.search_json`)."""
-        res = self.search(image, k, label, folder)
+        res = self.search(image, k, label, folder, date_from, date_to, camera)
         self._record(res)
         return search_json(res)
 
-    def api_search_batch(self, images: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None) -> dict:
+    def api_search_batch(self, images: Any, k: Any = DEFAULT_K, label: Any = None, folder: Any = None,
+                         date_from: Any = None, date_to: Any = None, camera: Any = None) -> dict:
         """JSON for several images in one call (:func:`instdisc.web.api.batch_json`): per image in order
         ``{query, ids, scores, paths, labels, splits}``, or ``{query, error}`` for one that could not be
         decoded (the others are still searched, in one batch)."""
@@ -139,7 +150,7 @@ class SearchHandlers:
         if len(images) > MAX_BATCH:
             raise QueryError(f"{len(images)} images in one call; the limit is {MAX_BATCH}.")
         k = clamp_k(k, self.max_k)
-        label, folder = none_if_any(label), none_if_any(folder)
+        filters = search_filters(label, folder, date_from, date_to, camera)
         results: list[dict] = []
         good: list[tuple[int, Image.Image]] = []
         for item in images:
@@ -151,10 +162,10 @@ class SearchHandlers:
                 name = item.get("orig_name") if isinstance(item, dict) else getattr(item, "name", None)
                 results.append({"query": name or "image", "error": str(e)})
         if good:
-            found = self._batched([img for _, img in good], [""] * len(good), k, label, folder, t0)
+            found = self._batched([img for _, img in good], [""] * len(good), k, filters, t0)
             for (slot, _), res in zip(good, found, strict=True):
                 results[slot].update(hits_json(res.hits))
-        return batch_json(k, label, folder, (time.perf_counter() - t0) * 1e3, results)
+        return batch_json(k, filters, (time.perf_counter() - t0) * 1e3, results)
 
     # ------------------------------------------------------------------ Gradio event handlers
 
@@ -190,43 +201,46 @@ class SearchHandlers:
         except Exception:
             return tuple(None for _ in range(n))
 
-    def ui_search(self, payload: Any, k: Any, label: Any, folder: Any):
+    def ui_search(self, payload: Any, k: Any, label: Any, folder: Any, date_from: Any = None, date_to: Any = None,
+                  camera: Any = None):
         """Query image uploaded / pasted / captured -> (gallery, status, state)."""
         try:
-            return self._ui_result(self.search(payload, k, label, folder))
+            return self._ui_result(self.search(payload, k, label, folder, date_from, date_to, camera))
         except QueryError as e:
             return self._ui_fail(str(e), None)
 
-    def ui_refresh(self, state: Any, k: Any, label: Any, folder: Any):
+    def ui_refresh(self, state: Any, k: Any, label: Any, folder: Any, date_from: Any = None, date_to: Any = None,
+                   camera: Any = None):
         """k or a filter changed: search the remembered query vector again (no re-embedding)."""
         if not state or state.get("vec") is None:
             return self._skip(3)
         try:
             res = self.search_vector(np.asarray(state["vec"], dtype=np.float32), k, label, folder,
-                                     query=state.get("query", ""))
+                                     query=state.get("query", ""), date_from=date_from, date_to=date_to,
+                                     camera=camera)
             return self._ui_result(res)
         except QueryError as e:
             return self._ui_fail(str(e), state)
 
-    def _more_like(self, id: int, k: Any, label: Any, folder: Any):
+    def _more_like(self, id: int, k: Any, label: Any, folder: Any, *filters: Any):
         try:
-            res = self.search_id(id, k, label, folder)
+            res = self.search_id(id, k, label, folder, *filters)
         except QueryError as e:
             return (self._skip(1)[0], *self._ui_fail(str(e), None))
         return (self.tiles.thumbnail(id, QUERY_THUMB), *self._ui_result(res))
 
-    def ui_select_result(self, index: int | None, state: Any, k: Any, label: Any, folder: Any):
-        """A gallery result was clicked: it becomes the query ("more like this")."""
+    def ui_select_result(self, index: int | None, state: Any, k: Any, label: Any, folder: Any, *filters: Any):
+        """A gallery result was clicked: it becomes the query ("more like this"); ``filters``: date from, to, camera."""
         ids = (state or {}).get("ids") or []
         if index is None or not (0 <= int(index) < len(ids)):
             return self._skip(4)
-        return self._more_like(ids[int(index)], k, label, folder)
+        return self._more_like(ids[int(index)], k, label, folder, *filters)
 
-    def ui_select_example(self, index: int | None, k: Any, label: Any, folder: Any):
+    def ui_select_example(self, index: int | None, k: Any, label: Any, folder: Any, *filters: Any):
         ids = self.facts.example_ids()
         if index is None or not (0 <= int(index) < len(ids)):
             return self._skip(4)
-        return self._more_like(ids[int(index)], k, label, folder)
+        return self._more_like(ids[int(index)], k, label, folder, *filters)
 
     def ui_clear(self):
         return [], "Upload, drop, paste or capture an image — or pick an example — to search.", None

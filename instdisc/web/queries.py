@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from index.store import Filters
 from instdisc.images import ImageError, load_image, to_rgb
+from instdisc.photometa import parse_date_bound
 
 from .limits import ANY, MAX_K, MAX_PIXELS, MAX_QUERY_BYTES
 
@@ -53,6 +55,7 @@ class SearchResult:
     total_ms: float
     query: str = ""  # what was searched, for the status line
     vector: np.ndarray | None = field(default=None, repr=False)  # (D,) query embedding
+    filters: Filters = field(default_factory=Filters)  # every filter applied (label and folder too)
 
 
 def none_if_any(value: Any) -> str | None:
@@ -61,6 +64,18 @@ def none_if_any(value: Any) -> str | None:
         return None
     value = str(value).strip()
     return None if value in ("", ANY, "None", "null") else value
+
+
+def search_filters(label: Any = None, folder: Any = None, date_from: Any = None, date_to: Any = None,
+                   camera: Any = None) -> Filters:
+    """The filters of a request ("(any)" and blanks: none); dates as YYYY, YYYY-MM, YYYY-MM-DD or an ISO time,
+    both ends inclusive (``date_to`` 2021-06 means up to the end of June). :class:`QueryError` for a bad date."""
+    try:
+        taken_from = parse_date_bound(none_if_any(date_from))
+        taken_to = parse_date_bound(none_if_any(date_to), end=True)
+    except ValueError as e:
+        raise QueryError(str(e)) from e
+    return Filters(none_if_any(label), none_if_any(folder), taken_from, taken_to, none_if_any(camera))
 
 
 def clamp_k(k: Any, max_k: int = MAX_K) -> int:

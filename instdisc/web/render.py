@@ -47,12 +47,22 @@ def format_ms(ms: float) -> str:
 
 
 def caption(hit: Hit) -> str:
-    """``score · label · file name`` under a tile."""
+    """``score · label · file name`` under a tile, then, for a photo (an EXIF date or a camera), its details:
+    date taken, camera, pixel size, file size. Files without EXIF (scans, CIFAR) keep the one line."""
     parts = [f"{hit.score:.3f}"]
     if hit.label:
         parts.append(str(hit.label))
     parts.append(Path(hit.path).name)
-    return " · ".join(parts)
+    if not (hit.camera or hit.taken_from == "exif"):
+        return " · ".join(parts)
+    details = [d for d in (hit.taken.replace("T", " ")[:16] if hit.taken else None, hit.camera,
+                           f"{hit.width}x{hit.height}" if hit.width and hit.height else None,
+                           _size(hit.file_bytes) if hit.file_bytes else None) if d]
+    return " · ".join(parts) + ("\n" + " · ".join(details) if details else "")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
 
 
 def status(res: SearchResult) -> str:
@@ -62,6 +72,11 @@ def status(res: SearchResult) -> str:
         filt.append(f"label = {res.label}")
     if res.folder:
         filt.append(f"folder = {res.folder}/")
+    f = res.filters
+    if f.taken_from or f.taken_to:
+        filt.append(f"taken {f.taken_from or '…'} to {f.taken_to or '…'}")
+    if f.camera:
+        filt.append(f"camera = {f.camera}")
     ftxt = f" · filter: {', '.join(filt)}" if filt else ""
     if not res.hits:
         head = "No images match this filter." if filt else "No results."

@@ -30,8 +30,15 @@ from .queries import QueryError, QueryTooLarge, Upload, base64_image
 
 PREFIX = "/api"
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around one image
-FIELDS = ("k", "label", "folder")
+FIELDS = ("k", "label", "folder", "date_from", "date_to", "camera")
 
+_PHOTO_FIELDS = {
+    "date_from": {"type": "string", "description": "only photos taken on or after this date (YYYY, YYYY-MM, "
+                                                   "YYYY-MM-DD or an ISO time; EXIF date, else the file's time)"},
+    "date_to": {"type": "string", "description": "only photos taken on or before this date (inclusive: 2021-06 "
+                                                 "means up to the end of June)"},
+    "camera": {"type": "string", "description": "only photos from this camera (make and model: 'Apple iPhone 13')"},
+}
 _SEARCH_BODY = {
     "required": True,
     "content": {
@@ -41,10 +48,11 @@ _SEARCH_BODY = {
             "k": {"type": "integer", "default": DEFAULT_K, "description": "results wanted (clamped to 1..100)"},
             "label": {"type": "string", "description": "only images with this label"},
             "folder": {"type": "string", "description": "only images under this folder (relative to the root)"},
+            **_PHOTO_FIELDS,
         }}},
         "application/json": {"schema": {"type": "object", "required": ["image_base64"], "properties": {
             "image_base64": {"type": "string"}, "k": {"type": "integer", "default": DEFAULT_K},
-            "label": {"type": "string"}, "folder": {"type": "string"}}}},
+            "label": {"type": "string"}, "folder": {"type": "string"}, **_PHOTO_FIELDS}}},
     },
 }
 _ERRORS = {code: {"description": why, "content": {"application/json": {"example": {"error": "..."}}}}

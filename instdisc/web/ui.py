@@ -75,11 +75,11 @@ def _search_tab(h: SearchHandlers, state: gr.State, columns: int) -> None:
     """Query (upload, paste, webcam), k, filters, examples, results and the model-and-index panel."""
     labels, folders = h.facts.labels(), h.facts.folders()
 
-    def on_result_select(evt: gr.SelectData, state, k, label, folder):
-        return h.ui_select_result(evt.index, state, k, label, folder)
+    def on_result_select(evt: gr.SelectData, state, k, label, folder, date_from, date_to, camera):
+        return h.ui_select_result(evt.index, state, k, label, folder, date_from, date_to, camera)
 
-    def on_example_select(evt: gr.SelectData, k, label, folder):
-        return h.ui_select_example(evt.index, k, label, folder)
+    def on_example_select(evt: gr.SelectData, k, label, folder, date_from, date_to, camera):
+        return h.ui_select_example(evt.index, k, label, folder, date_from, date_to, camera)
 
     with gr.Tab("Search"):
         with gr.Row(equal_height=False):
@@ -93,6 +93,7 @@ def _search_tab(h: SearchHandlers, state: gr.State, columns: int) -> None:
                     folder = gr.Dropdown([ANY, *folders], value=ANY, label="Folder filter",
                                          allow_custom_value=True, elem_id="folder-filter",
                                          info=None if folders else "type a folder, e.g. train/cat")
+                date_from, date_to, camera = _photo_filters(h)
                 example_items = h.tiles.examples(h.facts.example_ids())
                 example_rows = max(1, math.ceil(len(example_items) / 5))
                 examples = gr.Gallery(example_items, label="Examples from the collection — click to search",
@@ -108,34 +109,48 @@ def _search_tab(h: SearchHandlers, state: gr.State, columns: int) -> None:
             gr.Markdown(h.facts.info_markdown(), elem_id="info")
 
     ui = dict(api_visibility="private", show_progress="minimal", show_progress_on=[results])
-    query.upload(h.ui_search, [query, k, label, folder], [results, status, state], preprocess=False,
+    filters = [label, folder, date_from, date_to, camera]
+    query.upload(h.ui_search, [query, k, *filters], [results, status, state], preprocess=False,
                  trigger_mode="always_last", **ui)
     query.clear(h.ui_clear, None, [results, status, state], **ui)
-    # k: "change" also covers a number typed into the slider's box ("release" does not)
-    for comp, event in ((k, "change"), (label, "input"), (folder, "input")):
-        getattr(comp, event)(h.ui_refresh, [state, k, label, folder], [results, status, state],
+    # k: "change" also covers a number typed into the slider's box ("release" does not); dates on Enter / blur
+    for comp, event in ((k, "change"), (label, "input"), (folder, "input"), (camera, "input"),
+                        (date_from, "submit"), (date_to, "submit"), (date_from, "blur"), (date_to, "blur")):
+        getattr(comp, event)(h.ui_refresh, [state, k, *filters], [results, status, state],
                              trigger_mode="always_last", **ui)
-    results.select(on_result_select, [state, k, label, folder], [query, results, status, state], **ui)
-    examples.select(on_example_select, [k, label, folder], [query, results, status, state], **ui)
+    results.select(on_result_select, [state, k, *filters], [query, results, status, state], **ui)
+    examples.select(on_example_select, [k, *filters], [query, results, status, state], **ui)
+
+
+def _photo_filters(h: SearchHandlers) -> tuple[gr.Textbox, gr.Textbox, gr.Dropdown]:
+    """Date taken from / to and camera: the photo filters (EXIF date, else the file's time)."""
+    cameras = h.facts.cameras()
+    with gr.Row():
+        date_from = gr.Textbox(label="Taken from", placeholder="YYYY[-MM[-DD]]", elem_id="date-from")
+        date_to = gr.Textbox(label="Taken to (inclusive)", placeholder="YYYY[-MM[-DD]]", elem_id="date-to")
+        camera = gr.Dropdown([ANY, *cameras], value=ANY, label="Camera", allow_custom_value=True,
+                             interactive=True, elem_id="camera-filter")
+    return date_from, date_to, camera
 
 
 def _api_tab(h: SearchHandlers) -> None:
     """The named Gradio API endpoints (/search, /search_batch) with a form that runs them."""
     labels, folders = h.facts.labels(), h.facts.folders()
 
-    def search_api(image, k=DEFAULT_K, label=ANY, folder=ANY):
-        """Search the index with one image; returns {query, k, took_ms, ids, scores, paths, labels, splits}."""
+    def search_api(image, k=DEFAULT_K, label=ANY, folder=ANY, date_from="", date_to="", camera=ANY):
+        """Search the index with one image (filters: label, folder, date taken from / to, camera); returns
+        {query, k, took_ms, ids, scores, paths, labels, splits, taken, cameras}."""
         try:
-            return h.api_search(image, k, label, folder)
+            return h.api_search(image, k, label, folder, date_from, date_to, camera)
         except QueryError as e:
             raise gr.Error(str(e)) from e
 
-    def search_batch_api(images, k=DEFAULT_K, label=ANY, folder=ANY):
+    def search_batch_api(images, k=DEFAULT_K, label=ANY, folder=ANY, date_from="", date_to="", camera=ANY):
         """Search with several images in one call.
 
-        Returns {took_ms, results: [{query, ids, scores, paths, labels, splits} | {query, error}]}."""
+        Returns {took_ms, results: [{query, ids, scores, paths, labels, splits, taken, cameras} | {query, error}]}."""
         try:
-            return h.api_search_batch(images, k, label, folder)
+            return h.api_search_batch(images, k, label, folder, date_from, date_to, camera)
         except QueryError as e:
             raise gr.Error(str(e)) from e
 
@@ -145,19 +160,20 @@ def _api_tab(h: SearchHandlers) -> None:
             api_image = gr.Image(label="One image (/search)", sources=["upload", "clipboard"], type="filepath",
                                  image_mode=None, format="png", height=200)
             api_files = gr.File(label="Several images (/search_batch)", file_count="multiple",
-                                file_types=["image"], height=200)
+                                file_types=["image", ".heic", ".heif", ".avif"], height=200)
         with gr.Row():
             api_k = gr.Slider(1, h.max_k, value=DEFAULT_K, step=1, label="k")
             api_label = gr.Dropdown([ANY, *labels], value=ANY, label="label", allow_custom_value=True)
             api_folder = gr.Dropdown([ANY, *folders], value=ANY, label="folder", allow_custom_value=True)
+        api_date_from, api_date_to, api_camera = _photo_filters(h)
         with gr.Row():
             one_btn = gr.Button("Search one image", variant="primary")
             batch_btn = gr.Button("Search batch")
         api_out = gr.JSON(label="Answer")
-    one_btn.click(search_api, [api_image, api_k, api_label, api_folder], api_out, api_name="search",
-                  preprocess=False)
-    batch_btn.click(search_batch_api, [api_files, api_k, api_label, api_folder], api_out,
-                    api_name="search_batch", preprocess=False)
+    api_filters = [api_k, api_label, api_folder, api_date_from, api_date_to, api_camera]
+    one_btn.click(search_api, [api_image, *api_filters], api_out, api_name="search", preprocess=False)
+    batch_btn.click(search_batch_api, [api_files, *api_filters], api_out, api_name="search_batch",
+                    preprocess=False)
 
 
 def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
