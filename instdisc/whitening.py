@@ -85,6 +85,10 @@ def fit_whitening(gallery: torch.Tensor, dims: int = DIMS, power: float = POWER,
     vals, vecs = torch.linalg.eigh(cov)  # ascending
     k = min(dims, g.shape[1])
     vals, vecs = vals.flip(0)[:k].clamp_min(0.0), vecs.flip(1)[:, :k]
+    # an eigenvector's sign is arbitrary and can flip with the last bits of the covariance (thread count,
+    # BLAS path): fix it (largest component positive) so two fits of the same gallery give the same vectors
+    signs = torch.sign(vecs.gather(0, vecs.abs().argmax(0, keepdim=True)))
+    vecs = vecs * torch.where(signs == 0, torch.ones_like(signs), signs)
     proj = vecs * (vals + eps * vals[0]).pow(power)
     return Whitening(mean.float(), proj.float(), vals.float())
 

@@ -22,6 +22,13 @@ QUERY = Path("test") / "circle" / "0003.png"
 
 
 @pytest.fixture(scope="module")
+def _project_version() -> str:
+    """The version pyproject.toml declares (what the installed package reports)."""
+    import tomllib
+
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+
+
 def served(shapes_index: Path):
     h = SearchHandlers(SearchIndex.open(shapes_index, device="cpu"))
     with serving(h, port=free_port()) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -92,7 +99,7 @@ def test_health_images_docs_and_the_page(served, shapes_root: Path):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["count"] == len(h.index) and health["dim"] == 128
     assert health["model"]["arch"] == "resnet18" and health["model"]["image_size"] == 32
-    assert health["index"]["type"] == "flat" and health["version"] == "0.1.0"
+    assert health["index"]["type"] == "flat" and health["version"] == _project_version()
     r = client.get("/api/images/0")
     assert r.status_code == 200 and r.content == (h.root / h.index.get([0])[0].path).read_bytes()
     assert client.get("/api/images/999999").status_code == 404

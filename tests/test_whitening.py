@@ -51,3 +51,16 @@ def test_dims_keep_the_largest_axes_and_bad_input_is_refused() -> None:
         fit_whitening(x[:1])
     with pytest.raises(ValueError, match="dims"):
         fit_whitening(x, dims=0)
+
+
+def test_two_fits_of_the_same_gallery_give_the_same_axes_whatever_the_row_order():
+    """An eigenvector's sign is arbitrary: the fit fixes it (largest component positive), so a gallery
+    fitted twice -- in another row order, with other rounding -- whitens every vector the same way."""
+    from instdisc.whitening import fit_whitening
+
+    g = torch.randn(400, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(3, 0.5, 16)
+    a, b = fit_whitening(g, dims=16), fit_whitening(g[torch.randperm(400, generator=torch.Generator().manual_seed(1))],
+                                                     dims=16)
+    assert torch.allclose(a.apply(g), b.apply(g), atol=1e-4)
+    big = a.proj.abs().argmax(0)
+    assert (a.proj[big, torch.arange(16)] > 0).all()
