@@ -30,7 +30,7 @@ from instdisc.images import ImageError
 from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
 from .build import BuildOptions, add, build, check_new, open_source, remove
 from .errors import IndexDirError
-from .manifest import Manifest
+from .manifest import BACKENDS, Manifest
 from .shards import build_from_shards, default_shard_dir, embed_shard
 
 MODES = ("build", "update", "shard", "merge", "torchrun")
@@ -54,6 +54,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-queries", type=int, default=BuildOptions.recall_queries,
                    help="fresh queries (held out of the index while measured) that tuning uses")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing INDEX_DIR")
+    m = p.add_argument_group("where the vectors live (docs/index.md, docs/scaling.md)")
+    m.add_argument("--backend", choices=BACKENDS, default=BuildOptions.backend,
+                   help="faiss: index + SQLite files in INDEX_DIR; milvus: a Milvus collection (INDEX_DIR keeps the "
+                        "manifest). --add/--remove follow the index's recorded backend")
+    m.add_argument("--milvus-uri", default=None,
+                   help="a Milvus Lite file (e.g. ./collection.db; default INDEX_DIR/milvus.db) or a server "
+                        "(http://host:19530); credentials only from the environment variable MILVUS_TOKEN")
+    m.add_argument("--collection", default=BuildOptions.collection,
+                   help="Milvus collection name (an alias of the current generation's collection)")
     p.add_argument("--add", metavar="PATH", help="embed the images at PATH and append them to INDEX_DIR")
     p.add_argument("--label", help="--add: label for every added image (default: from class folders)")
     p.add_argument("--split", help="--add: split name for every added image")
@@ -92,6 +101,9 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
             raise ValueError("--merge-shards needs the --checkpoint the shards were embedded with")
         return "merge"
     if args.add or args.remove:
+        if args.backend != BuildOptions.backend or args.milvus_uri or args.collection != BuildOptions.collection:
+            raise ValueError("--backend, --milvus-uri and --collection are fixed when an index is built: --add and "
+                             "--remove use the ones its manifest records")
         if args.images:
             raise ValueError("--images builds a new index; use --add PATH to extend an existing one")
         if args.whiten is not None or args.scales is not None:
@@ -127,6 +139,9 @@ def summary(m: Manifest) -> str:
     ]
     if ix.reason:
         lines.append(f"why: {ix.reason}")
+    if m.milvus is not None:
+        lines.append(f"milvus: {m.milvus.uri}, collection {m.milvus.collection} -> {m.milvus.serving}"
+                     + ("" if m.milvus.alias else " (no alias: readers follow the manifest)"))
     e = m.embedding
     lines.append(f"embedding: whole images at {' + '.join(f'{s} px' for s in m.sides)}"
                  + (", averaged" if len(m.sides) > 1 else "")
@@ -139,7 +154,8 @@ def options_of(args: argparse.Namespace) -> BuildOptions:
         index_type=args.index_type, memory_budget=parse_bytes(args.memory_budget),
         target_recall=args.target_recall, flat_max=args.flat_max, prefer_hnsw=args.hnsw,
         recall_queries=args.recall_queries, device=args.device, batch_size=args.batch_size,
-        progress=not args.no_progress, scales=tuple(args.scales) if args.scales else None, whiten=args.whiten)
+        progress=not args.no_progress, scales=tuple(args.scales) if args.scales else None, whiten=args.whiten,
+        backend=args.backend, milvus_uri=args.milvus_uri, collection=args.collection)
 
 
 # ---------------------------------------------------------------- the modes
