@@ -60,7 +60,7 @@ class MilvusRecord:
     collection: str  # the name the index is known by: an alias of ``serving`` where the server has aliases
     serving: str  # the collection of the current generation (the manifest is the pointer readers follow)
     alias: bool  # whether ``collection`` was set as an alias of ``serving``
-    index_type: str  # the Milvus index: FLAT, IVF_FLAT (Milvus Lite), IVF_SQ8, IVF_PQ, HNSW (servers)
+    index_type: str  # the Milvus index: FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW
     info_file: str = ""  # INDEX_DIR file with the index's extra settings (the whitening), "" when none
 
 

@@ -39,7 +39,8 @@ TOKEN_ENV = "MILVUS_TOKEN"  # "user:password" or an API key; never written anywh
 DEFAULT_COLLECTION = "instdisc"
 DEFAULT_LITE_FILE = "milvus.db"  # --milvus-uri default: a Milvus Lite folder inside INDEX_DIR
 SCHEMES = ("http", "https", "tcp", "unix")
-LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT")  # what Milvus Lite builds
+# what Milvus Lite builds: milvus-lite 3.2.2 built and searched all five here (older releases: FLAT, IVF_FLAT)
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW")
 INDEX_TYPES = {"flat": "FLAT", "ivf": "IVF_FLAT", "ivfsq": "IVF_SQ8", "ivfpq": "IVF_PQ", "hnsw": "HNSW"}
 SEARCH_KNOB = {"IVF_FLAT": "nprobe", "IVF_SQ8": "nprobe", "IVF_PQ": "nprobe", "HNSW": "ef"}
 METRIC = "IP"  # inner product of unit vectors = cosine similarity, as the FAISS backend

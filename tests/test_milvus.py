@@ -271,10 +271,26 @@ def test_bad_uris_and_unreachable_servers_give_clear_errors(tiny_run: Path, shap
         with pytest.raises(mb.MilvusError, match=msg):
             build(ck, tmp_path / "idx", images=images, options=milvus_options(milvus_uri=uri), overwrite=True)
         assert not (tmp_path / "idx" / "manifest.json").exists()
-    with pytest.raises(mb.MilvusError, match="Milvus Lite builds"):
-        build(ck, tmp_path / "idx", images=images, options=milvus_options(index_type="hnsw"), overwrite=True)
+    with pytest.raises(mb.MilvusError, match="FAISS factory strings are for the FAISS backend"):
+        build(ck, tmp_path / "idx", images=images, options=milvus_options(index_type="IVF64,PQ8"), overwrite=True)
     with pytest.raises(mb.MilvusError, match="letters, digits and underscores"):
         build(ck, tmp_path / "idx", images=images, options=milvus_options(collection="bad-name"), overwrite=True)
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_approximate_types_are_tuned_and_answer_as_exact_search(tiny_run: Path, shapes_root: Path, tmp_path: Path,
+                                                                index_type: str):
+    m = build(tiny_run / "checkpoint.pt", tmp_path / "idx", images=shapes_root,
+              options=milvus_options(index_type=index_type, recall_queries=50))
+    knob = {"ivf": "nprobe", "hnsw": "ef"}[index_type]
+    assert m.milvus.index_type == {"ivf": "IVF_FLAT", "hnsw": "HNSW"}[index_type] and m.index.params[knob] >= 1
+    assert m.index.recall_queries == 50 and m.index.recall_at_10 >= 0.95 and m.index.tuning
+    with SearchIndex.open(tmp_path / "idx") as si:
+        v = si.vectors(si.ids()[::20])
+        for row, hits in zip(si.ids()[::20], si.search_vectors(v, 5), strict=True):
+            assert hits[0].id == row and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        few = si.search_vectors(v[:2], 30, label="cross", folder="test")  # 25 match: all of them, widened if short
+        assert [len(h) for h in few] == [25, 25] and all(x.label == "cross" for h in few for x in h)
 
 
 def test_schema_mismatch_and_foreign_collections_are_refused(tiny_run: Path, shapes_root: Path, tmp_path: Path):
