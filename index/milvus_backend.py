@@ -45,6 +45,7 @@ INDEX_TYPES = {"flat": "FLAT", "ivf": "IVF_FLAT", "ivfsq": "IVF_SQ8", "ivfpq": "
 SEARCH_KNOB = {"IVF_FLAT": "nprobe", "IVF_SQ8": "nprobe", "IVF_PQ": "nprobe", "HNSW": "ef"}
 METRIC = "IP"  # inner product of unit vectors = cosine similarity, as the FAISS backend
 MAX_K = 16_384  # Milvus's top-k limit
+MAX_NPROBE = 65_536  # Milvus's nprobe limit; FAISS-based IVF clamps it to nlist: every list
 INSERT_BATCH = 10_000  # rows per insert call (gRPC messages stay well under Milvus's 64 MB limit)
 ID_BATCH = 1_000  # ids per query by primary key
 CONNECT_TIMEOUT_S = 10.0
@@ -266,8 +267,12 @@ def insert_rows(client, name: str, rows: list[Row], vectors: np.ndarray, progres
 
 
 def index_params(client, index_type: str, params: dict):
+    """The vector index request. The build parameters go both as pymilvus 3 sends them (flat keys) and as the
+    JSON ``params`` entry of the older wire format, the only one Milvus Lite 3.2.2 reads (without it, it
+    silently builds with its defaults, e.g. nlist 128)."""
     ip = client.prepare_index_params()
-    ip.add_index("vector", index_type=index_type, metric_type=METRIC, params=dict(params))
+    extra = {"params": json.dumps(dict(params))} if params else {}
+    ip.add_index("vector", index_type=index_type, metric_type=METRIC, params={**params, **extra})
     return ip
 
 
@@ -406,7 +411,7 @@ class MilvusIndex:
             return {"metric_type": METRIC, "params": {}}
         value = int(self.params.get(knob, 0) or 0)
         if widen:  # every inverted list / a beam of MAX_K: what a filter leaving few matches needs
-            value = int(self.params.get("nlist", value)) if knob == "nprobe" else MAX_K
+            value = MAX_NPROBE if knob == "nprobe" else MAX_K
         return {"metric_type": METRIC, "params": {knob: value} if value else {}}
 
     def search(self, q: np.ndarray, k: int, label: str | None = None, folder: str | None = None
