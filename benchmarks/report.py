@@ -129,6 +129,29 @@ def _budget_serve(d: dict) -> list[str]:
     return [head, *rows]
 
 
+def _ms(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _milvus_vs_faiss(d: dict) -> list[str]:
+    head = ("| case | index | search knob | build (s) | recall@10 (fresh queries) | 1-query p50 / p99 (ms) "
+            f"| batch of {d['args']['batch']} p50 / p99 (ms) | RSS after build (MiB) | peak RSS (MiB) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for r in d["results"]:
+        if "not_finished_after_s" in r:
+            rows.append(f"| {r['case']} | not finished after {r['not_finished_after_s']:,.0f} s (case time limit) "
+                        "| - | - | - | - | - | - | - |")
+            continue
+        knob = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        rows.append(f"| {r['case']} | {r['index']} | {knob} | {r['build_s']:,.1f} | {r['recall_at_10']:.3f} | "
+                    f"{_ms(r['single_ms']['p50'])} / {_ms(r['single_ms']['p99'])} | "
+                    f"{_ms(r['batch_ms']['p50'])} / {_ms(r['batch_ms']['p99'])} | {r['rss_after_build_mib']:,.0f} | "
+                    f"{r['peak_rss_mib']:,.0f} |")
+    note = [f"\n{d['data']['n']:,} x {d['data']['d']} clustered unit vectors; " + d["note"]] if d.get("note") else []
+    return [head, *rows, *note]
+
+
 def _objective(d: dict) -> list[str]:
     head = ("| bank rows N | precision | objective | ms / step (median) | ms / step (fastest) | steps timed | "
             "softmax ÷ NCE (median) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|")
@@ -324,7 +347,8 @@ def _summary(_: dict | None = None) -> list[str]:
 # one benchmark (a rerun on a quiet machine, the 10M run) needs no entry of its own
 RENDER = {"search_scale": _search, "train_throughput": _train, "train_throughput:profile": _profile,
           "objective_cost": _objective, "knn_speed": _knn, "app_latency": _app, "gpu_check": _gpu,
-          "index_bytes": _index_bytes, "faiss_blas_threshold": _blas, "budget_serve": _budget_serve}
+          "index_bytes": _index_bytes, "faiss_blas_threshold": _blas, "budget_serve": _budget_serve,
+          "milvus_vs_faiss": _milvus_vs_faiss}
 
 
 def render(name: str) -> str:

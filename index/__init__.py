@@ -1,4 +1,4 @@
-"""Nearest-neighbour index over instance-discrimination embeddings: FAISS + SQLite metadata.
+"""Nearest-neighbour index over instance-discrimination embeddings: FAISS + SQLite metadata, or a Milvus collection.
 
 Build with ``scripts/build_index.py`` (or :func:`index.build.build`), search and read with
 :class:`index.search.SearchIndex`; :class:`index.manifest.Manifest` describes a folder. See docs/index.md.

@@ -48,7 +48,7 @@ from .layout import (
     verified_checkpoint,
     write_index_file,
 )
-from .manifest import MANIFEST, EmbeddingInfo, Manifest, Update, now
+from .manifest import BACKENDS, MANIFEST, EmbeddingInfo, IndexInfo, Manifest, Update, now
 from .store import Row, update_db, write_db
 
 __all__ = ["BuildOptions", "Collected", "add", "build", "labels_and_splits", "open_source", "remove"]
@@ -77,6 +77,10 @@ class BuildOptions:
     # index_whiten, e.g. the photo preset's 1x + 1.5x, whitened)
     scales: tuple[float, ...] | None = None  # whole-image sides as multiples of the checkpoint's, vectors averaged
     whiten: bool | None = None  # PCA-whiten the vectors, fitted on this gallery
+    # where the vectors live: "faiss" (files in INDEX_DIR) or "milvus" (a collection; index/milvus_backend.py)
+    backend: str = "faiss"
+    milvus_uri: str | None = None  # Milvus Lite file (.db) or server URI; None: INDEX_DIR/milvus.db
+    collection: str = "instdisc"  # Milvus: the name (alias) the index is known by at the server
 
 
 @dataclass
@@ -300,6 +304,25 @@ def write_new(out: Path, col: Collected, ckpt: Checkpoint, source: str, options:
         vectors = whitened_vectors(col.vectors, whitening)
         db_info[WHITENING_KEY] = whitening.to_json()
         embedding = EmbeddingInfo(list(sides), Whitening.digest(db_info[WHITENING_KEY]), n)
+    if options.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {list(BACKENDS)}, got {options.backend!r}")
+    if options.backend == "milvus":
+        from .milvus_build import build_collection
+
+        infos = _infos(col.root, col.paths, options.progress)
+        rows = [entry_row(i, p, lab, sp, info) for i, p, lab, sp, info in zip(ids, col.paths, col.labels, col.splits,
+                                                                           infos, strict=True)]
+
+        def make_manifest(info: IndexInfo) -> Manifest:
+            m = Manifest.new(ckpt=ckpt, source=source, root=col.root, dim=vectors.shape[1], index_info=info,
+                             count=n, next_id=n, embedding=embedding)
+            m.skipped = [list(s) for s in col.skipped[:100]]
+            return m
+
+        manifest = build_collection(out, vectors, rows, db_info, options, make_manifest)
+        if col.found is not None:
+            write_reports(out / REPORT_NAME, {INGEST_SPLIT: ingest_report(col, infos, max(sides))})
+        return manifest
     index, info = build_vector_index(
         vectors, ids, options.index_type, options.memory_budget, options.target_recall, options.flat_max,
         options.prefer_hnsw, options.recall_queries, progress=options.progress, seed=options.seed)
@@ -392,28 +415,101 @@ def relative_entry_path(path: str, root: Path) -> str:
     return rel.as_posix().lstrip("/") if str(rel) != "." else ""
 
 
+def entry_ids(store, root: Path, paths: list[str]) -> np.ndarray:
+    """The sorted ids ``paths`` (relative to ``root``, or absolute inside it; folders included) name in
+    ``store`` (a metadata store with ``ids_for_path``); ValueError naming the paths it does not hold."""
+    ids, missing = [], []
+    for p in paths:
+        rel = relative_entry_path(p, root)
+        found = store.ids_for_path(rel) if rel else []
+        (ids.extend(found) if found else missing.append(p))
+    if missing:
+        raise ValueError(f"not in the index (paths are relative to {root}): {', '.join(missing)}")
+    return np.unique(np.array(ids, dtype=np.int64))
+
+
+def backend_of(index_dir: Path) -> str:
+    """The committed manifest's backend (IndexDirError as opening would give when there is none)."""
+    return Manifest.read(index_dir).backend
+
+
 def remove(index_dir: str | os.PathLike, paths: list[str]) -> Manifest:
     """Delete the entries with these relative paths (a folder removes everything under it)."""
     d = Path(index_dir)
+    if backend_of(d) == "milvus":
+        from . import milvus_build
+
+        return milvus_build.remove(d, paths, lambda coll, m, ps: entry_ids(coll, Path(m.root), ps))
     with locked(d):
         loaded = open_dir(d)
         try:
             m = loaded.manifest
-            root = Path(m.root)
-            ids, missing = [], []
-            for p in paths:
-                rel = relative_entry_path(p, root)
-                found = loaded.store.ids_for_path(rel) if rel else []
-                (ids.extend(found) if found else missing.append(p))
-            if missing:
-                raise ValueError(f"not in the index (paths are relative to {root}): {', '.join(missing)}")
-            ids_arr = np.unique(np.array(ids, dtype=np.int64))
+            ids_arr = entry_ids(loaded.store, Path(m.root), paths)
             index = remove_from_index(loaded.index, ids_arr, m)
             m.updates.append(Update("remove", now(), count=len(ids_arr), paths=list(paths)[:20]))
             _write_update(d, loaded.store.path, index, m, remove_ids=ids_arr.tolist())
         finally:
             loaded.store.close()
     return m
+
+
+@dataclass
+class AddPlan:
+    """What an --add changes: new rows and their vectors, the entries they replace, the root move."""
+
+    root: Path  # the index root afterwards
+    prefix: str  # prepended to every existing path when the root moves up ("" otherwise)
+    vectors: np.ndarray
+    rows: list[Row]
+    replaced: list[int]
+    update: Update
+
+
+def plan_add(d: Path, m: Manifest, store, path: str | os.PathLike, checkpoint: str | os.PathLike | None,
+             options: BuildOptions, label: str | None, split: str | None, may_move_root: bool = True
+             ) -> AddPlan | None:
+    """Scan ``path``, skip files indexed unchanged, embed the rest; None when nothing is new. ``store``: the
+    metadata (``path_hashes``, ``info``). ``may_move_root=False`` refuses a source outside the root before
+    anything is embedded."""
+    ckpt = verified_checkpoint(m, checkpoint)
+    src_root, rels = open_source(path)
+    old_root = Path(m.root)
+    new_root = Path(os.path.commonpath([old_root, src_root]))
+    if new_root == Path(new_root.anchor):
+        raise IndexDirError(f"{src_root} and the index root {old_root} share no folder but {new_root}: "
+                            f"move the images under {old_root} (or a sibling folder) first")
+    if new_root != old_root and not may_move_root:
+        raise IndexDirError(f"{src_root} is outside the index root {old_root}: adding it would rewrite every "
+                            "entry's path in the Milvus collection; move the images under the root, or rebuild "
+                            "with --overwrite from a folder holding both")
+    prefix = "" if new_root == old_root else old_root.relative_to(new_root).as_posix() + "/"
+    full = [(src_root / r).relative_to(new_root).as_posix() for r in rels]
+    labels, splits = labels_and_splits(rels)
+    if label is not None:
+        labels = [label] * len(rels)
+    if split is not None:
+        splits = [split] * len(rels)
+    existing = {prefix + p: v for p, v in store.path_hashes().items()}
+    infos = file_infos(src_root, rels, options.progress)
+    todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i].sha256]
+    unchanged = len(rels) - len(todo)
+    if not todo:  # all already indexed and unchanged
+        return None
+    embedder = placed_embedder(ckpt, options, m.sides, whitening_of(m, store.info, str(d)))
+    if embedder.dim != m.dim:
+        raise IndexDirError(f"encoder gives {embedder.dim}-d vectors, the index holds {m.dim}-d")
+    vecs, kept, unreadable = embed_files(embedder, src_root, [rels[i] for i in todo], options.progress)
+    vecs = embedder.whiten(vecs)
+    pos = {r: i for i, r in enumerate(rels)}
+    kept_i = [pos[r] for r in kept]
+    replaced = [existing[full[i]][0] for i in kept_i if full[i] in existing]
+    ids = np.arange(m.next_id, m.next_id + len(kept_i), dtype=np.int64)
+    rows = [entry_row(int(ids[j]), full[i], labels[i], splits[i], infos[i]) for j, i in enumerate(kept_i)]
+    update = Update(
+        "add", now(), source=str(src_root), added=len(kept_i) - len(replaced), replaced=len(replaced),
+        unchanged=unchanged, skipped=len(todo) - len(kept_i), root_prefix=prefix,
+        unreadable=[[(src_root / r).relative_to(new_root).as_posix(), why] for r, why in unreadable[:100]])
+    return AddPlan(new_root, prefix, vecs, rows, replaced, update)
 
 
 def add(
@@ -424,50 +520,39 @@ def add(
     and replaced if their content changed."""
     options = options or BuildOptions()
     d = Path(index_dir)
+    if backend_of(d) == "milvus":
+        return _add_milvus(d, path, checkpoint, options, label, split)
     with locked(d):
         loaded = open_dir(d)
         try:
             m = loaded.manifest
-            ckpt = verified_checkpoint(m, checkpoint)
-            src_root, rels = open_source(path)
-            old_root = Path(m.root)
-            new_root = Path(os.path.commonpath([old_root, src_root]))
-            if new_root == Path(new_root.anchor):
-                raise IndexDirError(f"{src_root} and the index root {old_root} share no folder but {new_root}: "
-                                    f"move the images under {old_root} (or a sibling folder) first")
-            prefix = "" if new_root == old_root else old_root.relative_to(new_root).as_posix() + "/"
-            full = [(src_root / r).relative_to(new_root).as_posix() for r in rels]
-            labels, splits = labels_and_splits(rels)
-            if label is not None:
-                labels = [label] * len(rels)
-            if split is not None:
-                splits = [split] * len(rels)
-            existing = {prefix + p: v for p, v in loaded.store.path_hashes().items()}
-            infos = file_infos(src_root, rels, options.progress)
-            todo = [i for i in range(len(rels)) if full[i] not in existing or existing[full[i]][1] != infos[i].sha256]
-            unchanged = len(rels) - len(todo)
-            if not todo:  # all already indexed and unchanged
+            plan = plan_add(d, m, loaded.store, path, checkpoint, options, label, split)
+            if plan is None:
                 return m
-            embedder = placed_embedder(ckpt, options, m.sides, whitening_of(m, loaded.store.info, str(d)))
-            if embedder.dim != m.dim:
-                raise IndexDirError(f"encoder gives {embedder.dim}-d vectors, the index holds {m.dim}-d")
-            vecs, kept, unreadable = embed_files(embedder, src_root, [rels[i] for i in todo], options.progress)
-            vecs = embedder.whiten(vecs)
-            pos = {r: i for i, r in enumerate(rels)}
-            kept_i = [pos[r] for r in kept]
-            replaced = [existing[full[i]][0] for i in kept_i if full[i] in existing]
-            ids = np.arange(m.next_id, m.next_id + len(kept_i), dtype=np.int64)
-            index = remove_from_index(loaded.index, np.array(replaced, dtype=np.int64), m)
-            if len(kept_i):
-                index.add_with_ids(vecs, ids)
-            rows = [entry_row(int(ids[j]), full[i], labels[i], splits[i], infos[i]) for j, i in enumerate(kept_i)]
-            m.next_id += len(kept_i)
-            m.root = str(new_root)
-            m.updates.append(Update(
-                "add", now(), source=str(src_root), added=len(kept_i) - len(replaced), replaced=len(replaced),
-                unchanged=unchanged, skipped=len(todo) - len(kept_i), root_prefix=prefix,
-                unreadable=[[(src_root / r).relative_to(new_root).as_posix(), why] for r, why in unreadable[:100]]))
-            _write_update(d, loaded.store.path, index, m, remove_ids=replaced, add=rows, path_prefix=prefix)
+            index = remove_from_index(loaded.index, np.array(plan.replaced, dtype=np.int64), m)
+            if plan.rows:
+                index.add_with_ids(plan.vectors, np.array([r.id for r in plan.rows], dtype=np.int64))
+            m.next_id += len(plan.rows)
+            m.root = str(plan.root)
+            m.updates.append(plan.update)
+            _write_update(d, loaded.store.path, index, m, remove_ids=plan.replaced, add=plan.rows,
+                          path_prefix=plan.prefix)
         finally:
             loaded.store.close()
     return m
+
+
+def _add_milvus(d: Path, path: str | os.PathLike, checkpoint: str | os.PathLike | None, options: BuildOptions,
+                label: str | None, split: str | None) -> Manifest:
+    """--add for a Milvus-backed index: rows inserted in place, committed by the manifest's next_id."""
+    from . import milvus_build
+
+    with locked(d):
+        m, coll = milvus_build.opened_for_update(d)
+        try:
+            plan = plan_add(d, m, coll, path, checkpoint, options, label, split, may_move_root=False)
+            if plan is None:
+                return m
+            return milvus_build.add_rows(d, m, coll, plan.rows, plan.vectors, plan.replaced, plan.update)
+        finally:
+            coll.close()

@@ -33,7 +33,7 @@ from instdisc.resolution import sample_sizes
 from .auto import DEFAULT_TARGET_RECALL, FLAT_MAX_VECTORS, parse_bytes
 from .build import BuildOptions, add, build, check_new, open_source, remove, scan_source
 from .errors import IndexDirError
-from .manifest import MANIFEST, Manifest
+from .manifest import BACKENDS, MANIFEST, Manifest
 from .shards import build_from_shards, default_shard_dir, embed_shard
 
 MODES = ("build", "update", "sync", "shard", "merge", "torchrun")
@@ -57,6 +57,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-queries", type=int, default=BuildOptions.recall_queries,
                    help="fresh queries (held out of the index while measured) that tuning uses")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing INDEX_DIR")
+    m = p.add_argument_group("where the vectors live (docs/index.md, docs/scaling.md)")
+    m.add_argument("--backend", choices=BACKENDS, default=BuildOptions.backend,
+                   help="faiss: index + SQLite files in INDEX_DIR; milvus: a Milvus collection (INDEX_DIR keeps the "
+                        "manifest). --add/--remove follow the index's recorded backend")
+    m.add_argument("--milvus-uri", default=None,
+                   help="a Milvus Lite file (e.g. ./collection.db; default INDEX_DIR/milvus.db) or a server "
+                        "(http://host:19530); credentials only from the environment variable MILVUS_TOKEN")
+    m.add_argument("--collection", default=BuildOptions.collection,
+                   help="Milvus collection name (an alias of the current generation's collection)")
     p.add_argument("--add", metavar="PATH", help="embed the images at PATH and append them to INDEX_DIR")
     p.add_argument("--label", help="--add: label for every added image (default: from class folders)")
     p.add_argument("--split", help="--add: split name for every added image")
@@ -108,6 +117,9 @@ def mode_of(args: argparse.Namespace, world_size: int = 1) -> str:
             raise ValueError("--merge-shards needs the --checkpoint the shards were embedded with")
         return "merge"
     if args.add or args.remove:
+        if args.backend != BuildOptions.backend or args.milvus_uri or args.collection != BuildOptions.collection:
+            raise ValueError("--backend, --milvus-uri and --collection are fixed when an index is built: --add and "
+                             "--remove use the ones its manifest records")
         if args.images:
             raise ValueError("--images builds a new index; use --add PATH to extend an existing one")
         if args.whiten is not None or args.scales is not None:
@@ -152,6 +164,9 @@ def summary(m: Manifest) -> str:
     ]
     if ix.reason:
         lines.append(f"why: {ix.reason}")
+    if m.milvus is not None:
+        lines.append(f"milvus: {m.milvus.uri}, collection {m.milvus.collection} -> {m.milvus.serving}"
+                     + ("" if m.milvus.alias else " (no alias: readers follow the manifest)"))
     e = m.embedding
     lines.append(f"embedding: whole images at {' + '.join(f'{s} px' for s in m.sides)}"
                  + (", averaged" if len(m.sides) > 1 else "")
@@ -164,7 +179,8 @@ def options_of(args: argparse.Namespace) -> BuildOptions:
         index_type=args.index_type, memory_budget=parse_bytes(args.memory_budget),
         target_recall=args.target_recall, flat_max=args.flat_max, prefer_hnsw=args.hnsw,
         recall_queries=args.recall_queries, device=args.device, batch_size=args.batch_size,
-        progress=not args.no_progress, scales=tuple(args.scales) if args.scales else None, whiten=args.whiten)
+        progress=not args.no_progress, scales=tuple(args.scales) if args.scales else None, whiten=args.whiten,
+        backend=args.backend, milvus_uri=args.milvus_uri, collection=args.collection)
 
 
 # ---------------------------------------------------------------- the modes
@@ -197,6 +213,11 @@ def run_sync(args: argparse.Namespace, opts: BuildOptions) -> Manifest:
     """--sync FOLDER once, or with --watch until Ctrl-C / SIGTERM (the running sync commits first)."""
     from .sync import REPORT, sync
     from .watch import watch_until_signalled
+
+    existing = Manifest.read(args.out) if (Path(args.out) / MANIFEST).exists() else None
+    if opts.backend == "milvus" or (existing is not None and existing.backend == "milvus"):
+        raise ValueError("--sync and --watch work on FAISS index folders only, not on the milvus backend yet: "
+                         "use --add / --remove there")
 
     def once():
         report = sync(args.out, args.sync, args.checkpoint, opts)

@@ -157,6 +157,9 @@ def open_dir(index_dir: str | os.PathLike, mmap: bool = False, _retry: bool = Tr
     """Manifest + FAISS index + metadata of the current generation, cross-checked."""
     d = Path(index_dir)
     m = Manifest.read(d)
+    if m.backend != "faiss":
+        raise IndexDirError(f"{d}: a {m.backend} index (its vectors live in a {m.backend} collection, not in files "
+                            "here): open it with index.SearchIndex.open")
     _check_file_names(d, m)
     files = m.files
     try:

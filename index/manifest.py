@@ -26,8 +26,9 @@ from .errors import IndexDirError
 FORMAT = "instdisc-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-REQUIRED = ("format", "format_version", "generation", "files", "count", "next_id", "dim", "metric",
+REQUIRED = ("format", "format_version", "generation", "count", "next_id", "dim", "metric",
             "normalisation", "index", "root", "checkpoint", "source")
+BACKENDS = ("faiss", "milvus")  # where the vectors live: FAISS + SQLite files in INDEX_DIR, or a Milvus collection
 FILE_KEYS = ("index", "index_bytes", "db", "db_bytes")
 
 
@@ -49,6 +50,18 @@ class DataFiles:
     index_bytes: int
     db: str
     db_bytes: int
+
+
+@dataclass
+class MilvusRecord:
+    """Where a Milvus-backed index lives. Credentials are never recorded: they come from the environment."""
+
+    uri: str  # a Milvus Lite file (absolute path ending in .db) or http(s)://host:port, without user or token
+    collection: str  # the name the index is known by: an alias of ``serving`` where the server has aliases
+    serving: str  # the collection of the current generation (the manifest is the pointer readers follow)
+    alias: bool  # whether ``collection`` was set as an alias of ``serving``
+    index_type: str  # the Milvus index: FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW
+    info_file: str = ""  # INDEX_DIR file with the index's extra settings (the whitening), "" when none
 
 
 @dataclass
@@ -147,7 +160,9 @@ class Manifest:
     skipped: list[list[str]] | None = None  # [path, why] of unreadable files at build time (first 100)
     embedding: EmbeddingInfo = field(default_factory=EmbeddingInfo)
     generation: str | None = None
-    files: DataFiles | None = None
+    files: DataFiles | None = None  # FAISS backend: the generation's two data files
+    backend: str = "faiss"  # one of BACKENDS
+    milvus: MilvusRecord | None = None  # Milvus backend: server, collection and index
     created: str = ""
     updated: str = ""
     normalisation: str = "l2"
@@ -195,6 +210,9 @@ class Manifest:
         }
         if self.skipped is not None:
             d["skipped"] = self.skipped
+        if self.backend != "faiss":  # FAISS manifests keep the layout they always had
+            d["backend"] = self.backend
+            d["milvus"] = asdict(self.milvus) if self.milvus else None
         return d
 
     @classmethod
@@ -205,8 +223,14 @@ class Manifest:
         if int(m.get("format_version", 0)) > FORMAT_VERSION:
             raise IndexDirError(f"{where}: format version {m['format_version']} is newer than this code "
                                 f"({FORMAT_VERSION})")
+        backend = m.get("backend", "faiss")
+        if backend not in BACKENDS:
+            raise IndexDirError(f"{where}: unknown backend {backend!r} (this code knows {list(BACKENDS)})")
         missing = [k for k in REQUIRED if k not in m]
-        missing += [f"files.{k}" for k in FILE_KEYS if k not in (m.get("files") or {})]
+        if backend == "faiss":
+            missing += [f"files.{k}" for k in FILE_KEYS if k not in (m.get("files") or {})]
+        elif not isinstance(m.get("milvus"), dict):
+            missing.append("milvus")
         if missing:
             raise IndexDirError(f"{where}: manifest lacks {missing}")
         try:
@@ -218,7 +242,10 @@ class Manifest:
                 temperature=m.get("temperature"), knn_top1=m.get("knn_top1"),
                 updates=[Update.from_dict(u) for u in m.get("updates") or []], skipped=m.get("skipped"),
                 embedding=EmbeddingInfo.from_dict(m.get("embedding") or {}),
-                generation=m["generation"], files=DataFiles(**_known(DataFiles, m["files"])),
+                generation=m["generation"],
+                files=DataFiles(**_known(DataFiles, m["files"])) if backend == "faiss" else None,
+                backend=backend,
+                milvus=MilvusRecord(**_known(MilvusRecord, m["milvus"])) if backend != "faiss" else None,
                 created=m.get("created", ""), updated=m.get("updated", ""), normalisation=m["normalisation"],
                 metric=m["metric"], format=m["format"], format_version=int(m["format_version"]))
         except (TypeError, ValueError, KeyError, AttributeError) as e:

@@ -128,33 +128,65 @@ class SearchIndex:
         req = (device or "auto").lower()
         if req not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if Manifest.read(index_dir).backend == "milvus":
+            return cls._open_milvus(Path(index_dir), checkpoint, req, mmap)
         loaded = open_dir(index_dir, mmap)
         try:
             ckpt = verified_checkpoint(loaded.manifest, checkpoint)
             backend = _choose_backend(loaded.index, loaded.manifest.index.params, req)
-            self = object.__new__(cls)
-            self.dir = loaded.dir
-            self.manifest = loaded.manifest
-            self.checkpoint = ckpt
-            self.root = Path(loaded.manifest.root)
-            self.dim = loaded.manifest.dim
-            self.checkpoint_path = ckpt.path
+            self = cls._assemble(loaded.dir, loaded.manifest, ckpt, loaded.store, backend, req)
             self._index = loaded.index
-            self._store = loaded.store
-            self._backend = backend
-            self.device = backend.name
-            enc_device = torch.device("cuda" if torch.cuda.is_available() and req != "cpu" else "cpu")
-            self.embedder = IndexEmbedder(ckpt.encoder().to(enc_device), loaded.manifest.sides,
-                                          whitening_of(loaded.manifest, loaded.store.info, str(loaded.dir)),
-                                          enc_device, use_bf16(enc_device, "auto"), batch_size=256)
-            self.image_size = self.embedder.input_size
-            self._embed_lock = threading.Lock()
-            self._swap_lock = threading.Lock()
-            self._req_device, self._mmap, self._follow = req, mmap, follow
-            self._stamp, self._checked = self._manifest_stamp(), time.monotonic()
+            self._mmap, self._follow = mmap, follow
         except BaseException:
             loaded.store.close()
             raise
+        return self
+
+    @classmethod
+    def _open_milvus(cls, d: Path, checkpoint: str | os.PathLike | None, req: str, mmap: bool) -> SearchIndex:
+        """A Milvus-backed index: the collection is both the metadata store and where searches run."""
+        from .milvus_backend import open_index
+        from .milvus_build import verify
+
+        if mmap:
+            raise IndexDirError(f"{d}: mmap memory-maps a FAISS index file; a Milvus index lives in its collection "
+                                "(Milvus decides what is resident)")
+        if req not in ("auto", "cpu"):
+            raise IndexDirError(f"{d}: device {req!r} picks where FAISS searches; a Milvus index is searched by the "
+                                "Milvus server (or Milvus Lite on the CPU): leave device unset")
+        m = Manifest.read(d)
+        verify(m)
+        ckpt = verified_checkpoint(m, checkpoint)
+        coll = open_index(d, m)
+        try:
+            self = cls._assemble(d, m, ckpt, coll, coll, req)
+            self._index = None
+        except BaseException:
+            coll.close()
+            raise
+        return self
+
+    @classmethod
+    def _assemble(cls, d: Path, m: Manifest, ckpt: Checkpoint, store, backend, req: str) -> SearchIndex:
+        self = object.__new__(cls)
+        self.dir = d
+        self.manifest = m
+        self.checkpoint = ckpt
+        self.root = Path(m.root)
+        self.dim = m.dim
+        self.checkpoint_path = ckpt.path
+        self._store = store
+        self._backend = backend
+        self.device = backend.name
+        enc_device = torch.device("cuda" if torch.cuda.is_available() and req != "cpu" else "cpu")
+        self.embedder = IndexEmbedder(ckpt.encoder().to(enc_device), m.sides, whitening_of(m, store.info, str(d)),
+                                      enc_device, use_bf16(enc_device, "auto"), batch_size=256)
+        self.image_size = self.embedder.input_size
+        self._embed_lock = threading.Lock()
+        # following new generations (FAISS folders; a Milvus collection changes in place)
+        self._swap_lock = threading.Lock()
+        self._req_device, self._mmap, self._follow = req, False, False
+        self._stamp, self._checked = self._manifest_stamp(), time.monotonic()
         return self
 
     def close(self) -> None:
@@ -207,7 +239,7 @@ class SearchIndex:
         self.close()
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return len(self._store)
 
     def __repr__(self) -> str:
         return f"SearchIndex({str(self.dir)!r}, {len(self)} entries, {self.manifest.index.type}, device={self.device})"
@@ -241,7 +273,10 @@ class SearchIndex:
 
     def vectors(self, ids: np.ndarray | list[int]) -> np.ndarray | None:
         """The stored unit vectors of ``ids``, in that order, where the index keeps them losslessly
-        (Flat, IVF-Flat, HNSW-Flat); None for compressed codes (PQ), whose exact vectors are gone."""
+        (Flat, IVF-Flat, HNSW-Flat; every Milvus index, which keeps raw vectors beside its codes); None
+        for compressed FAISS codes (PQ), whose exact vectors are gone."""
+        if self._index is None:  # Milvus
+            return self._backend.vectors(np.asarray(ids, dtype=np.int64))
         return stored_vectors(self._index, np.asarray(ids, dtype=np.int64))
 
     # ------------------------------------------------------------ embedding
@@ -297,6 +332,13 @@ class SearchIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         q = normalise(q)
+        if self._index is None:  # Milvus: the filters run inside the collection's search
+            if filters and (filters.taken_from or filters.taken_to or filters.camera):
+                raise ValueError("date-taken and camera filters are not available on the milvus backend "
+                                 "(label and folder are)")
+            if filters:
+                label, folder = filters.label, filters.folder
+            return [[Hit.from_row(row, s) for s, row in hits] for hits in self._backend.search(q, k, label, folder)]
         index, store, backend = self._index, self._store, self._backend  # one generation, even if one follows
         allowed = store.ids_matching(label, folder, filters)
         pool = int(index.ntotal) if allowed is None else len(allowed)

@@ -9,12 +9,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 req=requirements.txt
 [ "${DEV:-0}" = 1 ] && req=requirements-dev.txt
-hash=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-12)
+hash=$(cat requirements.txt requirements-dev.txt requirements-milvus.txt pyproject.toml | sha256sum | cut -c1-12)
 stamp=".venv/.installed-$hash-${DEV:-0}"
 # the dev install holds everything the plain one needs: a DEV=1 stamp satisfies a plain set-up too
 if [ ! -f "$stamp" ] && { [ "${DEV:-0}" = 1 ] || [ ! -f ".venv/.installed-$hash-1" ]; }; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r "$req"
+  # Milvus Lite without its declared faiss-cpu, which would overwrite faiss-gpu's `faiss` module
+  .venv/bin/pip install --quiet --no-deps -r requirements-milvus.txt
   # the project itself, editable: scripts, tests and app.py import its packages from here
   .venv/bin/pip install --quiet --no-deps -e .
   touch "$stamp"

@@ -373,3 +373,19 @@ def test_train_ram_quick(tmp_path):
     assert data["images"] == 300 and abs(data["bytes_per_image"] - 80 * 80 * 3) < 1  # 80 px rows + the header
     assert positive(data["decode"]["wall_s"]) and data["folder_mib"] > 0
     assert not list(tmp_path.glob("tmp*"))  # the photos and the cache went with the temporary folder
+
+
+def test_milvus_vs_faiss_quick(tmp_path):
+    """``benchmarks/milvus_vs_faiss.py --quick``: every case (FAISS auto, Milvus Lite FLAT and IVF_FLAT) runs on the
+    same vectors, in its own process, and reports build time, recall, latencies and memory."""
+    pytest.importorskip("milvus_lite")
+    data = run("milvus_vs_faiss", tmp_path, "--quick")
+    rows = {r["case"]: r for r in data["results"]}
+    assert list(rows) == ["faiss-auto", "milvus-FLAT", "milvus-IVF_FLAT"]
+    assert rows["faiss-auto"]["index"] == "Flat" and rows["milvus-FLAT"]["index"] == "FLAT"
+    assert rows["milvus-IVF_FLAT"]["params"]["nlist"] >= 1 and rows["milvus-IVF_FLAT"]["params"]["nprobe"] >= 1
+    for r in rows.values():
+        assert r["n"] == 2000 and r["recall_at_10"] >= 0.9  # exact indexes: 1.0; IVF tuned to the 0.95 target
+        assert 0 < r["single_ms"]["p50"] <= r["single_ms"]["p99"] and 0 < r["batch_ms"]["p50"] <= r["batch_ms"]["p99"]
+        assert 0 < r["rss_after_build_mib"] <= r["peak_rss_mib"] and r["build_s"] >= 0
+    assert rows["milvus-FLAT"]["recall_at_10"] == rows["faiss-auto"]["recall_at_10"] == 1.0
