@@ -73,6 +73,6 @@ def encoder_from(ckpt: dict) -> Encoder:
 
 def bank_from(ckpt: dict) -> torch.Tensor:
     if "bank.features" not in ckpt["model"]:
-        raise CheckpointError("this checkpoint holds an encoder only, no memory bank (e.g. the bundled general "
-                              "encoder): build the index from images with --images FOLDER")
+        raise CheckpointError("this checkpoint holds an encoder only, no memory bank (e.g. a bundled encoder): "
+                              "build the index from images with --images FOLDER")
     return ckpt["model"]["bank.features"]

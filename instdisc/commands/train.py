@@ -1,7 +1,7 @@
 """Train an instance-discrimination encoder on a folder, an archive or CIFAR-10.
 
     python scripts/train.py --data PATH --out RUN_DIR [--preset NAME] [--epochs N] [--resume]
-    # fine-tune the bundled general encoder (or any checkpoint) on your folder instead of starting from random
+    # fine-tune the bundled encoder that fits the images (or any checkpoint) instead of starting from random
     python scripts/train.py --data PATH --out RUN_DIR --init general --time-budget 10m
     # the resolution and stem come from a sample of the images' sizes unless --preset / --image-size say;
     # RUN_DIR/ingest.json lists formats, unreadable files, refused links and duplicates
