@@ -64,7 +64,7 @@ def test_api_search_and_batch_with_gradio_client(app_url: str, shapes_root: Path
 
     client = Client(app_url, verbose=False)
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/search", "/search_batch"} <= set(endpoints)
+    assert {"/search", "/search_batch", "/search_filtered", "/search_batch_filtered"} <= set(endpoints)
 
     q = shapes_root / "test" / "cross" / "0004.png"
     res = client.predict(handle_file(str(q)), 5, api_name="/search")
@@ -72,6 +72,12 @@ def test_api_search_and_batch_with_gradio_client(app_url: str, shapes_root: Path
     assert len(res["ids"]) == len(res["scores"]) == 5 and res["scores"][0] == pytest.approx(1.0, abs=1e-4)
 
     filtered = client.predict(handle_file(str(q)), 4, "square", "train", api_name="/search")
+    # the same search with every filter: photo filters that match everything change nothing, a date
+    # range before any file's time matches nothing
+    assert client.predict(handle_file(str(q)), 4, "square", "train", "", "", "(any)",
+                          api_name="/search_filtered")["ids"] == filtered["ids"]
+    assert client.predict(handle_file(str(q)), 4, "(any)", "(any)", "1990", "1990", "(any)",
+                          api_name="/search_filtered")["ids"] == []
     assert filtered["labels"] == ["square"] * 4 and all(p.startswith("train/") for p in filtered["paths"])
 
     bad = tmp_path / "bad.jpg"

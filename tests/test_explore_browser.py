@@ -57,7 +57,7 @@ def test_duplicates_clusters_and_map_tabs(app_url: str):
         with page.expect_download(timeout=30_000) as dl:
             page.locator("#dup-csv").click()
         text = Path(dl.value.path()).read_text()
-        assert text.startswith("group,action,id,path") and text.count("\n") >= 3
+        assert text.startswith("group,tier,action,reason,id,path") and text.count("\n") >= 3
 
         # Clusters: grid -> members -> neighbours of a member
         page.get_by_role("tab", name="Clusters").click()

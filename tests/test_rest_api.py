@@ -21,7 +21,6 @@ from tests.tampering import set_stored_path
 QUERY = Path("test") / "circle" / "0003.png"
 
 
-@pytest.fixture(scope="module")
 def _project_version() -> str:
     """The version pyproject.toml declares (what the installed package reports)."""
     import tomllib
@@ -29,6 +28,7 @@ def _project_version() -> str:
     return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
 
 
+@pytest.fixture(scope="module")
 def served(shapes_index: Path):
     h = SearchHandlers(SearchIndex.open(shapes_index, device="cpu"))
     with serving(h, port=free_port()) as url, httpx.Client(base_url=url, timeout=60) as client:

@@ -134,7 +134,8 @@ def _photo_filters(h: SearchHandlers) -> tuple[gr.Textbox, gr.Textbox, gr.Dropdo
 
 
 def _api_tab(h: SearchHandlers) -> None:
-    """The named Gradio API endpoints (/search, /search_batch) with a form that runs them."""
+    """The named Gradio API endpoints with a form that runs them: /search and /search_batch (image, k, label,
+    folder), and /search_filtered and /search_batch_filtered with date taken and camera after those."""
     labels, folders = h.facts.labels(), h.facts.folders()
 
     def search_api(image, k=DEFAULT_K, label=ANY, folder=ANY, date_from="", date_to="", camera=ANY):
@@ -170,10 +171,17 @@ def _api_tab(h: SearchHandlers) -> None:
             one_btn = gr.Button("Search one image", variant="primary")
             batch_btn = gr.Button("Search batch")
         api_out = gr.JSON(label="Answer")
-    api_filters = [api_k, api_label, api_folder, api_date_from, api_date_to, api_camera]
-    one_btn.click(search_api, [api_image, *api_filters], api_out, api_name="search", preprocess=False)
-    batch_btn.click(search_batch_api, [api_files, *api_filters], api_out, api_name="search_batch",
+        # the form's buttons run the endpoints with every filter; /search and /search_batch keep their
+        # (image, k, label, folder) inputs for existing clients, on hidden triggers
+        one_basic_btn = gr.Button(visible=False)
+        batch_basic_btn = gr.Button(visible=False)
+    basic = [api_k, api_label, api_folder]
+    photo = [*basic, api_date_from, api_date_to, api_camera]
+    one_btn.click(search_api, [api_image, *photo], api_out, api_name="search_filtered", preprocess=False)
+    batch_btn.click(search_batch_api, [api_files, *photo], api_out, api_name="search_batch_filtered",
                     preprocess=False)
+    one_basic_btn.click(search_api, [api_image, *basic], api_out, api_name="search", preprocess=False)
+    batch_basic_btn.click(search_batch_api, [api_files, *basic], api_out, api_name="search_batch", preprocess=False)
 
 
 def build_demo(h: SearchHandlers, title: str = "Image search") -> gr.Blocks:
