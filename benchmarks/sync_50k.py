@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import cpu_model
 from instdisc.fsutil import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                  "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                               text=True).stdout.strip(),
-                 "machine": {"description": args.machine, "cpu": _cpu_model(), "python": platform.python_version(),
+                 "machine": {"description": args.machine, "cpu": cpu_model(), "python": platform.python_version(),
                              "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()},
                  "note": args.note}
@@ -200,16 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"written: {out}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
