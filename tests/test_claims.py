@@ -107,3 +107,20 @@ def test_reliability_md_counts_match_faults_json():
         c = faults.count_timed(t[cmd])
         assert f"**{c['interrupted_work']} of {c['kills']} {label} kills interrupted work**" in text
         assert c["survived"] == c["interrupted_work"]  # the text says each one survived
+
+
+def test_photos_doc_zero_shot_table_is_what_its_report_holds():
+    """docs/photos.md's table of the thumbnail encoder on held-out Caltech-101 categories, row by row."""
+    text = (ROOT / "docs" / "photos.md").read_text()
+    head = "| method | weighted kNN | 1-NN | P@10 | mAP | edited copy found first |"
+    block = text[text.index(head):].split("\n\n", 1)[0].splitlines()[2:]
+    link = re.search(r"\(\.\./(results/bundled-encoders/[^)]+/report\.md)\)", text[text.index(head):])
+    report = _json(link.group(1).replace("report.md", "report.json"))
+    keys = {"thumbnail encoder, no training": "ours", "raw pixels": "pixels",
+            "raw pixels, PCA-whitened": "pixels-whitened"}
+    assert [r.split("|")[1].strip() for r in block] == list(keys)
+    for row in block:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        m, nd = report["methods"][keys[cells[0]]], report["near_duplicate"]["methods"][keys[cells[0]]]
+        want = (m["knn_top1"]["200"], m["knn_top1"]["1"], m["precision_at"]["10"], m["map"], nd["top1"])
+        assert tuple(float(c.strip("% ")) for c in cells[1:]) == pytest.approx([100 * w for w in want], abs=0.051)
