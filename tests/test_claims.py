@@ -124,3 +124,19 @@ def test_photos_doc_zero_shot_table_is_what_its_report_holds():
         m, nd = report["methods"][keys[cells[0]]], report["near_duplicate"]["methods"][keys[cells[0]]]
         want = (m["knn_top1"]["200"], m["knn_top1"]["1"], m["precision_at"]["10"], m["map"], nd["top1"])
         assert tuple(float(c.strip("% ")) for c in cells[1:]) == pytest.approx([100 * w for w in want], abs=0.051)
+
+
+def test_readme_duplicates_table_is_what_the_planted_sets_measured():
+    text = (ROOT / "README.md").read_text()
+    head = "| planted set | ours: precision / recall | pHash ≤ 10: precision / recall |"
+    rows = text[text.index(head):].split("\n\n", 1)[0].splitlines()[2:]
+    results = {(r["folder"], r["share"]): r for r in _json("results/duplicates/planted_5000.json")["results"]}
+    assert len(rows) == 3
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        folder = "cifar10" if cells[0].startswith("CIFAR-10") else "photos"
+        share = float(re.search(r"(\d+(?:\.\d+)?) % with a copy", cells[0]).group(1)) / 100
+        r = results[(folder, share)]
+        for cell, got in ((cells[1], r["ours"]), (cells[2], r["phash_le10"])):
+            p, rec = (float(x) for x in cell.split(" / "))
+            assert (p, rec) == pytest.approx((got["precision"], got["recall"]), abs=0.0006), row
