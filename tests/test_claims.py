@@ -140,3 +140,18 @@ def test_readme_duplicates_table_is_what_the_planted_sets_measured():
         for cell, got in ((cells[1], r["ours"]), (cells[2], r["phash_le10"])):
             p, rec = (float(x) for x in cell.split(" / "))
             assert (p, rec) == pytest.approx((got["precision"], got["recall"]), abs=0.0006), row
+
+
+def test_readme_sync_figures_are_what_the_sync_run_measured():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    d = _json("results/sync/sync_50k.json")
+    s, w = d["sync"], d["watch"]
+    m = re.search(r"A sync of ([\d,]+) photos after moving ([\d,]+), deleting ([\d,]+) and adding ([\d,]+) took "
+                  r"(\d+) s, (\d+\.\d) s of it beyond embedding the new ones, with no moved photo re-embedded; with "
+                  r"`--watch`, ([\d,]+) copied photos were searchable (\d+) s after the copy ended", text)
+    assert m, "README's sync sentence changed: update this test with it"
+    n, moved, removed, added, total, beyond, copied, after = (float(g.replace(",", "")) for g in m.groups())
+    assert (n, moved, removed, added) == (s["count"], s["moved"], s["removed"], s["added"])
+    assert s["moved_files_re_embedded"] == 0 and total == round(s["seconds"]["total"])
+    assert beyond == round(s["seconds_beyond_embedding"], 1)
+    assert copied == w["copied"] and after == round(w["searchable_after_copy_end_s"])
