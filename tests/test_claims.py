@@ -155,3 +155,13 @@ def test_readme_sync_figures_are_what_the_sync_run_measured():
     assert s["moved_files_re_embedded"] == 0 and total == round(s["seconds"]["total"])
     assert beyond == round(s["seconds_beyond_embedding"], 1)
     assert copied == w["copied"] and after == round(w["searchable_after_copy_end_s"])
+
+
+def test_milvus_figures_in_the_docs_are_what_the_benchmark_measured():
+    rows = {r["case"]: r for r in _json("benchmarks/results/milvus_vs_faiss.json")["results"]}
+    lite, faiss = rows["milvus-FLAT"]["single_ms"]["p50"], rows["faiss-auto"]["single_ms"]["p50"]
+    for doc in ("docs/scaling.md", "docs/index.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        m = re.search(r"single query took (\d+\.\d) s (?:\(p50\) )?against FAISS's (\d+) ms", text)
+        assert m, doc
+        assert (float(m.group(1)), int(m.group(2))) == (round(lite / 1000, 1), round(faiss)), doc
