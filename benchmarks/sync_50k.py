@@ -48,7 +48,8 @@ def _link_tree(src: Path, dst: Path, per_class: int, offset: int = 0) -> list[Pa
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", default="/work/main/data/cifar10", help="CIFAR-10 as train/<class>/*.jpg, test/...")
+    p.add_argument("--source", default="data/cifar10",
+                   help="CIFAR-10 extracted as train/<class>/*.jpg and test/<class>/*.jpg (the shared archive)")
     p.add_argument("--out", default="results/sync/sync_50k.json")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--n", type=int, default=50_000)
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", nargs="+", type=float, default=None,
                    help="embedding sides as multiples of 32 px (default: the bundled encoder's recipe, 1 1.5)")
     p.add_argument("--note", default="")
-    p.add_argument("--machine", default="2-core AMD EPYC with AVX2, no AVX-512, 24 GiB, no GPU",
-                   help="what the machine is, recorded with the figures")
+    p.add_argument("--machine", default="",
+                   help="a description of the machine, recorded beside the facts read from it")
     args = p.parse_args(argv)
 
     import torch
@@ -80,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="sync50k-"))
     folder, idx = work / "photos", work / "index"
     shutil.rmtree(work, ignore_errors=True)
-    encoder = str(bundled.resolve("general"))
+    encoder = str(bundled.resolve(bundled.THUMBNAIL))  # the encoder the 32 px CIFAR-10 files get
     opts = BuildOptions(progress=False, scales=tuple(args.scales) if args.scales else None)
     rec: dict = {"command": "python -m benchmarks.sync_50k " + " ".join(sys.argv[1:] if argv is None else argv),
                  "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                               text=True).stdout.strip(),
-                 "machine": {"description": args.machine, "cpu": cpu_model(), "python": platform.python_version(),
+                 "machine": {"description": args.machine or None, "cpu": cpu_model(),
+                             "python": platform.python_version(),
                              "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()},
                  "note": args.note}

@@ -389,3 +389,27 @@ def test_milvus_vs_faiss_quick(tmp_path):
         assert 0 < r["single_ms"]["p50"] <= r["single_ms"]["p99"] and 0 < r["batch_ms"]["p50"] <= r["batch_ms"]["p99"]
         assert 0 < r["rss_after_build_mib"] <= r["peak_rss_mib"] and r["build_s"] >= 0
     assert rows["milvus-FLAT"]["recall_at_10"] == rows["faiss-auto"]["recall_at_10"] == 1.0
+
+
+def test_sync_50k_quick(tmp_path, shapes_root):
+    """``benchmarks/sync_50k.py`` on 30 files: the moves are not re-embedded, the index equals a fresh build."""
+    from PIL import Image
+
+    from benchmarks import sync_50k
+
+    src = tmp_path / "src"
+    pngs = sorted((shapes_root / "train").rglob("*.png"))
+    for i, png in enumerate(pngs[:50]):  # 10 class folders: 3 training files and 2 new ones each
+        split, cls = ("train", i % 10) if i < 30 else ("test", i % 10)
+        d = src / split / f"c{cls}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").save(d / f"{i:03d}.jpg", quality=95)
+    out = tmp_path / "sync.json"
+    assert sync_50k.main(["--source", str(src), "--out", str(out), "--n", "30", "--moved", "5", "--deleted", "3",
+                          "--added", "20", "--sample", "6", "--watch", "0", "--fresh", "--threads", "1"]) == 0
+    d = json.loads(out.read_text())
+    s, eq = d["sync"], d["equality"]
+    assert (s["moved"], s["removed"], s["added"], s["moved_files_re_embedded"]) == (5, 3, 20, 0)
+    assert s["embedded"] == 20 and s["count"] == 30 - 3 + 20
+    assert eq["paths_equal_a_fresh_scan"] and eq["labels_equal_a_fresh_scan"]
+    assert eq["answers_equal_a_fresh_build_200x50"] and d["machine"]["cores"] >= 1
