@@ -124,6 +124,11 @@ def test_photos_doc_zero_shot_table_is_what_its_report_holds():
         m, nd = report["methods"][keys[cells[0]]], report["near_duplicate"]["methods"][keys[cells[0]]]
         want = (m["knn_top1"]["200"], m["knn_top1"]["1"], m["precision_at"]["10"], m["map"], nd["top1"])
         assert tuple(float(c.strip("% ")) for c in cells[1:]) == pytest.approx([100 * w for w in want], abs=0.051)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"never saw scores (\d+\.\d) % weighted kNN against raw pixels' (\d+\.\d) %", readme)
+    assert m and (float(m.group(1)), float(m.group(2))) == pytest.approx(
+        (100 * report["methods"]["ours"]["knn_top1"]["200"], 100 * report["methods"]["pixels"]["knn_top1"]["200"]),
+        abs=0.051)
 
 
 def test_readme_duplicates_table_is_what_the_planted_sets_measured():
