@@ -143,7 +143,9 @@ def test_sync_command_line_then_a_kill_during_the_commit_then_rerun(tmp_path: Pa
     assert "3 moved or renamed (not re-embedded)" in r.stdout, r.stdout
     after = faults.snapshot(ref)
     assert not faults.same_state(before, after)
-    for target in ("meta-*.sqlite", "manifest.json"):
+    # the commit point by default; the metadata write too with INSTDISC_SLOW_TESTS=1 (the full matrix)
+    targets = ("meta-*.sqlite", "manifest.json") if os.environ.get("INSTDISC_SLOW_TESTS") == "1" else ("manifest.json",)
+    for target in targets:
         d = faults.copy_index(base, tmp_path / f"killed-{target[:4]}")
         out = faults.kill_index_write(["--sync", str(f), "--out", str(d)], d, target, "mid", before, after, "sync")
         assert out["killed"], out
