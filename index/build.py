@@ -390,8 +390,10 @@ def remove_from_index(index: faiss.Index, ids: np.ndarray, manifest: Manifest) -
     return index
 
 
-def _write_update(d: Path, loaded_db: Path, index: faiss.Index, manifest: Manifest, *, remove_ids=(), add=(),
-                  path_prefix: str = "") -> None:
+def write_update(d: Path, loaded_db: Path, index: faiss.Index, manifest: Manifest, *, remove_ids=(), add=(),
+                 path_prefix: str = "") -> str:
+    """A new generation of an index folder: the index file, the metadata database updated from the loaded one,
+    then the manifest committed last; returns the generation."""
     gen = new_generation()
     names = file_names(gen)
     write_index_file(d / names["index"], index)
@@ -399,6 +401,7 @@ def _write_update(d: Path, loaded_db: Path, index: faiss.Index, manifest: Manife
               info={"generation": gen})
     manifest.count = int(index.ntotal)
     commit(d, manifest, gen)
+    return gen
 
 
 def relative_entry_path(path: str, root: Path) -> str:
@@ -447,7 +450,7 @@ def remove(index_dir: str | os.PathLike, paths: list[str]) -> Manifest:
             ids_arr = entry_ids(loaded.store, Path(m.root), paths)
             index = remove_from_index(loaded.index, ids_arr, m)
             m.updates.append(Update("remove", now(), count=len(ids_arr), paths=list(paths)[:20]))
-            _write_update(d, loaded.store.path, index, m, remove_ids=ids_arr.tolist())
+            write_update(d, loaded.store.path, index, m, remove_ids=ids_arr.tolist())
         finally:
             loaded.store.close()
     return m
@@ -535,7 +538,7 @@ def add(
             m.next_id += len(plan.rows)
             m.root = str(plan.root)
             m.updates.append(plan.update)
-            _write_update(d, loaded.store.path, index, m, remove_ids=plan.replaced, add=plan.rows,
+            write_update(d, loaded.store.path, index, m, remove_ids=plan.replaced, add=plan.rows,
                           path_prefix=plan.prefix)
         finally:
             loaded.store.close()

@@ -45,12 +45,13 @@ from .build import (
     file_infos,
     placed_embedder,
     remove_from_index,
+    write_update,
 )
 from .embedding import whitening_of
 from .errors import IndexDirError
-from .layout import commit, file_names, locked, new_generation, open_dir, verified_checkpoint, write_index_file
+from .layout import locked, open_dir, verified_checkpoint
 from .manifest import MANIFEST, Update, now
-from .store import Row, update_db
+from .store import Row
 
 REPORT = "sync.json"
 LISTED = 100  # paths listed per kind in the report (the counts are complete)
@@ -195,16 +196,6 @@ def plan_sync(indexed: dict[str, Entry], found: dict[str, Stat],
 # ---------------------------------------------------------------- syncing
 
 
-def _write_generation(d: Path, db: Path, index, manifest, remove_ids: list[int], add: list[Row]) -> str:
-    gen = new_generation()
-    names = file_names(gen)
-    write_index_file(d / names["index"], index)
-    update_db(db, d / names["db"], remove_ids=remove_ids, add=add, info={"generation": gen})
-    manifest.count = int(index.ntotal)
-    commit(d, manifest, gen)
-    return gen
-
-
 def write_report(index_dir: str | os.PathLike, report: SyncReport) -> Path:
     p = Path(index_dir) / REPORT
     atomic_write_text(p, json.dumps(report.to_dict(), indent=1) + "\n")
@@ -309,7 +300,8 @@ def _sync_locked(d: Path, root: Path, loaded, checkpoint, options: BuildOptions,
         m.updates.append(Update("sync", now(), count=len(plan.removed), source=str(root), added=added,
                                 replaced=len(changed_kept), unchanged=plan.unchanged, skipped=len(unreadable),
                                 moved=len(plan.moved), unreadable=[list(u) for u in unreadable[:LISTED]]))
-        gen_after = _write_generation(d, store.path, index, m, drop + sorted(rewrite), [*rewrite.values(), *new_rows])
+        gen_after = write_update(d, store.path, index, m, remove_ids=drop + sorted(rewrite),
+                                 add=[*rewrite.values(), *new_rows])
     times.write = time.perf_counter() - t
     infos = [plan.infos[p] for p in sorted(plan.infos)]
     facts = facts_from(sorted(plan.infos), [i.head for i in infos], [i.sha256 for i in infos])

@@ -48,21 +48,22 @@ class Collection:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def file_bytes(self, row: int) -> int | None:
-        """Size of the entry's file (the keep/remove tie-breaker), None where it has none."""
+    def _stat(self, row: int) -> os.stat_result | None:
         p = self.file_path(row)
         try:
-            return os.path.getsize(p) if p is not None else None
+            return os.stat(p) if p is not None else None
         except OSError:
             return None
 
+    def file_bytes(self, row: int) -> int | None:
+        """Size of the entry's file (the keep/remove tie-breaker), None where it has none."""
+        st = self._stat(row)
+        return st.st_size if st is not None else None
+
     def file_mtime(self, row: int) -> float | None:
         """Modification time of the entry's file (the keep rule's third key), None where it has none."""
-        p = self.file_path(row)
-        try:
-            return os.path.getmtime(p) if p is not None else None
-        except OSError:
-            return None
+        st = self._stat(row)
+        return st.st_mtime if st is not None else None
 
     def has_labels(self) -> bool:
         return any(x is not None for x in self.labels)
