@@ -364,13 +364,23 @@ def test_auto_1m_quick(tmp_path, monkeypatch):
 
 
 def test_train_ram_quick(tmp_path):
+    """``benchmarks/train_ram.py --quick``: two real training runs on a cache 9x the cap; the cap keeps the
+    cache's resident pages near it (one 512-row embedding batch at most), no cap leaves the whole file resident."""
+    from benchmarks.train_ram import EMBED_ROWS
+
     data = run("train_ram", tmp_path, "--quick", "--work", str(tmp_path))
     rows = {r["max_ram"]: r for r in data["results"]}
-    assert set(rows) == {"none", "8M"} and rows["8M"]["max_ram_mib"] == 8 and rows["none"]["max_ram_mib"] is None
-    for r in rows.values():  # each a real training run of the tiny preset on the 300 photos, its own peak RSS
+    assert set(rows) == {"none", "4M"} and rows["4M"]["max_ram_mib"] == 4 and rows["none"]["max_ram_mib"] is None
+    for r in rows.values():  # each a real training run of the tiny preset on the 2000 photos, its own peak RSS
         assert r["epochs"] == 1 and positive(r["images_per_s"]) and positive(r["wall_s"])
         assert 100 < r["peak_rss_mib"] < 8192
-    assert data["images"] == 300 and abs(data["bytes_per_image"] - 80 * 80 * 3) < 1  # 80 px rows + the header
+    row_bytes = 80 * 80 * 3
+    assert data["images"] == 2000 and abs(data["bytes_per_image"] - row_bytes) < 1  # 80 px rows + the header
+    cache_mib = data["cache_bytes"] / 2**20
+    assert cache_mib > 9 * 4
+    assert rows["none"]["cache_rss_peak_mib"] > 0.9 * cache_mib  # every row read, none dropped
+    floor_mib = (EMBED_ROWS * row_bytes + (2 << 16)) / 2**20  # one embedding batch and its fault-around windows
+    assert 0 < rows["4M"]["cache_rss_peak_mib"] <= max(4, floor_mib) + 0.5
     assert positive(data["decode"]["wall_s"]) and data["folder_mib"] > 0
     assert not list(tmp_path.glob("tmp*"))  # the photos and the cache went with the temporary folder
 
