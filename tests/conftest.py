@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several workers share the cores: one thread each (torch, FAISS and every child process inherit
+    # it), so the workers run side by side instead of spinning against each other's threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw

@@ -121,12 +121,15 @@ def test_export_refuses_an_encoder_over_the_limit(tiny_run: Path, tmp_path: Path
     assert not (tmp_path / "encoder.pt").exists() and not (tmp_path / "card.json").exists()
 
 
-def test_the_committed_encoder_matches_its_card_and_embeds() -> None:
-    card = bundled.ModelCard.read(bundled.MODELS_DIR / bundled.THUMBNAIL / "card.json")
-    ck = Checkpoint.load(bundled.bundled_checkpoint(bundled.THUMBNAIL))
+@pytest.mark.parametrize("name", bundled.available())
+def test_the_committed_encoder_matches_its_card_and_embeds(name: str) -> None:
+    card = bundled.ModelCard.read(bundled.MODELS_DIR / name / "card.json")
+    ck = Checkpoint.load(bundled.bundled_checkpoint(name))
     assert card.bytes <= bundled.MAX_BYTES and ck.sha256 == card.sha256
-    assert card.training_images > 70_000 and "tinyimagenet" in card.trained_on
+    assert card.training_images > 25_000 and "tinyimagenet" in card.trained_on
+    assert (bundled.MODELS_DIR / name / card.metrics["training"]["log"]).is_file()  # the training log ships too
     size = ck.architecture.image_size
+    assert (size <= 40) == (name == bundled.THUMBNAIL)  # the thumbnail encoder is the one for thumbnails
     v = embed(ck.encoder(), torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8), torch.device("cpu"),
               False, 2, progress=False)
     assert v.shape == (2, ck.config.low_dim) and torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
