@@ -174,6 +174,7 @@ def folder_101(test_dir: Path, work: Path, seed: int = 0) -> dict:
     return {"originals": [str(f) for f in picked], "copy_of": str(picked[0]),
             "copy_score_to_original": float(v[a] @ v[b]), "copy_score_to_nearest_other": float(nearest_other),
             "summary": dup.calibration.summary(), "threshold": dup.threshold,
-            "groups": [[names[r] for r in g.rows] for g in dup.groups], "tiers": dup.tier_counts(),
+            "groups": [[names[r] for r in g.rows] for g in dup.groups],
+            "tiers": {t: c.to_dict() for t, c in dup.tier_counts().items()},
             "calibration": dup.calibration.to_dict(), "seconds": time.perf_counter() - t,
             "report": {k: str(p) for k, p in paths.items()}}

@@ -1,11 +1,13 @@
 """The duplicate finder's tiers, threshold and keep rule: a 101-image folder with one edited copy and the
 bundled encoder, small planted folders scored as the measurement scores them, the copy-share fit against
-a hand computation, exact duplicates, the keep rule, and the pHash baseline -- real FAISS, real images."""
+a hand computation, exact duplicates, similar shots, the keep rule, and the pHash baseline -- real FAISS,
+real images."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -18,12 +20,13 @@ from benchmarks.duplicates_measure import case, edited_copy, in_memory
 from benchmarks.phash import _popcount, pairs_within
 from benchmarks.planted import PairScore, score_pairs
 from instdisc.bundled import bundled_checkpoint
-from instdisc.explore import Explorer
+from instdisc.explore import ExploreError, Explorer
 from instdisc.explore.calibrate import expected_precision
 from instdisc.explore.collection import Collection
 from instdisc.explore.keep import RULES, suggest
 from instdisc.explore.mixture import fit_mixture, positive_tail
 from instdisc.explore.reports import write_duplicates
+from instdisc.explore.similar import PERCENTILE
 from instdisc.trained import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,15 +185,120 @@ def test_exact_tier_same_bytes_and_same_pixels(folder_101: Path, tmp_path: Path)
                        frozenset({rows["000.png"], rows["copy.jpg"]}): "near"}
     assert dup.exact.same_bytes_pairs == 1 and dup.exact.same_pixels_pairs == 1
     tiers = dup.tier_counts()
-    assert (tiers["exact"]["groups"], tiers["exact"]["images"], tiers["near"]["groups"]) == (2, 4, 1)
+    assert (tiers["exact"].groups, tiers["exact"].images, tiers["near"].groups) == (2, 4, 1)
     # exact groups stand at any threshold
     assert {frozenset(g.rows) for g in ex.duplicates(1.0).groups} == {k for k, t in by_rows.items() if t == "exact"}
     out = write_duplicates(tmp_path / "report", ex.collection, dup)
     table = list(csv.DictReader(out["csv"].open()))
-    assert {r["tier"] for r in table} == {"exact", "near"}
+    assert {r["tier"] for r in table} - {"similar"} == {"exact", "near"}
+    assert {r["action"] for r in table if r["tier"] == "similar"} <= {"review"}  # look-alikes at --similar auto
     removed = [r for r in table if r["path"].endswith("-again.png") or r["path"].endswith("005.png")]
     assert sorted(r["action"] for r in removed) == ["keep", "remove"]
     assert any(r["reason"].startswith("exact copy of id") for r in removed)
+
+
+SHOT_SIDE = 75  # px of a 96 px scene: each shot keeps 61 % of its area
+NEAR = 0.95  # the near threshold of the similar-shot tests: the copy above it, the two shots below
+
+
+@pytest.fixture(scope="module")
+def shots_index(tmp_path_factory) -> Path:
+    """24 unrelated pictures, an edited copy of the first, and two shots of one scene: two crops of 61 % of its
+    area, the second shifted right by a fifth of the width (the same scene shot twice, not a copy)."""
+    d = tmp_path_factory.mktemp("shots")
+    pics = _pictures(24, seed=5)
+    for i, im in enumerate(pics):
+        im.save(d / f"{i:03d}.png")
+    (d / "copy.jpg").write_bytes(edited_copy(pics[0]))
+    scene = _picture(np.random.default_rng(77), 96)
+    shift = 96 - SHOT_SIDE
+    scene.crop((0, 0, SHOT_SIDE, SHOT_SIDE)).save(d / "shot-a.png")
+    scene.crop((shift, 0, 96, SHOT_SIDE)).save(d / "shot-b.png")
+    return _index(d, tmp_path_factory.mktemp("shots-index"))
+
+
+def test_similar_shots_are_a_tier_of_their_own_marked_for_review(shots_index: Path, tmp_path: Path,
+                                                                  monkeypatch):
+    ex = Explorer.open(shots_index)
+    rows = _rows_by_name(ex)
+    v = ex.collection.vectors
+    shots = {rows["shot-a.png"], rows["shot-b.png"]}
+    shot_score = float(v[rows["shot-a.png"]] @ v[rows["shot-b.png"]])
+    assert shot_score < NEAR <= float(v[rows["000.png"]] @ v[rows["copy.jpg"]])  # the data is as described
+    dup = ex.duplicates(NEAR)  # --similar auto by default
+    assert {frozenset(g.rows): g.tier for g in dup.groups} == {frozenset({rows["000.png"], rows["copy.jpg"]}): "near"}
+    assert [(set(g.rows), g.tier) for g in dup.similar.groups] == [(shots, "similar")]
+    # auto: the 99th percentile of the nearest-neighbour scores outside the near group -- the shots' own score
+    free = [r for r in range(len(v)) if r not in dup.groups[0].rows]
+    assert dup.similar.threshold == pytest.approx(np.percentile(ex.graph().scores[free, 0], PERCENTILE))
+    assert dup.similar.threshold <= shot_score + 1e-5 and dup.similar.chosen_by.startswith("auto")  # float32 noise
+    # unrelated pictures are in no group, and the ranking puts the similar tier last
+    assert {r for g in dup.all_groups for r in g.rows} == shots | set(dup.groups[0].rows)
+    assert [g.tier for g in dup.all_groups] == ["near", "similar"]
+    tiers = dup.tier_counts()
+    assert (tiers["similar"].groups, tiers["similar"].images, tiers["similar"].pairs) == (1, 2, 1)
+    assert tiers["similar"].files_to_remove == 0 and tiers["similar"].threshold == dup.similar.threshold
+    assert (tiers["near"].groups, tiers["near"].pairs, tiers["near"].threshold) == (1, 1, NEAR)
+
+    out = write_duplicates(tmp_path / "report", ex.collection, dup)
+    table = list(csv.DictReader(out["csv"].open()))
+    similar = [r for r in table if r["tier"] == "similar"]
+    assert {Path(r["path"]).name for r in similar} == {"shot-a.png", "shot-b.png"}
+    assert all(r["action"] == "review" and r["reason"] == "similar shot: review" for r in similar)
+    assert sorted(float(r["score_to_kept"]) for r in similar) == pytest.approx([shot_score, 1.0], abs=1e-4)
+    assert sorted(r["action"] for r in table if r["tier"] == "near") == ["keep", "remove"]
+    report = json.loads(out["json"].read_text())
+    assert report["tiers"]["similar"]["groups"] == 1 and report["similar"]["requested"] == "auto"
+    assert report["files_to_remove"] == 1 and report["groups_found"] == 2
+
+    # a number in the gap groups the shots too; 'off' drops the tier
+    given = ex.duplicates(NEAR, similar=shot_score - 0.01)
+    assert [set(g.rows) for g in given.similar.groups] == [shots] and given.similar.chosen_by == "given"
+    off = ex.duplicates(NEAR, similar="off")
+    assert off.similar.groups == [] and off.tier_counts()["similar"].groups == 0 and off.similar.threshold is None
+    assert {r["tier"] for r in csv.DictReader(io.StringIO(
+        write_duplicates(tmp_path / "off", ex.collection, off)["csv"].read_text()))} == {"near"}
+    # the similar tier is cached per its parameters: read back, not recomputed
+    import instdisc.explore.explorer as explorer_mod
+
+    def refuse(*a, **k):
+        raise AssertionError("similar tier recomputed although cached")
+
+    monkeypatch.setattr(explorer_mod, "similar_tier", refuse)
+    cached = Explorer.open(shots_index).duplicates(NEAR)
+    assert [set(g.rows) for g in cached.similar.groups] == [shots]
+    assert cached.similar.threshold == dup.similar.threshold
+    with pytest.raises(AssertionError, match="recomputed"):
+        Explorer.open(shots_index).duplicates(NEAR, similar=0.9)  # other parameters are another entry
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("often", "--similar must be 'auto', 'off' or a similarity such as 0.85, got 'often'"),
+    ("1.5", r"--similar must be in (0, 1] (cosine similarity), got 1.5"),
+    ("0", r"--similar must be in (0, 1] (cosine similarity), got 0.0"),
+    ("0.97", "--similar (0.97) must be below the near-duplicate threshold (0.9500)"),
+])
+def test_a_bad_similar_value_stops_with_one_line(shots_index: Path, tmp_path: Path, capsys, value: str, message: str):
+    from instdisc.explore.cli import find_duplicates_main
+
+    with pytest.raises(ExploreError, match="--similar"):
+        Explorer.open(shots_index).duplicates(NEAR, similar=value)
+    code = find_duplicates_main(["--index", str(shots_index), "--threshold", str(NEAR), "--similar", value,
+                                 "--out", str(tmp_path / "r")])
+    assert code == 2 and capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_similar_off_from_the_command_line(shots_index: Path, tmp_path: Path, capsys):
+    from instdisc.explore.cli import find_duplicates_main
+
+    args = ["--index", str(shots_index), "--threshold", str(NEAR), "--out"]
+    assert find_duplicates_main([*args, str(tmp_path / "auto")]) == 0
+    line = capsys.readouterr().out
+    assert "1 near-duplicate (2 images, 1 pairs" in line and "1 similar-shot (2 images, 1 pairs, to review" in line
+    assert find_duplicates_main([*args, str(tmp_path / "off"), "--similar", "off"]) == 0
+    assert "no similar shots (off)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "off" / "groups.json").read_text())
+    assert report["tiers"]["similar"]["groups"] == 0 and {g["tier"] for g in report["groups"]} == {"near"}
 
 
 def _files_collection(tmp_path: Path, specs: list[tuple[str, int, int, int, float]]) -> Collection:

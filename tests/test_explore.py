@@ -23,6 +23,7 @@ from instdisc.explore.featurisers import pixel_embedder
 from instdisc.explore.grouping import chain_guard, group_duplicates
 from instdisc.explore.neighbours import knn_graph
 from instdisc.explore.projection import project
+from instdisc.explore.similar import MARGIN, auto_threshold, similar_tier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +74,31 @@ def test_an_unrelated_chain_is_not_merged():
     for g in groups:
         assert not {0, 4} <= set(g.rows) and g.size <= 3 and g.min_score >= chain_guard(t)
     assert sorted(len(g.rows) for g in groups) == [2, 3]
+
+
+def test_similar_tier_groups_below_the_near_threshold_among_free_rows():
+    v = _background(300)
+    rng = np.random.default_rng(2)
+    copy = _unit(v[7] + 0.02 * rng.standard_normal(v.shape[1]))  # a near copy of row 7 (~0.99)
+    shot = _unit(v[20] + 0.07 * rng.standard_normal(v.shape[1]))  # a look-alike of row 20 (~0.87)
+    v = np.concatenate([v, copy[None], shot[None]])
+    graph = knn_graph(v, k=8)
+    near = group_duplicates(graph, v, 0.95)
+    assert [sorted(g.rows) for g in near] == [[7, 300]]
+    taken = set(near[0].rows)
+    tier = similar_tier(graph, v, taken, 0.95)  # auto
+    assert sorted(tier.groups[0].rows) == [20, 301] and {g.tier for g in tier.groups} == {"similar"}
+    # auto takes the 1 % of the 301 free rows with the closest look-alike: a pair or two, nothing taken
+    assert sum(g.size for g in tier.groups) <= 4 and not taken & {r for g in tier.groups for r in g.rows}
+    assert tier.threshold <= float(v[20] @ v[301]) + 1e-6 < 0.95
+    # the near pair is never similar, even where the similar threshold lets it in
+    low = similar_tier(graph, v, taken, 0.95, 0.5)
+    assert all(not {7, 300} & set(g.rows) for g in low.groups) and [20, 301] in [sorted(g.rows) for g in low.groups]
+    # auto stays below the near threshold: free rows whose look-alike scores above it get near - MARGIN
+    free = np.zeros(len(v), dtype=bool)
+    free[[7, 300, 20, 301]] = True  # the near pair free here: its 0.99 is the top score
+    s, words = auto_threshold(graph, free, 0.95)
+    assert s == pytest.approx(0.95 - MARGIN) and "kept" in words
 
 
 def test_bad_thresholds_get_specific_errors(planted_index: Path):
@@ -229,7 +255,9 @@ def test_find_duplicates_script_writes_groups_csv_and_sheet(planted_index: Path,
     assert [m["path"] for m in keep] == [BIG_COPY] and keep[0]["width"] == 64  # the larger picture is kept
     with open(out / "duplicates.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == groups["images_in_groups"] and {r["action"] for r in rows} == {"keep", "remove"}
+    assert len(rows) == groups["images_in_groups"]
+    assert {r["action"] for r in rows if r["tier"] != "similar"} == {"keep", "remove"}
+    assert {r["action"] for r in rows if r["tier"] == "similar"} <= {"review"}  # similar shots: never removed
     assert sum(r["action"] == "remove" for r in rows) == groups["files_to_remove"]
     with Image.open(out / "contact_sheet.png") as im:
         assert im.width > 96 and im.height > 96

@@ -12,7 +12,7 @@ from explore_data import BIG_COPY, ORIGINAL, build_planted_index
 
 from index.search import SearchIndex
 from instdisc.explore import ExploreError
-from instdisc.web.explore_tabs import MAP_POINTS, ExploreViews
+from instdisc.web.explore_tabs import MAP_POINTS, ExploreViews, similar_request
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,29 @@ def test_duplicates_view_lists_the_planted_group_and_exports_the_csv(views: Expl
     assert all(cap.startswith("remove · ") for _, cap in members[1:]) and len(ids) == len(members)
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    assert {r["path"] for r in rows} == set(paths)
+    assert {r["path"] for r in rows if r["tier"] != "similar"} == set(paths)
     with pytest.raises(ExploreError, match="no group 999"):
         views.group_view(0.99, 999)
+
+
+def test_duplicates_view_shows_three_tiers_and_the_similar_box(views: ExploreViews):
+    assert (similar_request(None), similar_request(""), similar_request(0), similar_request(0.9)) == (
+        "auto", "auto", "off", 0.9)
+    _, items, summary, csv_path = views.duplicate_view(0.99)  # the similar box empty: auto
+    dup = views.duplicates(0.99)
+    sim = dup.tier_counts()["similar"]
+    assert f"{sim.groups} similar-shot ({sim.images} images, to review) from {dup.similar.threshold:.4f}" in summary
+    assert sim.groups >= 1 and len(items) == len(dup.all_groups)
+    gi = len(dup.groups)  # the first similar group comes after the duplicate groups
+    assert items[gi][1].startswith(f"group {gi} · similar · ")
+    members, _ = views.group_view(0.99, gi)
+    assert all(cap.startswith("review · ") for _, cap in members)
+    with open(csv_path) as f:
+        assert {r["action"] for r in csv.DictReader(f) if r["tier"] == "similar"} == {"review"}
+    _, items, summary, _ = views.duplicate_view(0.99, 0)
+    assert "no similar shots (off)" in summary and len(items) == len(dup.groups)
+    with pytest.raises(ExploreError, match="must be below the near-duplicate threshold"):
+        views.duplicate_view(0.99, 0.995)
 
 
 def test_clusters_and_neighbours(views: ExploreViews):

@@ -37,6 +37,13 @@ def digest(params: dict) -> str:
     return hashlib.sha256(json.dumps({"v": VERSION, **params}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _plain(value):
+    """JSON for a dataclass nested in a result (the similar tier's groups); the class rebuilds it on load."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the cache")
+
+
 def save(stem: Path, obj, params: dict) -> None:
     """Write dataclass ``obj`` as ``stem.npz`` (arrays) + ``stem.json`` (the rest and ``params``)."""
     values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
@@ -47,7 +54,7 @@ def save(stem: Path, obj, params: dict) -> None:
         np.savez(buf, **arrays)
         atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
     atomic_write_text(stem.with_suffix(".json"), json.dumps(
-        {"params": params, "arrays": sorted(arrays), "fields": rest}, indent=1) + "\n")
+        {"params": params, "arrays": sorted(arrays), "fields": rest}, indent=1, default=_plain) + "\n")
 
 
 def load(stem: Path, cls: type[T]) -> T | None:

@@ -13,6 +13,8 @@ from .explorer import CalibrationOptions, Explorer
 from .neighbours import K
 from .projection import METHODS
 from .reports import write_clusters, write_duplicates, write_map
+from .similar import DEFAULT as SIMILAR_DEFAULT
+from .similar import PERCENTILE, SIMILAR
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,6 +30,14 @@ def _duplicate_args(p: argparse.ArgumentParser) -> None:
                    "of images with a copy estimated from it; default)")
     p.add_argument("--guard", type=float, default=None,
                    help="every two members of a group must score at least this (default 2*t^2-1: chains break)")
+    p.add_argument("--similar", default=SIMILAR_DEFAULT,
+                   help="similar shots (the same scene twice, not copies; marked 'review', never 'remove'): pairs "
+                   "from this cosine similarity up to the near-duplicate threshold among images in no duplicate "
+                   f"group; 'auto' (default) = the {100 - PERCENTILE:g} %% of those images with the most similar "
+                   f"look-alike (the {PERCENTILE:g}th percentile of their nearest-neighbour scores), 'off', or a "
+                   "number in (0, 1] below the near-duplicate threshold")
+    p.add_argument("--similar-guard", type=float, default=None,
+                   help="every two members of a similar-shot group must score at least this (default 2*s^2-1)")
     p.add_argument("--k", type=int, default=K, help=f"neighbours considered per image (default {K})")
     p.add_argument("--samples", type=int, default=SAMPLES,
                    help=f"auto: images edited to calibrate the threshold (default {SAMPLES})")
@@ -55,15 +65,20 @@ def _duplicates(args) -> None:
     ex = _open(args)
     opened = time.perf_counter() - t0
     opts = CalibrationOptions(args.samples, args.target_precision, args.prevalence)
-    dup = ex.duplicates(args.threshold, args.guard, opts)
+    dup = ex.duplicates(args.threshold, args.guard, opts, args.similar, args.similar_guard)
     if dup.calibration is not None:
         print(dup.calibration.summary())
     paths = write_duplicates(args.out, ex.collection, dup)
     total = time.perf_counter() - t0
     tiers = dup.tier_counts()
-    print(f"{len(dup.groups)} groups, {dup.images_in_groups} images: {tiers['exact']['groups']} exact "
-          f"({tiers['exact']['images']} images; same bytes or pixels), {tiers['near']['groups']} near-duplicate "
-          f"({tiers['near']['images']} images; threshold {dup.threshold:.4f}, chain guard {dup.guard:.4f}); "
+    sim = tiers[SIMILAR]
+    similar = (f"{sim.groups} similar-shot ({sim.images} images, {sim.pairs} pairs, to review; threshold "
+               f"{sim.threshold:.4f}, {dup.similar.chosen_by})" if sim.threshold is not None
+               else f"no similar shots ({dup.similar.chosen_by})")
+    print(f"{len(dup.all_groups)} groups, {dup.images_in_groups} images: {tiers['exact'].groups} exact "
+          f"({tiers['exact'].images} images, {tiers['exact'].pairs} pairs; same bytes or pixels), "
+          f"{tiers['near'].groups} near-duplicate ({tiers['near'].images} images, {tiers['near'].pairs} pairs; "
+          f"threshold {dup.threshold:.4f}, chain guard {dup.guard:.4f}), {similar}; "
           f"{len(ex.collection)} vectors ({dup.graph_method} kNN); {total:.1f} s ({opened:.1f} s opening the index)")
     for p in paths.values():
         print(f"  {p}")
@@ -90,8 +105,9 @@ def _map(args) -> None:
 
 
 def find_duplicates_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Duplicate groups of an index in two tiers, exact (same bytes or pixels) "
-                                "and near-duplicate (edited copies): groups.json, duplicates.csv (keep/remove per "
+    p = argparse.ArgumentParser(description="Duplicate groups of an index in three tiers, exact (same bytes or "
+                                "pixels), near-duplicate (edited copies) and similar shots (the same scene twice; "
+                                "to review, never removed): groups.json, duplicates.csv (keep/remove/review per "
                                 "file and the rule that decided), contact_sheet.png. See docs/explore.md.")
     _common(p)
     _duplicate_args(p)

@@ -2,14 +2,15 @@
 
 What the CLI and the app call: ``Explorer.open(index_dir)`` (or ``Explorer.for_index(si)``
 for an already opened index) then ``graph()``, ``calibration()``, ``duplicates(threshold)``,
-``clusters(k)`` and ``map(method)``. Grouping itself is not cached: from the cached kNN graph
-it takes milliseconds to seconds, which lets the app regroup on every slider move.
+``clusters(k)`` and ``map(method)``. The exact and near groups are not cached: from the cached
+kNN graph they take milliseconds to seconds, which lets the app regroup on every slider move.
+The similar tier (:mod:`.similar`) is cached per its parameters, near threshold included.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .cache import ResultCache
 from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calibrate
@@ -19,6 +20,8 @@ from .errors import ExploreError
 from .grouping import Group, chain_guard, group_duplicates, group_stats
 from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
 from .projection import Projection, project
+from .similar import DEFAULT as SIMILAR_DEFAULT
+from .similar import SIMILAR, SimilarTier, parse_similar, similar_tier
 from .tiers import EXACT, NEAR, ExactClasses, exact_classes, exact_only_groups
 
 
@@ -32,30 +35,58 @@ class CalibrationOptions:
 
 
 @dataclass
+class TierCount:
+    """What one tier holds; ``pairs`` counts every two members of its groups."""
+
+    groups: int
+    images: int
+    pairs: int
+    files_to_remove: int
+    threshold: float | None  # None for the exact tier (no threshold) and a similar tier that is off
+    rule: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _count(groups: list[Group], threshold: float | None, rule: str, removable: bool) -> TierCount:
+    return TierCount(len(groups), sum(g.size for g in groups), sum(g.size * (g.size - 1) // 2 for g in groups),
+                     sum(g.size - 1 for g in groups) if removable else 0, threshold, rule)
+
+
+@dataclass
 class Duplicates:
-    """Duplicate groups at one threshold, and the calibration behind an ``auto`` threshold."""
+    """Duplicate groups (exact and near) at one threshold, the similar shots below it, and the calibration
+    behind an ``auto`` threshold."""
 
     threshold: float
     guard: float
-    groups: list[Group]
+    groups: list[Group]  # exact and near: the groups with a file to keep and files to remove
     calibration: Calibration | None = None
     graph_method: str = ""
     extra: dict = field(default_factory=dict)
 
     exact: ExactClasses | None = None
+    similar: SimilarTier = field(default_factory=SimilarTier.off)  # review only: nothing is removed
+
+    @property
+    def all_groups(self) -> list[Group]:
+        """Every reported group in report order: exact, near, then similar."""
+        return self.groups + self.similar.groups
 
     @property
     def images_in_groups(self) -> int:
-        return sum(g.size for g in self.groups)
+        return sum(g.size for g in self.all_groups)
 
-    def tier_counts(self) -> dict[str, dict[str, float | int | str]]:
-        """Per tier: groups, images, files to remove and the rule that put a pair there."""
-        rule = {EXACT: "same bytes (SHA-256) or same decoded pixels",
-                NEAR: f"cosine >= {self.threshold:.4f}, every two members >= {self.guard:.4f}"}
-        return {tier: {"groups": sum(g.tier == tier for g in self.groups),
-                       "images": sum(g.size for g in self.groups if g.tier == tier),
-                       "files_to_remove": sum(g.size - 1 for g in self.groups if g.tier == tier),
-                       "rule": rule[tier]} for tier in (EXACT, NEAR)}
+    def tier_counts(self) -> dict[str, TierCount]:
+        """Per tier (exact, near, similar): groups, images, pairs, files to remove, threshold and rule."""
+        return {
+            EXACT: _count([g for g in self.groups if g.tier == EXACT], None,
+                          "same bytes (SHA-256) or same decoded pixels", True),
+            NEAR: _count([g for g in self.groups if g.tier == NEAR], self.threshold,
+                         f"cosine >= {self.threshold:.4f}, every two members >= {self.guard:.4f}", True),
+            SIMILAR: _count(self.similar.groups, self.similar.threshold, self.similar.rule(), False),
+        }
 
 
 def parse_threshold(value: str | float) -> float | str:
@@ -109,9 +140,12 @@ class Explorer:
             self.collection, self.graph(), o.samples, o.target_precision, o.prevalence, seed=self.seed))
 
     def duplicates(self, threshold: float | str = "auto", guard: float | None = None,
-                   options: CalibrationOptions | None = None) -> Duplicates:
-        """Groups at ``threshold`` (a number or 'auto'), chain guard ``guard`` (default 2t^2 - 1)."""
+                   options: CalibrationOptions | None = None, similar: float | str = SIMILAR_DEFAULT,
+                   similar_guard: float | None = None) -> Duplicates:
+        """Groups at ``threshold`` (a number or 'auto'), chain guard ``guard`` (default 2t^2 - 1), and the
+        similar shots below it at ``similar`` ('auto', 'off' or a number; :mod:`.similar`)."""
         t = parse_threshold(threshold)
+        similar = parse_similar(similar)  # a bad value fails before any calibration
         cal = self.calibration(options) if t == "auto" else None
         t = cal.threshold if cal is not None else float(t)
         g = chain_guard(t) if guard is None else float(guard)
@@ -126,7 +160,12 @@ class Explorer:
             group.tier = EXACT
         groups.extend(extra)
         groups.sort(key=lambda x: (x.tier != EXACT, -x.size, -x.mean_score, x.rows[0]))
-        return Duplicates(t, g, groups, cal, graph.method, exact=exact)
+        taken = grouped | {r for group in extra for r in group.rows}
+        params = self._params(k=self.k, exact_max=self.exact_max, near=t, guard=g, similar=str(similar),
+                              similar_guard=similar_guard)
+        tier = self.cache.fetch(SIMILAR, params, SimilarTier, lambda: similar_tier(
+            graph, self.collection.vectors, taken, t, similar, similar_guard))
+        return Duplicates(t, g, groups, cal, graph.method, exact=exact, similar=tier)
 
     def exact_classes(self) -> ExactClasses:
         """Same bytes / same pixels (:mod:`.tiers`), computed once per explorer."""

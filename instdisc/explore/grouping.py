@@ -44,13 +44,19 @@ class Group:
         return asdict(self)
 
 
-def _edges(graph: KnnGraph, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges (a < b) scoring >= threshold, best first (ties by row numbers: deterministic)."""
+def _edges(graph: KnnGraph, threshold: float, below: float | None = None, allowed: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges (a < b) scoring >= threshold (and < ``below``; both ends ``allowed``, a boolean mask),
+    best first (ties by row numbers: deterministic)."""
     n, k = graph.neighbours.shape
     src = np.repeat(np.arange(n, dtype=np.int64), k)
     dst = graph.neighbours.ravel()
     s = graph.scores.ravel()
     keep = (dst >= 0) & (s >= threshold)
+    if below is not None:
+        keep &= s < below
+    if allowed is not None:
+        keep &= allowed[src] & allowed[np.maximum(dst, 0)]
     a, b, s = np.minimum(src[keep], dst[keep]), np.maximum(src[keep], dst[keep]), s[keep]
     pair = a * n + b
     pair, first = np.unique(pair, return_index=True)
@@ -59,10 +65,11 @@ def _edges(graph: KnnGraph, threshold: float) -> tuple[np.ndarray, np.ndarray, n
     return a[order], b[order], s[order]
 
 
-def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, guard: float | None = None
-                     ) -> list[Group]:
+def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, guard: float | None = None,
+                     below: float | None = None, allowed: np.ndarray | None = None) -> list[Group]:
     """Groups of rows whose pairs score >= ``threshold``, any two members >= ``guard``; largest and
-    tightest first."""
+    tightest first. ``below`` and ``allowed`` (a boolean row mask) restrict the joining pairs, which is how
+    the similar tier (:mod:`.similar`) groups what lies under the near tier among the rows it left free."""
     if not -1.0 <= threshold <= 1.0:
         raise ExploreError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
     guard = chain_guard(threshold) if guard is None else float(guard)
@@ -72,7 +79,7 @@ def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, gua
         raise ExploreError(f"graph has {len(graph.neighbours)} rows, vectors {len(vectors)}")
     owner: dict[int, int] = {}  # row -> group key
     members: dict[int, list[int]] = {}
-    for a, b, _ in zip(*_edges(graph, threshold), strict=True):
+    for a, b, _ in zip(*_edges(graph, threshold, below, allowed), strict=True):
         a, b = int(a), int(b)
         ga, gb = owner.get(a, a), owner.get(b, b)
         if ga == gb:

@@ -4,7 +4,8 @@ More pixels is more information; at equal resolution the larger file is usually 
 compressed one; at equal size the oldest file is most likely the original (copies are made
 later). Ties go to the shorter path (the copy nearer the top of the tree, not
 ``.../copy of copy (2).jpg``), then the lower id, so the choice is deterministic. Each kept
-file says which of these rules decided it (``duplicates.csv``'s ``reason`` column).
+file says which of these rules decided it (``duplicates.csv``'s ``reason`` column). Similar
+shots (:mod:`.similar`) are not copies: every one of them is marked ``review``, none removed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from .collection import Collection
 
 KEEP_RULE = "largest resolution, then largest file, then oldest modification time, then shorter path"
 RULES = ("largest resolution", "largest file", "oldest modification time", "shorter path", "lowest id")
+REVIEW = "review"  # the action of every similar shot: neither file is redundant, a person picks
+REVIEW_REASON = "similar shot: review"
 
 
 @dataclass
@@ -33,8 +36,8 @@ class Member:
     height: int | None
     bytes: int | None
     modified: str | None  # ISO 8601 (UTC) modification time of the file
-    score_to_kept: float
-    action: str  # "keep" | "remove"
+    score_to_kept: float  # similar shots: the score to the group's first member
+    action: str  # "keep" | "remove" | "review" (similar shots)
     reason: str  # keep: the rule that decided; remove: "exact copy of id N" / "near-duplicate of id N"
 
 
@@ -65,6 +68,18 @@ def _kind(exact_owner: np.ndarray | None, row: int, kept_row: int) -> str:
     return "exact copy" if same else "near-duplicate"
 
 
+def _member(coll: Collection, r: int, score: float, action: str, reason: str) -> Member:
+    return Member(r, int(coll.ids[r]), coll.paths[r], coll.labels[r], coll.splits[r], coll.widths[r],
+                  coll.heights[r], coll.file_bytes(r), _iso(coll.file_mtime(r)), score, action, reason)
+
+
+def review(coll: Collection, rows: list[int]) -> list[Member]:
+    """A similar-shot group's members in its order (most connected first), each to review, with its score to
+    the first: the same scene shot twice is not a copy, so no file is suggested for removal."""
+    first = coll.vectors[rows[0]]
+    return [_member(coll, r, float(coll.vectors[r] @ first), REVIEW, REVIEW_REASON) for r in rows]
+
+
 def suggest(coll: Collection, rows: list[int], exact_owner: np.ndarray | None = None) -> list[Member]:
     """The group's members, the one to keep first, each marked keep/remove with its score to the kept one;
     ``exact_owner`` (:class:`.tiers.ExactClasses`) marks the removed files that are exact copies of the kept."""
@@ -72,10 +87,6 @@ def suggest(coll: Collection, rows: list[int], exact_owner: np.ndarray | None = 
     kept_row = keyed[0][1]
     kept = coll.vectors[kept_row]
     why = _deciding_rule(keyed[0][0], keyed[1][0]) if len(keyed) > 1 else RULES[0]
-    out = []
-    for i, (_, r) in enumerate(keyed):
-        out.append(Member(r, int(coll.ids[r]), coll.paths[r], coll.labels[r], coll.splits[r], coll.widths[r],
-                          coll.heights[r], coll.file_bytes(r), _iso(coll.file_mtime(r)),
-                          float(coll.vectors[r] @ kept), "keep" if i == 0 else "remove",
-                          why if i == 0 else f"{_kind(exact_owner, r, kept_row)} of id {int(coll.ids[kept_row])}"))
-    return out
+    return [_member(coll, r, float(coll.vectors[r] @ kept), "keep" if i == 0 else "remove",
+                    why if i == 0 else f"{_kind(exact_owner, r, kept_row)} of id {int(coll.ids[kept_row])}")
+            for i, (_, r) in enumerate(keyed)]

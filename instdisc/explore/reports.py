@@ -1,9 +1,10 @@
 """Report folders written from exploration results: what ``find_duplicates.py`` and
 ``explore.py clusters|map`` leave in ``--out``.
 
-* duplicates: ``groups.json`` (every group, largest first, with the threshold and its
-  calibration), ``duplicates.csv`` (one row per file: group, keep/remove, metadata) and
-  ``contact_sheet.png`` (the top groups);
+* duplicates: ``groups.json`` (every group -- exact, near, then similar shots -- largest first, with
+  the thresholds and the calibration), ``duplicates.csv`` (one row per file: group, tier,
+  keep/remove or review, metadata) and ``contact_sheet.png`` (the top duplicate groups, then the
+  top similar-shot groups);
 * clusters: ``clusters.json`` (sizes, central images, purity / NMI) and ``clusters.png``;
 * map: ``map.png`` (points coloured by cluster, thumbnails at sampled points) and ``map.json``
   (every point's id, x, y, cluster and label: the data the app draws).
@@ -24,11 +25,12 @@ from instdisc.fsutil import atomic_write, atomic_write_text
 from .clusters import Clustering
 from .collection import Collection
 from .explorer import Duplicates
-from .keep import KEEP_RULE, Member, suggest
+from .keep import KEEP_RULE, REVIEW_REASON, Member, review, suggest
 from .projection import Projection
 from .sheets import SheetRow, contact_sheet, map_picture
 
-SHEET_GROUPS = 20  # groups on the contact sheet
+SHEET_GROUPS = 20  # duplicate groups on the contact sheet
+SHEET_SIMILAR = 10  # similar-shot groups after them
 SHEET_COLUMNS = 8  # images per sheet row
 CSV_COLUMNS = ("group", "tier", "action", "reason", "id", "path", "label", "split", "width", "height", "bytes",
                "modified", "score_to_kept")
@@ -43,17 +45,18 @@ def _write_json(path: Path, obj) -> None:
 
 
 def group_members(coll: Collection, dup: Duplicates) -> list[list[Member]]:
+    """The members of every group of ``dup.all_groups``: keep/remove for duplicates, review for similar shots."""
     owner = dup.exact.owner if dup.exact is not None else None
-    return [suggest(coll, g.rows, owner) for g in dup.groups]
+    return [suggest(coll, g.rows, owner) for g in dup.groups] + [review(coll, g.rows) for g in dup.similar.groups]
 
 
 def duplicates_csv(dup: Duplicates, members: list[list[Member]]) -> str:
     """One row per file in a group: the group number, its tier, keep/remove with the rule that decided
-    (keep.KEEP_RULE) and the file's metadata."""
+    (keep.KEEP_RULE) or review (similar shots) and the file's metadata."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    for gi, (g, group) in enumerate(zip(dup.groups, members, strict=True)):
+    for gi, (g, group) in enumerate(zip(dup.all_groups, members, strict=True)):
         for m in group:
             w.writerow([gi, g.tier, m.action, m.reason, m.id, m.path, m.label or "", m.split or "", m.width or "",
                         m.height or "", m.bytes if m.bytes is not None else "", m.modified or "",
@@ -62,16 +65,20 @@ def duplicates_csv(dup: Duplicates, members: list[list[Member]]) -> str:
 
 
 def duplicates_json(dup: Duplicates, members: list[list[Member]]) -> dict:
+    sim = dup.similar
     return {
         "threshold": dup.threshold, "guard": dup.guard, "graph": dup.graph_method,
         "calibration": dup.calibration.to_dict() if dup.calibration else None,
-        "groups_found": len(dup.groups), "images_in_groups": dup.images_in_groups,
-        "files_to_remove": sum(len(g) - 1 for g in members), "tiers": dup.tier_counts(), "keep_rule": KEEP_RULE,
+        "similar": {"requested": sim.requested, "threshold": sim.threshold, "guard": sim.guard,
+                    "chosen_by": sim.chosen_by, "reason": REVIEW_REASON},
+        "groups_found": len(dup.all_groups), "images_in_groups": dup.images_in_groups,
+        "files_to_remove": sum(m.action == "remove" for ms in members for m in ms),
+        "tiers": {tier: c.to_dict() for tier, c in dup.tier_counts().items()}, "keep_rule": KEEP_RULE,
         **dup.extra,
         "groups": [{"group": gi, "tier": g.tier, "size": g.size, "mean_score": g.mean_score, "min_score": g.min_score,
                     "max_score": g.max_score, "members": [{k: v for k, v in asdict(m).items() if k != "row"}
                                                           for m in ms]}
-                   for gi, (g, ms) in enumerate(zip(dup.groups, members, strict=True))],
+                   for gi, (g, ms) in enumerate(zip(dup.all_groups, members, strict=True))],
     }
 
 
@@ -91,9 +98,11 @@ def write_duplicates(out: str | Path, coll: Collection, dup: Duplicates) -> dict
     paths = {"json": out / "groups.json", "csv": out / "duplicates.csv", "sheet": out / "contact_sheet.png"}
     _write_json(paths["json"], duplicates_json(dup, members))
     atomic_write_text(paths["csv"], duplicates_csv(dup, members))
-    top = members[:SHEET_GROUPS]
-    titles = [f"group {i} ({g.tier}): {len(ms)} images, mean {g.mean_score:.3f}" for i, (g, ms) in
-              enumerate(zip(dup.groups, top, strict=False))]
+    n_dup = len(dup.groups)
+    shown = list(range(min(n_dup, SHEET_GROUPS))) + list(range(n_dup, min(len(members), n_dup + SHEET_SIMILAR)))
+    titles = [f"group {i} ({dup.all_groups[i].tier}): {len(members[i])} images, mean "
+              f"{dup.all_groups[i].mean_score:.3f}" for i in shown]
+    top = [members[i] for i in shown]
     _write_png(paths["sheet"], group_sheet(coll, top, titles) if top else contact_sheet([]))
     return paths
 

@@ -22,9 +22,10 @@ import numpy as np
 
 from instdisc.explore import ExploreError, Explorer
 from instdisc.explore.explorer import Duplicates
-from instdisc.explore.keep import suggest
+from instdisc.explore.keep import review, suggest
 from instdisc.explore.reports import duplicates_csv, group_members
 from instdisc.explore.sheets import palette, thumbnail
+from instdisc.explore.similar import AUTO, OFF, SIMILAR
 
 TILE = 128  # gallery thumbnail, px
 GROUPS_SHOWN = 60  # groups in the Duplicates gallery (largest first)
@@ -65,6 +66,15 @@ MAP_CSS = """
 """.replace("SIDE", str(MAP_SIZE))
 
 
+def similar_request(value: float | str | None) -> float | str:
+    """The Similar box's value as :meth:`Explorer.duplicates` takes it: empty is 'auto', 0 is 'off'."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return AUTO
+    if isinstance(value, (int, float)) and value == 0:
+        return OFF
+    return value
+
+
 class ExploreViews:
     """What the three tabs show, as plain data (testable without a browser)."""
 
@@ -86,36 +96,44 @@ class ExploreViews:
 
     # ---------------------------------------------------------------- duplicates
 
-    def duplicates(self, threshold: float | str = "auto") -> Duplicates:
+    def duplicates(self, threshold: float | str = "auto", similar: float | str | None = AUTO) -> Duplicates:
         with self._lock:
-            return self.explorer.duplicates(threshold)
+            return self.explorer.duplicates(threshold, similar=similar_request(similar))
 
-    def duplicate_view(self, threshold: float | str = "auto") -> tuple[float, list, str, str]:
-        """(threshold, group gallery items, summary, CSV path) at ``threshold``."""
-        dup = self.duplicates(threshold)
+    def duplicate_view(self, threshold: float | str = "auto", similar: float | str | None = AUTO
+                       ) -> tuple[float, list, str, str]:
+        """(threshold, group gallery items, summary, CSV path) at ``threshold`` and similar threshold ``similar``."""
+        dup = self.duplicates(threshold, similar)
         coll = self.explorer.collection
         members = group_members(coll, dup)
-        csv_path = self._csv_dir / f"duplicates-{dup.threshold:.4f}.csv"
+        csv_path = self._csv_dir / f"duplicates-{dup.threshold:.4f}-{dup.similar.threshold or 0:.4f}.csv"
         csv_path.write_text(duplicates_csv(dup, members), encoding="utf-8")
         items = [self._item(ms[0].row, f"group {i} · {g.tier} · {len(ms)} images · {g.mean_score:.3f}")
-                 for i, (g, ms) in enumerate(zip(dup.groups[:GROUPS_SHOWN], members, strict=False))]
+                 for i, (g, ms) in enumerate(zip(dup.all_groups[:GROUPS_SHOWN], members, strict=False))]
         tiers = dup.tier_counts()
-        summary = (f"**{len(dup.groups)} groups**, {dup.images_in_groups} images, "
-                   f"{sum(len(m) - 1 for m in members)} suggested for removal: {tiers['exact']['groups']} exact "
-                   f"(same bytes or pixels), {tiers['near']['groups']} near-duplicate at threshold "
-                   f"{dup.threshold:.4f} (chain guard {dup.guard:.3f}).")
+        sim = tiers[SIMILAR]
+        similar_words = (f"{sim.groups} similar-shot ({sim.images} images, to review) from {sim.threshold:.4f} "
+                         f"({dup.similar.chosen_by})" if sim.threshold is not None
+                         else f"no similar shots ({dup.similar.chosen_by})")
+        summary = (f"**{len(dup.all_groups)} groups**, {dup.images_in_groups} images, "
+                   f"{tiers['exact'].files_to_remove + tiers['near'].files_to_remove} suggested for removal: "
+                   f"{tiers['exact'].groups} exact (same bytes or pixels), {tiers['near'].groups} near-duplicate "
+                   f"at threshold {dup.threshold:.4f} (chain guard {dup.guard:.3f}), {similar_words}.")
         if dup.calibration is not None:
             summary += f" {dup.calibration.summary()}."
-        if len(dup.groups) > GROUPS_SHOWN:
-            summary += f" The gallery shows the {GROUPS_SHOWN} largest; the CSV has all."
+        if len(dup.all_groups) > GROUPS_SHOWN:
+            summary += f" The gallery shows the {GROUPS_SHOWN} first; the CSV has all."
         return dup.threshold, items, summary, str(csv_path)
 
-    def group_view(self, threshold: float, group: int) -> tuple[list, list[int]]:
-        """A group's members (the one to keep first) and their ids."""
-        dup = self.duplicates(threshold)
-        if not 0 <= group < len(dup.groups):
+    def group_view(self, threshold: float, group: int, similar: float | str | None = AUTO
+                   ) -> tuple[list, list[int]]:
+        """A group's members (duplicates: the one to keep first; similar shots: all to review) and their ids."""
+        dup = self.duplicates(threshold, similar)
+        if not 0 <= group < len(dup.all_groups):
             raise ExploreError(f"no group {group} at threshold {threshold}")
-        ms = suggest(self.explorer.collection, dup.groups[group].rows)[:MEMBERS_SHOWN]
+        g = dup.all_groups[group]
+        coll = self.explorer.collection
+        ms = (review(coll, g.rows) if g.tier == SIMILAR else suggest(coll, g.rows))[:MEMBERS_SHOWN]
         sizes = [f"{m.width}x{m.height}" if m.width else "?" for m in ms]
         return ([self._item(m.row, f"{m.action} · {s} · {m.score_to_kept:.3f} · {Path(m.path).name}")
                  for m, s in zip(ms, sizes, strict=True)], [m.id for m in ms])
@@ -205,6 +223,8 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
         with gr.Row():
             threshold = gr.Slider(0.0, 1.0, value=0.95, step=0.0025, label="Threshold (cosine similarity)",
                                   elem_id="dup-threshold")
+            similar = gr.Number(None, label="Similar shots from (cosine; empty: auto, 0: off)", placeholder=AUTO,
+                                minimum=0.0, maximum=1.0, step=0.0025, elem_id="dup-similar")
             csv_file = gr.DownloadButton("Download duplicates.csv", value=None, elem_id="dup-csv")
         groups = gr.Gallery(label="Groups — click one to see its files", elem_id="dup-groups", **gallery)
         group_files = gr.Gallery(label="Files of the group (the one to keep first)", elem_id="dup-members",
@@ -228,21 +248,21 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
                                  elem_id="map-status")
         map_neighbours = gr.Gallery(label="Nearest neighbours", elem_id="map-neighbours", **gallery)
 
-    def show_duplicates(t="auto"):
+    def show_duplicates(t="auto", s=None):
         try:
-            t, items, summary, path = v.duplicate_view(t)
+            t, items, summary, path = v.duplicate_view(t, s)
         except ExploreError as e:
             return gr.update(), [], warn(e), None
         return t, items, summary, path
 
-    def on_tab_duplicates():
-        return show_duplicates("auto")
+    def on_tab_duplicates(s):
+        return show_duplicates("auto", s)
 
-    def regroup(t):
-        return show_duplicates(t)[1:]
+    def regroup(t, s):
+        return show_duplicates(t, s)[1:]
 
-    def on_group(evt: gr.SelectData, t):
-        items, ids = v.group_view(t, evt.index)
+    def on_group(evt: gr.SelectData, t, s):
+        items, ids = v.group_view(t, evt.index, s)
         return items, ids
 
     def on_clusters_tab():
@@ -268,12 +288,13 @@ def add_explore_tabs(si, explorer: Explorer | None = None) -> ExploreViews:
         return items, status
 
     ev = dict(show_progress="minimal", api_visibility="private")
-    dup_tab.select(on_tab_duplicates, None, [threshold, groups, dup_summary, csv_file], **ev)
+    dup_tab.select(on_tab_duplicates, [similar], [threshold, groups, dup_summary, csv_file], **ev)
     # "input" fires on the user's drags and on a number typed into the slider's box, never when the tab sets the
     # calibrated value: a "change" handler that also wrote the slider re-fired itself, and that late re-fire could
     # overwrite a value the user had just typed with the calibrated one
-    threshold.input(regroup, [threshold], [groups, dup_summary, csv_file], trigger_mode="always_last", **ev)
-    groups.select(on_group, [threshold], [group_files, dup_ids], **ev)
+    threshold.input(regroup, [threshold, similar], [groups, dup_summary, csv_file], trigger_mode="always_last", **ev)
+    similar.submit(regroup, [threshold, similar], [groups, dup_summary, csv_file], trigger_mode="always_last", **ev)
+    groups.select(on_group, [threshold, similar], [group_files, dup_ids], **ev)
     clu_tab.select(on_clusters_tab, None, [clusters, clu_summary], **ev)
     clusters.select(on_cluster, None, [members, member_ids], **ev)
     members.select(on_member, [member_ids], [clu_status, clu_neighbours], **ev)
