@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,273 @@ def test_milvus_figures_in_the_docs_are_what_the_benchmark_measured():
         m = re.search(r"single query took (\d+\.\d) s (?:\(p50\) )?against FAISS's (\d+) ms", text)
         assert m, doc
         assert (float(m.group(1)), int(m.group(2))) == (round(lite / 1000, 1), round(faiss)), doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Every measured figure in docs/*.md, against the results file its sentence links.
+#
+# A doc is split into claim units: a table row, a paragraph or a list item. A unit that links a
+# results file (a link, or a backticked path, to a JSON under results/ or benchmarks/results/, or
+# to a report.md / folder with its JSON beside it) has each of its decimal figures and
+# percentages looked up among that JSON's numbers; a unit that quotes a measured figure without
+# such a link must be allowlisted below with the reason. A table row without a link of its own
+# takes the links of the table's caption: the paragraph right after the table when it is only a
+# link, else the paragraph introducing the table; the list items right after a table take its links.
+# ---------------------------------------------------------------------------------------------
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+# a number, not part of a longer dotted number (versions: 2.14.1), a word (PQ64, p50, P@10), a path or a
+# factor (`×1.15`, an edit's setting)
+NUMBER = re.compile(r"(?<![\w.@/#^×])([−-]?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d]|\.\d|[A-Za-z_])")
+UNIT = re.compile(r"\s?(%|×|x(?![\w])|GHz|px|ms|s|min|h|µs|KiB|MiB|GiB|kB|KB|MB|GB|M|images/s|img/s|requests/s|"
+                  r"queries/s)(?![\w])")
+# what makes an unlinked decimal a measured metric: a unit of time, memory, speed or share right after it,
+# or a metric's name in the same unit (a table row is read with its header)
+METRIC_UNITS = {"%", "ms", "s", "min", "h", "µs", "KiB", "MiB", "GiB", "kB", "KB", "MB", "GB", "images/s", "img/s",
+                "requests/s", "queries/s"}
+METRIC_WORDS = re.compile(r"recall|precision|\bkNN\b|mAP|P@\d+|1-NN|\bp50\b|\bp99\b|\bNMI\b|purity|accuracy|"
+                          r"images/s|\bRSS\b|latency", re.IGNORECASE)
+# not measurements, by explicit rule: a scale factor or speed-up (`1.5×`; ratios are checked by hand where
+# quoted), a CPU clock (`2.60 GHz`, the machine's name) and a pixel size (`32 px`, an input)
+NOT_MEASURED_UNITS = {"×", "x", "GHz", "px"}
+RESULTS_PATH = re.compile(r"`((?:benchmarks/)?results/[^`\s]+)`")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A number as the doc writes it: its value, how many decimals it shows, the unit after it and where."""
+    text: str
+    value: float
+    decimals: int
+    unit: str
+    start: int = 0
+
+
+@dataclass
+class Unit:
+    """One claim: the text of a table row, paragraph or list item, and the results files it cites."""
+    doc: str
+    line: int
+    text: str
+    context: str  # the unit plus, for a table row, its header: where metric words are looked for
+    sources: list[Path] = field(default_factory=list)
+
+
+def _results_files(target: Path) -> list[Path]:
+    """The JSON files a link stands for: the file, a report.md's report.json, a folder's JSON."""
+    if target.suffix == ".json":
+        return [target]
+    if target.is_dir():
+        report = target / "report.json"
+        return [report] if report.is_file() else sorted(target.glob("*.json"))
+    if target.suffix == ".md":
+        beside = [target.with_suffix(".json"), target.parent / "report.json"]
+        return [p for p in beside if p.is_file()][:1]
+    return []  # an image, a CSV: nothing numeric to check against
+
+
+def _sources(doc: Path, text: str) -> list[Path]:
+    targets = [(doc.parent / t.split("#")[0]).resolve() for t in re.findall(r"\]\(([^)\s]+)\)", text)]
+    targets += [ROOT / t for t in RESULTS_PATH.findall(text)]
+    inside = [t for t in targets if "results" in t.relative_to(ROOT).parts[:2]]
+    for t in inside:
+        assert t.exists(), f"{doc.name} cites {t.relative_to(ROOT)}, which does not exist"
+    return [f for t in inside for f in _results_files(t)]
+
+
+def _blocks(text: str) -> list[tuple[int, str]]:
+    """(first line, text) of each paragraph, list item, heading and table row; code blocks left out."""
+    blocks: list[tuple[int, list[str]]] = []
+    fenced, open_block = False, False
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fenced, open_block = not fenced, False
+            continue
+        stripped = line.strip()
+        if fenced or not stripped:
+            open_block = False
+            continue
+        starts = stripped.startswith(("|", "#")) or re.match(r"\s*([-*]|\d+\.) ", line)
+        if starts or not open_block:
+            blocks.append((n, []))
+        blocks[-1][1].append(stripped)
+        open_block = not stripped.startswith(("|", "#"))
+    return [(n, "\n".join(lines)) for n, lines in blocks]
+
+
+def units(doc: Path) -> list[Unit]:
+    """The doc's claim units, each with the results files it cites (a table row: or its caption's)."""
+    blocks = _blocks(doc.read_text())
+    out: list[Unit] = []
+    for i, (line, text) in enumerate(blocks):
+        unit = Unit(doc.name, line, text, text, _sources(doc, text))
+        if text.startswith("|"):
+            first = i
+            while first > 0 and blocks[first - 1][1].startswith("|"):
+                first -= 1
+            last = i
+            while last + 1 < len(blocks) and blocks[last + 1][1].startswith("|"):
+                last += 1
+            unit.context = blocks[first][1] + "\n" + text
+            after = blocks[last + 1][1] if last + 1 < len(blocks) else ""
+            before = blocks[first - 1][1] if first > 0 else ""
+            caption = after if re.fullmatch(r"\(\[[^]]+\]\([^)]+\)\)\.?", after) else before
+            unit.sources = unit.sources or _sources(doc, caption)
+        elif not unit.sources and re.match(r"[-*] ", text) and out and (out[-1].text.startswith("|") or (
+                re.match(r"[-*] ", out[-1].text) and out[-1].sources)):
+            unit.sources = out[-1].sources  # the bullets right after a table comment on it: its sources
+        out.append(unit)
+    return out
+
+
+def figures(text: str) -> list[Figure]:
+    """The decimal figures and percentages of a text, outside code spans and link targets."""
+    text = re.sub(r"`[^`]*`|\]\([^)]*\)", lambda m: " " * len(m.group(0)), text)  # positions kept
+    out = []
+    for m in NUMBER.finditer(text):
+        u = UNIT.match(text, m.end())
+        unit = u.group(1) if u else ""
+        if m.group(3) is None and unit != "%":
+            continue  # a count, a year, an integer size: not what this check reads
+        if unit in NOT_MEASURED_UNITS:
+            continue
+        digits = m.group(2).replace(",", "") + ("." + m.group(3) if m.group(3) else "")
+        out.append(Figure(m.group(0) + (u.group(0) if u else ""), float(digits), len(m.group(3) or ""), unit,
+                          m.start()))
+    return out
+
+
+def _leaves(node: object) -> list[float]:
+    if isinstance(node, bool):
+        return []
+    if isinstance(node, (int, float)):
+        return [abs(float(node))]
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in _leaves(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _leaves(v)]
+    return []
+
+
+_LEAVES: dict[Path, list[float]] = {}
+
+
+def leaves(path: Path) -> list[float]:
+    """Every number in a results file (absolute values: the doc says "2 % slower", not "−2 %")."""
+    if path not in _LEAVES:
+        _LEAVES[path] = _leaves(json.loads(path.read_text()))
+    return _LEAVES[path]
+
+
+# what a stored number may be written as, by the figure's unit: a share as a percentage (also without the
+# sign, in a table of percentages), times and sizes in the doc's unit (a file stores seconds or milliseconds,
+# bytes or MiB), a count in millions
+SCALES = {"": (1, 100), "M": (1, 1e-6), "%": (1, 100), "ms": (1, 1000, 1 / 1000), "s": (1, 1 / 1000, 1000, 60), "min": (1, 1 / 60, 1 / 60000),
+          "h": (1, 1 / 3600), "KiB": (1, 2.0 ** -10), "MiB": (1, 2.0 ** -20, 2.0 ** 10), "GiB": (1, 2.0 ** -30, 2.0 ** -10),
+          "kB": (1, 1e-3), "KB": (1, 1e-3), "MB": (1, 1e-6, 1e3), "GB": (1, 1e-9, 1e-3, 2.0 ** -30)}
+
+
+def found(fig: Figure, values: list[float]) -> bool:
+    """Whether some stored number, scaled as the unit allows, rounds to the figure as written."""
+    half = 0.5 * 10.0 ** -fig.decimals + 1e-9 * max(1.0, fig.value)
+    return any(abs(v * s - fig.value) <= half for v in values for s in SCALES.get(fig.unit, (1,)))
+
+
+def is_measured(fig: Figure, unit: Unit) -> bool:
+    """A figure an unlinked unit may not quote without a source: its unit, or a metric named just before it
+    (in a table, in its column's header), says it was measured."""
+    if fig.unit in METRIC_UNITS:
+        return True
+    if unit.text.startswith("|"):
+        header = unit.context.split("\n", 1)[0].strip("|").split("|")
+        column = unit.text[:fig.start].count("|") - 1
+        before = header[column] if 0 <= column < len(header) else ""
+    else:
+        before = unit.text[max(0, fig.start - 40):fig.start]
+    return bool(METRIC_WORDS.search(before))
+
+
+# Sections checked elsewhere: photos.md's bundled encoders (test_photos_doc_zero_shot_table_is_what_its_report_holds,
+# from results/bundled-encoders/), from its first paragraph up to the first unit after it.
+SKIP_SPANS = {"photos.md": ("**No time to train?**", "What step 1 prints first")}
+
+# Units that quote a measured-looking figure without a results file, each with why: the doc and a phrase of
+# the unit (of a table row: of the row or its header).
+ALLOWLIST: dict[tuple[str, str], str] = {
+    ("app.md", "handler p50 | embed p50"): "an early latency table on a busy machine, kept as an upper bound; no file",
+    ("app.md", "p50 ≈ 0.5 s for the shapes index"): "the same early busy-machine measurement as the table above it",
+    ("index.md", "at most every\n  0.5 s when used"): "a polling interval: a setting, not a measurement",
+}
+
+# Single figures of a linked unit that its file does not hold, each with why: the doc and the phrase around
+# the figure (every figure inside the phrase is let through).
+NOT_IN_FILE: dict[tuple[str, str], str] = {}
+
+
+def _checked_units() -> list[Unit]:
+    out = []
+    for doc in DOCS:
+        span = SKIP_SPANS.get(doc.name)
+        skipping = False
+        for unit in units(doc):
+            if unit.text.startswith("#"):
+                skipping = "Bundled encoders" in unit.text
+            if span and unit.text.startswith(span[0]):
+                skipping = True
+            elif span and unit.text.startswith(span[1]):
+                skipping = False
+            if not skipping:
+                out.append(unit)
+    return out
+
+
+def _let_through(unit: Unit, fig: Figure, used: set[tuple[str, str]]) -> bool:
+    """Whether the figure sits inside a NOT_IN_FILE phrase of its unit (and note the entry as used)."""
+    for key in NOT_IN_FILE:
+        at = unit.text.find(key[1]) if key[0] == unit.doc else -1
+        if at >= 0 and at <= fig.start < at + len(key[1]):
+            used.add(key)
+            return True
+    return False
+
+
+def test_every_doc_figure_that_cites_a_results_file_is_in_it():
+    wrong, checked, used = [], 0, set()
+    for unit in _checked_units():
+        if not unit.sources:
+            continue
+        values = [v for p in unit.sources for v in leaves(p)]
+        for fig in figures(unit.text):
+            if _let_through(unit, fig, used):
+                continue
+            checked += 1
+            if not found(fig, values):
+                files = ", ".join(str(p.relative_to(ROOT)) for p in unit.sources)
+                wrong.append(f"{unit.doc}:{unit.line}: {fig.text!r} is in no number of {files}")
+    assert checked > 100
+    assert wrong == []
+    assert set(NOT_IN_FILE) - used == set(), "NOT_IN_FILE entries that match nothing any more"
+
+
+def test_every_measured_doc_figure_cites_its_results_file_or_is_allowlisted():
+    unsourced, used = [], set()
+    for unit in _checked_units():
+        if unit.sources or not any(is_measured(f, unit) for f in figures(unit.text)):
+            continue
+        keys = [k for k in ALLOWLIST if k[0] == unit.doc and k[1] in unit.context]
+        used.update(keys)
+        if not keys:
+            shown = [f.text for f in figures(unit.text) if is_measured(f, unit)]
+            unsourced.append(f"{unit.doc}:{unit.line}: {shown} in {unit.text[:100]!r}")
+    assert unsourced == []
+    assert set(ALLOWLIST) - used == set(), "allowlist entries that match nothing any more"
+
+
+def test_the_figure_reader_reads_what_a_doc_writes():
+    got = [(f.value, f.decimals, f.unit) for f in figures(
+        "kNN 56.5 % at 8.1 ms (p50), 2.8 s, 0.981, −2 %, 3,206.5 MiB; torch 2.14.1, 1.5× faster, 2.60 GHz, "
+        "`--lr 0.06`, [x](../a/1.5.json), 32 px, 12 images, P@10 and PQ64")]
+    assert got == [(56.5, 1, "%"), (8.1, 1, "ms"), (2.8, 1, "s"), (0.981, 3, ""), (2.0, 0, "%"), (3206.5, 1, "MiB")]
+    fig = figures("41.9 %")[0]
+    assert found(fig, [0.4194]) and not found(fig, [0.4184]) and found(figures("2.8 s")[0], [2849.0])
