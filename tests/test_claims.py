@@ -395,6 +395,8 @@ ALLOWLIST: dict[tuple[str, str], str] = {
     ("evaluation.md", "a random crop of 30-70 % of the area"): "the near-duplicate edits' settings",
     ("explore.md", "**`--threshold auto`.** True copies: 200 sampled images"):
         "the calibration's edit settings and the default target precision: settings, not measurements",
+    ("explore.md", "the 1 % of the images outside duplicate groups"): "the similar tier's auto rule (a setting)",
+    ("explore.md", "the 1 % of those images with the most similar"): "the similar tier's auto rule (a setting)",
     ("explore.md", "with 1 % planted near copies"): "a setting of the synthetic vectors (planted_copies / n in the "
                                                      "timing JSONs the table links)",
     ("photos.md", "From those rates (arithmetic, not separa"): "arithmetic from the rates above, said so in the text",
