@@ -3,8 +3,10 @@
 For each folder, size and share of planted copies: a seeded sample of the folder's images, one
 mild edit (:mod:`instdisc.explore.edits`, kinds in turn) planted for the share, then
 
-* ours: the bundled encoder embedding the images as ``build_index.py --images`` does, the finder at
-  its ``auto`` threshold (no flags), expected precision/recall printed by ``auto`` beside the measured;
+* ours: the bundled encoder that fits the folder (or the one named) embedding the images as
+  ``build_index.py --images`` does -- or with another recipe (:data:`RECIPES`: the encoder's native side
+  alone, whitened or not, as ``--scales 1 [--no-whiten]`` builds it) -- and the finder at its ``auto``
+  threshold (no flags), expected precision/recall printed by ``auto`` beside the measured;
 * pHash (imagehash): every pair within Hamming distance 10 (imagededup's default), 4 and 2.
 
 Both are scored by :func:`benchmarks.planted.score_pairs` on the same images.
@@ -26,15 +28,21 @@ from tqdm import tqdm
 
 from benchmarks.phash import DISTANCES, pairs_within, phashes
 from benchmarks.planted import group_pairs, plant_share, score_pairs
-from instdisc.bundled import bundled_checkpoint
+from index.build import BuildOptions
+from instdisc.bundled import bundled_checkpoint, resolve
 from instdisc.explore.collection import Collection
 from instdisc.explore.explorer import Explorer
 from instdisc.explore.featurisers import recipe_embedder
 from instdisc.explore.reports import write_duplicates
 from instdisc.images import is_image_name, load_image
+from instdisc.resolution import sample_sizes
 from instdisc.trained import Checkpoint
 
 SHARES = (0.005, 0.05, 0.2)
+# how the images become vectors: the index's own recipe, or the encoder's native side alone (what copies need:
+# no 1.5x enlargement that blurs the edits' differences away, no whitening fitted for class search)
+RECIPES = {"index": BuildOptions(), "native": BuildOptions(scales=(1.0,), whiten=False),
+           "native-whitened": BuildOptions(scales=(1.0,), whiten=True)}
 SIZES = (100, 5000)
 EMBED_BATCH = 512
 
@@ -66,13 +74,14 @@ def in_memory(images: list, paths: list[str], featurise) -> Collection:
                       heights=[im.height for im in images], load_image=lambda row: images[row], embed=featurise)
 
 
-def case(originals: list, paths: list[str], share: float, ckpt: Checkpoint, seed: int) -> dict:
-    """One planted set: ours at ``auto`` and pHash at each distance."""
+def case(originals: list, paths: list[str], share: float, ckpt: Checkpoint, seed: int,
+         recipe: str = "index") -> dict:
+    """One planted set: ours (``recipe`` of :data:`RECIPES`) at ``auto`` and pHash at each distance."""
     images, pairs = plant_share(originals, share, seed)
     names = paths + [f"planted/{k}/{paths[a]}" for a, _, k in pairs]
     n = len(originals)
     t0 = time.perf_counter()
-    coll = in_memory(images, names, recipe_embedder(ckpt, originals))
+    coll = in_memory(images, names, recipe_embedder(ckpt, originals, RECIPES[recipe]))
     t1 = time.perf_counter()
     ex = Explorer(coll, seed=seed, featuriser="bundled")
     dup = ex.duplicates("auto")
@@ -93,22 +102,32 @@ def case(originals: list, paths: list[str], share: float, ckpt: Checkpoint, seed
     return out
 
 
+def folder_encoder(root: Path, encoder: str) -> Path:
+    """``encoder`` as ``build_index.py --checkpoint`` reads it: ``general`` chooses by the folder's image sizes."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+    return resolve(encoder, sample_sizes(root, files))
+
+
 def measure(folders: dict[str, Path], sizes: tuple[int, ...] = SIZES, shares: tuple[float, ...] = SHARES,
-            seed: int = 0, record=None) -> list[dict]:
-    """Every folder x size x share (see the module doc); rows appended to ``record`` as they finish."""
+            seed: int = 0, record=None, encoder: str = "general", recipes: tuple[str, ...] = ("index",)) -> list[dict]:
+    """Every folder x size x share x recipe (see the module doc); rows appended to ``record`` as they finish."""
     torch.set_num_threads(1)
-    ckpt = Checkpoint.load(str(bundled_checkpoint()))
     rows = []
     for name, root in folders.items():
+        path = folder_encoder(root, encoder)
+        ckpt = Checkpoint.load(str(path))
         for size in sizes:
             originals, paths = folder_sample(root, size, seed)
-            for share in shares:
+            for share, recipe in ((s, r) for s in shares for r in recipes):
                 t = time.perf_counter()
-                row = {"folder": name, "root": str(root), "size": size, **case(originals, paths, share, ckpt, seed),
+                row = {"folder": name, "root": str(root), "size": size, "encoder": path.parent.name
+                       if path.parent.parent.name == "models" else str(path), "encoder_sha256": ckpt.sha256,
+                       "recipe": recipe, **case(originals, paths, share, ckpt, seed, recipe),
                        "seconds": time.perf_counter() - t}
                 rows.append(row)
                 o = row["ours"]
-                print(f"{name} {row['originals']} +{row['planted']}: ours t={o['threshold']:.4f} "
+                print(f"{name} {row['originals']} +{row['planted']} {row['encoder']} {recipe}: "
+                      f"ours t={o['threshold']:.4f} "
                       f"P={o['precision']:.3f} (exp {o['expected_precision']:.3f}) R={o['recall']:.3f} "
                       f"(exp {o['expected_recall']:.3f}) {o['recall_by_edit']} own={o['own_pairs']}; "
                       f"phash<=10 P={row['phash_le10']['precision']:.3f} R={row['phash_le10']['recall']:.3f}",

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import Record
-from benchmarks.duplicates_measure import SHARES, SIZES, folder_101, git_commit, measure
+from benchmarks.duplicates_measure import RECIPES, SHARES, SIZES, folder_101, git_commit, measure
 from benchmarks.explore_measure import TEST_IMAGES, TRAIN_IMAGES, planted, timing
 from benchmarks.planted import PLANTED
 from instdisc.fsutil import atomic_write_text
@@ -42,6 +42,10 @@ def main(argv=None) -> int:
                    help="an image folder to plant copies in (repeatable)")
     c.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     c.add_argument("--shares", type=float, nargs="+", default=list(SHARES))
+    c.add_argument("--encoder", default="general",
+                   help="general (the bundled encoder that fits each folder), thumbnail, photo or a checkpoint")
+    c.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=["index"],
+                   help="how images become vectors: the index's own recipe, or the native side alone")
     c.add_argument("--out", required=True, help="the JSON (rewritten after every case)")
     c.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("folder101")
@@ -69,9 +73,7 @@ def main(argv=None) -> int:
         rec = Record("duplicates_planted", vars(args), out)
         rec.data["command"] = "python scripts/measure_explore.py " + " ".join(sys.argv[1:] if argv is None else argv)
         rec.data["git_commit"] = git_commit()
-        rec.data["note"] = ("2-core AMD EPYC (AVX2) shared with a training job and other work: seconds are "
-                            "indicative only")
-        measure(folders, tuple(args.sizes), tuple(args.shares), args.seed, rec)
+        measure(folders, tuple(args.sizes), tuple(args.shares), args.seed, rec, args.encoder, tuple(args.recipes))
         rec.save()
         return 0
     if args.what == "planted":

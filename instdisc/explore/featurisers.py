@@ -43,10 +43,11 @@ def encoder_embedder(encoder: torch.nn.Module, size: int) -> Embed:
     return featurise
 
 
-def recipe_embedder(ckpt: Checkpoint, gallery: list[Image.Image]) -> Embed:
+def recipe_embedder(ckpt: Checkpoint, gallery: list[Image.Image], recipe: BuildOptions | None = None) -> Embed:
     """The checkpoint's encoder embedding as an index built from it would (``TrainConfig.index_scales``
-    averaged, ``index_whiten`` fitted on ``gallery`` by the build's own rule), on the CPU."""
-    recipe, cpu = BuildOptions(), torch.device("cpu")
+    averaged, ``index_whiten`` fitted on ``gallery`` by the build's own rule), on the CPU; ``recipe``'s
+    ``scales`` / ``whiten`` replace the checkpoint's, as ``build_index.py --scales / --whiten`` do."""
+    recipe, cpu = recipe or BuildOptions(), torch.device("cpu")
     sides = build_sides(ckpt, recipe)
     plain = IndexEmbedder(ckpt.encoder(), sides, None, cpu)
     whitening = gallery_whitening(plain.unwhitened(_batch(gallery, plain.input_size)).numpy(), ckpt, recipe)
