@@ -31,6 +31,8 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"  # package data: ships i
 NAME = "general"  # what --checkpoint / --init accept for "the bundled encoder that fits these images"
 THUMBNAIL, PHOTO = "thumbnail", "photo"  # the bundled encoders, by what they are for
 MAX_BYTES = 20 << 20  # the limit for an encoder shipped in the package
+RUN_LOG = "metrics.jsonl"  # a training run's per-epoch log (instdisc.train), beside its checkpoint
+TRAINING_LOG = "training_metrics.jsonl"  # the same log, shipped beside a bundled encoder
 
 
 @dataclass
@@ -97,8 +99,30 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, command: s
                               "limit for a committed model: train a narrower one (--width)")
     card = ModelCard(out.name, path.name, sha256_file(path), size, command, trained_on,
                      len(state["dataset"].get("paths", [])), dict(state["config"]), sha256_file(src), exported)
+    run_log = src.parent / RUN_LOG
+    if run_log.is_file():  # the training log ships with the encoder, summarised on the card
+        text = run_log.read_text()
+        atomic_write_text(out / TRAINING_LOG, text)
+        card.metrics["training"] = {"log": TRAINING_LOG, **training_summary(text)}
     atomic_write_text(out / "card.json", card.to_json())
     return card
+
+
+def training_summary(log: str) -> dict:
+    """Epochs, wall minutes, median images/s and the last kNN monitor of a run's ``metrics.jsonl`` text."""
+    rows = [json.loads(line) for line in log.splitlines() if line.strip()]
+    trained = [r for r in rows if r.get("images_per_s")]
+    out: dict = {"epochs": max((int(r["epoch"]) for r in trained), default=0)}
+    if trained:
+        speeds = sorted(float(r["images_per_s"]) for r in trained)
+        out["median_images_per_s"] = round(speeds[len(speeds) // 2], 1)
+    walls = [float(r["wall"]) for r in rows if "wall" in r]
+    if walls:
+        out["wall_minutes"] = round(max(walls) / 60, 1)
+    last = next((r for r in reversed(rows) if "knn_top1" in r), None)
+    if last:
+        out["last_monitor"] = {k: last[k] for k in ("epoch", "knn_top1", "knn_1nn") if k in last}
+    return out
 
 
 def verified(card_path: str | os.PathLike) -> Path:

@@ -48,6 +48,14 @@ def test_export_keeps_the_encoder_and_nothing_else(exported: Path, tiny_run: Pat
     assert torch.equal(a, b)  # the same vectors from the stripped file
     with pytest.raises(CheckpointError, match="encoder only, no memory bank"):
         small.bank()
+    # the run's training log ships beside it, summarised on the card from the log itself
+    log = (tiny_run / "metrics.jsonl").read_text()
+    assert (exported / bundled.TRAINING_LOG).read_text() == log
+    rows = [json.loads(line) for line in log.splitlines()]
+    training = card.metrics["training"]
+    assert training["log"] == bundled.TRAINING_LOG and training["epochs"] == full.config.epochs == 2
+    assert training["last_monitor"]["knn_top1"] == rows[-1]["knn_top1"]
+    assert training["wall_minutes"] == round(max(r["wall"] for r in rows) / 60, 1)
 
 
 @pytest.fixture(scope="module")
