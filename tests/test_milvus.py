@@ -128,6 +128,10 @@ def test_filter_values_cannot_change_the_expression(milvus_index: Path):
         assert mv.search_vectors(q, 5, label='x" or label != "x')[0] == []
         assert mv.search_vectors(q, 5, folder='x" or path != "x')[0] == []
         assert mb.filter_expr(10, 'a"b\\c') == 'id < 10 and label == "a\\"b\\\\c"'
+        assert mv.search_vectors(q, 5, filters=Filters(camera='x" or camera != "x'))[0] == []
+        assert mv.search_vectors(q, 5, filters=Filters(taken_from='9" or taken < "9'))[0] == []
+        assert mb.filter_expr(10, taken_to='2021" or id >= "0', camera="A\\") == \
+            'id < 10 and taken <= "2021\\" or id >= \\"0" and camera == "A\\\\"'
 
 
 def test_add_and_remove_in_place(tiny_run: Path, shapes_root: Path, tmp_path: Path):
@@ -503,6 +507,9 @@ def test_entries_without_a_date_or_camera_fail_those_filters_as_in_sqlite(tmp_pa
             want = store.ids_matching(filters=f)
             assert found == (list(range(4)) if want is None else want.tolist()), f
     store.close()
+    long = Row(9, "c/9.jpg", camera_make="é" * 40_000, camera_model="m", camera="é" * 40_000 + " m")
+    e = mb.entity(long, np.zeros(4, np.float32))  # a damaged header's camera: cut to the field, not a failed build
+    assert len(e["camera"].encode()) == len(e["camera_make"].encode()) == 65_534 and e["camera"] == "é" * 32_767
 
 
 def test_add_stores_the_photo_facts(tiny_run: Path, photo_indexes, tmp_path: Path):
