@@ -3,8 +3,9 @@
 One ``pymilvus`` client serves the embedded Milvus Lite (a local ``.db`` folder, no server) and
 Milvus standalone or distributed servers (``http://host:19530``): the same calls against another
 URI. Each entry is one row of a collection -- ``id`` (primary key), ``vector`` and the metadata
-the SQLite table of the FAISS backend holds (path, label, split, width, height, sha256) -- so
-label and folder filters run inside Milvus as filter expressions, not after the search.
+the SQLite table of the FAISS backend holds (path, label, split, width, height, sha256 and the
+photo facts: file size and time, date taken, camera) -- so label, folder, date-taken and camera
+filters run inside Milvus as filter expressions, not after the search.
 
 :class:`MilvusIndex` is an opened collection offering what :class:`index.search.SearchIndex`
 needs from its metadata store and its search backend. Rows with ``id >= next_id`` are not yet
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .errors import IndexDirError
-from .store import Row, normalise_folder
+from .store import Filters, Row, normalise_folder
 
 TOKEN_ENV = "MILVUS_TOKEN"  # "user:password" or an API key; never written anywhere
 DEFAULT_COLLECTION = "instdisc"
@@ -54,10 +55,18 @@ CONNECT_TIMEOUT_S = 10.0
 # that loopback connection (servers keep pymilvus's defaults)
 LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")  # Milvus collection / alias names
-# field -> (Milvus type name, max_length for strings, nullable); the vector field is added with the dimension
+MAX_VARCHAR = 65_535  # Milvus's longest VARCHAR (bytes): camera names come from EXIF, which has no limit of its own
+# field -> (Milvus type name, max_length for strings, nullable), in Row's order; the vector field is added with the
+# dimension. ``taken`` is the ISO local time the SQLite store keeps (text that sorts as the time does), so a date
+# range is the same string comparison on both backends; None (NULL) where unknown, which no range matches.
 META_FIELDS = {"path": ("VARCHAR", 4096, False), "label": ("VARCHAR", 1024, True), "split": ("VARCHAR", 256, True),
                "width": ("INT64", 0, True), "height": ("INT64", 0, True), "sha256": ("VARCHAR", 64, True)}
-ROW_FIELDS = ["id", *META_FIELDS]
+PHOTO_FIELDS = {"file_bytes": ("INT64", 0, True), "mtime_ns": ("INT64", 0, True), "taken": ("VARCHAR", 32, True),
+                "taken_from": ("VARCHAR", 16, True), "camera_make": ("VARCHAR", MAX_VARCHAR, True),
+                "camera_model": ("VARCHAR", MAX_VARCHAR, True), "camera": ("VARCHAR", MAX_VARCHAR, True)}
+FIELDS = {**META_FIELDS, **PHOTO_FIELDS}
+CLIPPED = ("camera_make", "camera_model", "camera")  # EXIF text, cut to its field rather than failing the insert
+ROW_FIELDS = ["id", *FIELDS]
 
 
 class _NoLiteTimestampNote(logging.Filter):
@@ -199,18 +208,33 @@ def literal(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def filter_expr(next_id: int, label: str | None = None, folder: str | None = None) -> str:
-    """The expression for committed entries with ``label`` under ``folder`` (relative to the root).
+def filter_expr(next_id: int, label: str | None = None, folder: str | None = None, taken_from: str | None = None,
+                taken_to: str | None = None, camera: str | None = None) -> str:
+    """The expression for committed entries with ``label`` under ``folder`` (relative to the root), taken
+    within [taken_from, taken_to] (inclusive ISO text), by ``camera``; empty values do not filter.
 
-    A folder keeps the paths in [folder + '/', folder + '0'): '0' follows '/', the same range the
-    SQLite store scans, so both backends agree on what is under a folder."""
+    Each clause is the SQLite store's (:meth:`index.store.MetadataStore.ids_matching`), so both backends
+    agree: a folder keeps the paths in [folder + '/', folder + '0') ('0' follows '/'); dates compare as
+    text; an entry with no date or camera (NULL) fails any date or camera clause."""
     parts = [f"id < {int(next_id)}"]
     if label:
         parts.append(f"label == {literal(label)}")
     f = normalise_folder(folder) if folder else ""
     if f:
         parts.append(f"path >= {literal(f + '/')} and path < {literal(f + '0')}")
+    if taken_from:
+        parts.append(f"taken >= {literal(taken_from)}")
+    if taken_to:
+        parts.append(f"taken <= {literal(taken_to)}")
+    if camera:
+        parts.append(f"camera == {literal(camera)}")
     return " and ".join(parts)
+
+
+def filters_expr(next_id: int, filters: Filters | None) -> str:
+    """:func:`filter_expr` of a :class:`index.store.Filters` (None: every committed entry)."""
+    f = filters or Filters()
+    return filter_expr(next_id, f.label, f.folder, f.taken_from, f.taken_to, f.camera)
 
 
 # ---------------------------------------------------------------- the collection
@@ -224,17 +248,27 @@ def create_collection(client, name: str, dim: int) -> None:
                                         description="instdisc-search index: unit vectors + image metadata")
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
-    for field, (kind, length, nullable) in META_FIELDS.items():
+    for field, (kind, length, nullable) in FIELDS.items():
         extra = {"max_length": length} if kind == "VARCHAR" else {}
         schema.add_field(field, getattr(DataType, kind), nullable=nullable, **extra)
     call(f"creating collection {name}", client.create_collection, name, schema=schema, consistency_level="Strong")
 
 
+REBUILD = ("rebuild it: python scripts/build_index.py --checkpoint C --out INDEX --images PATH --backend milvus "
+           "--overwrite (with the same --milvus-uri / --collection)")
+
+
 def check_schema(client, name: str, dim: int) -> None:
-    """MilvusError unless ``name`` has exactly this index's fields, types and dimension."""
+    """MilvusError unless ``name`` has exactly this index's fields, types and dimension. A collection built
+    before the photo facts were stored is named as such: reading it would give rows without dates or cameras
+    and date / camera filters matching nothing, so it is refused rather than served half-empty."""
     desc = call(f"describing collection {name}", client.describe_collection, name)
     have = {f["name"]: f for f in desc.get("fields", [])}
-    want = {"id": "INT64", "vector": "FLOAT_VECTOR", **{k: v[0] for k, v in META_FIELDS.items()}}
+    want = {"id": "INT64", "vector": "FLOAT_VECTOR", **{k: v[0] for k, v in FIELDS.items()}}
+    missing_photo = [f for f in PHOTO_FIELDS if f not in have]
+    if missing_photo and all(f in have for f in ("id", "vector", *META_FIELDS)):
+        raise MilvusError(f"collection {name} was built before this version stored photo facts in Milvus (no "
+                          f"fields {', '.join(missing_photo)}): its schema does not match; {REBUILD}")
     problems = []
     for field, kind in want.items():
         f = have.get(field)
@@ -252,9 +286,20 @@ def check_schema(client, name: str, dim: int) -> None:
                           "(rebuild the index with --overwrite, or point --collection at another name)")
 
 
+def _fits(value: str | None, limit: int) -> str | None:
+    """``value`` cut to ``limit`` UTF-8 bytes (whole characters): only a damaged header holds a camera name
+    longer than Milvus's VARCHAR limit, and one such file must not fail a whole build."""
+    if value is None or len(value.encode("utf-8")) <= limit:
+        return value
+    return value.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
 def entity(row: Row, vector: np.ndarray) -> dict:
-    return {"id": int(row.id), "vector": vector.tolist(), "path": row.path, "label": row.label, "split": row.split,
-            "width": row.width, "height": row.height, "sha256": row.sha256}
+    """One collection row: the vector and every :class:`Row` field (None stored as NULL)."""
+    e = {"id": int(row.id), "vector": vector.tolist(), **{f: getattr(row, f) for f in FIELDS}}
+    for f in CLIPPED:
+        e[f] = _fits(e[f], FIELDS[f][1])
+    return e
 
 
 def insert_rows(client, name: str, rows: list[Row], vectors: np.ndarray, progress=None) -> None:
@@ -277,8 +322,8 @@ def index_params(client, index_type: str, params: dict):
 
 
 def to_row(d: dict) -> Row:
-    return Row(int(d["id"]), d["path"], d.get("label"), d.get("split"), d.get("width"), d.get("height"),
-               d.get("sha256"))
+    """A collection row (query or search output with :data:`ROW_FIELDS`) as the SQLite store's :class:`Row`."""
+    return Row(int(d["id"]), **{f: d.get(f) for f in FIELDS})
 
 
 # ---------------------------------------------------------------- an opened index
@@ -310,6 +355,7 @@ class MilvusIndex:
             call(f"loading collection {collection}", self.client.load_collection, collection)
             self._count = self.count()
             self._labels: list[str] | None = None
+            self._cameras: list[str] | None = None
         except BaseException:
             self.close()
             raise
@@ -365,6 +411,13 @@ class MilvusIndex:
             self._labels = sorted({d["label"] for d in self._scan(["label"]) if d.get("label") is not None})
         return list(self._labels)
 
+    def cameras(self) -> list[str]:
+        """Distinct camera names, sorted (for the camera filter), as the SQLite store lists them."""
+        if self._cameras is None:
+            named = self._scan(["camera"], f"{filter_expr(self.next_id)} and camera is not null")
+            self._cameras = sorted({d["camera"] for d in named})
+        return list(self._cameras)
+
     def get(self, ids) -> dict[int, Row]:
         """Rows by id (missing or uncommitted ids are absent)."""
         ids = [int(i) for i in ids]
@@ -414,18 +467,18 @@ class MilvusIndex:
             value = MAX_NPROBE if knob == "nprobe" else MAX_K
         return {"metric_type": METRIC, "params": {knob: value} if value else {}}
 
-    def search(self, q: np.ndarray, k: int, label: str | None = None, folder: str | None = None
-               ) -> list[list[tuple[float, Row]]]:
-        """Top-k (score, row) per query row among committed entries with ``label`` under ``folder``; the
-        filter runs inside Milvus. Where an approximate index comes back short of min(k, matching entries),
-        those queries are searched again over every list (IVF) or with the widest beam (HNSW)."""
+    def search(self, q: np.ndarray, k: int, filters: Filters | None = None) -> list[list[tuple[float, Row]]]:
+        """Top-k (score, row) per query row among committed entries passing ``filters`` (label, folder,
+        date-taken range, camera); the filter runs inside Milvus. Where an approximate index comes back
+        short of min(k, matching entries), those queries are searched again over every list (IVF) or with
+        the widest beam (HNSW)."""
         if len(q) == 0:
             return []
         if k > MAX_K:
             raise ValueError(f"k = {k}: Milvus returns at most {MAX_K} results per query")
-        expr = filter_expr(self.next_id, label, folder)
+        expr = filters_expr(self.next_id, filters)
         out = self._search(q, k, expr, self.search_params())
-        if self.index_type in SEARCH_KNOB and (label or folder):
+        if self.index_type in SEARCH_KNOB and filters:
             want = min(k, self.count(expr))
             short = [i for i, hits in enumerate(out) if len(hits) < want]
             if short:

@@ -333,12 +333,8 @@ class SearchIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         q = normalise(q)
         if self._index is None:  # Milvus: the filters run inside the collection's search
-            if filters and (filters.taken_from or filters.taken_to or filters.camera):
-                raise ValueError("date-taken and camera filters are not available on the milvus backend "
-                                 "(label and folder are)")
-            if filters:
-                label, folder = filters.label, filters.folder
-            return [[Hit.from_row(row, s) for s, row in hits] for hits in self._backend.search(q, k, label, folder)]
+            found = self._backend.search(q, k, filters or Filters(label, folder))
+            return [[Hit.from_row(row, s) for s, row in hits] for hits in found]
         index, store, backend = self._index, self._store, self._backend  # one generation, even if one follows
         allowed = store.ids_matching(label, folder, filters)
         pool = int(index.ntotal) if allowed is None else len(allowed)

@@ -1,5 +1,6 @@
-"""The Milvus backend against a real Milvus Lite file: build, filtered search equal to the FAISS path's,
---add / --remove, the app's REST search, a kill -9 mid-build, clear errors, no credentials recorded."""
+"""The Milvus backend against a real Milvus Lite file: build, filtered search equal to the FAISS path's
+(label, folder, date taken, camera), --add / --remove, the app's REST search, a kill -9 mid-build, clear
+errors (a collection of an older schema included), no credentials recorded."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("milvus_lite")
 
@@ -24,6 +27,7 @@ from index.cli import main as build_index_main  # noqa: E402
 from index.errors import IndexDirError  # noqa: E402
 from index.manifest import Manifest  # noqa: E402
 from index.search import SearchIndex  # noqa: E402
+from index.store import Filters, MetadataStore, Row, write_db  # noqa: E402
 from reliability import faults  # noqa: E402
 from reliability.inputs import ROOT, run_script  # noqa: E402
 
@@ -31,11 +35,6 @@ SECRET = "root:not-a-real-password-7f3a"
 QUERY = Path("test") / "circle" / "0003.png"
 FILTERS = [(None, None), ("circle", None), (None, "test"), ("square", "train/square"), ("", "train/"),
            ("nothing-has-this", None), (None, "no/such/folder")]
-
-
-def _core(row) -> tuple:
-    """The fields both backends store per image (the FAISS folder's SQLite also keeps photo facts)."""
-    return row.id, row.path, row.label, row.split, row.width, row.height, row.sha256
 
 
 def milvus_options(**kw) -> BuildOptions:
@@ -80,14 +79,16 @@ def test_build_records_backend_uri_and_collection_not_credentials(milvus_index: 
         client = coll.client
         assert client.describe_alias("instdisc")["collection_name"] == rec["serving"]
         fields = {f["name"] for f in client.describe_collection(rec["serving"])["fields"]}
-        assert {"id", "vector", "path", "label", "split", "width", "height", "sha256"} <= fields
+        assert {"id", "vector", "path", "label", "split", "width", "height", "sha256", "file_bytes", "mtime_ns",
+                "taken", "taken_from", "camera_make", "camera_model", "camera"} == fields
 
 
 def test_search_and_filters_equal_the_faiss_path(milvus_index: Path, shapes_index: Path):
     with SearchIndex.open(shapes_index, device="cpu") as fa, SearchIndex.open(milvus_index) as mv:
         assert fa.manifest.index.type == "flat"
         assert np.array_equal(fa.ids(), mv.ids()) and fa.labels() == mv.labels()
-        assert [_core(r) for r in fa.rows()] == [_core(r) for r in mv.rows()]
+        assert fa.rows() == mv.rows()  # every field, the photo facts included
+        assert fa.cameras() == mv.cameras() == []  # PNGs without EXIF: dated by their file time, no camera
         ids = fa.ids()[::37]
         assert np.allclose(fa.vectors(ids), mv.vectors(ids), atol=1e-6)
         rng = np.random.default_rng(0)
@@ -127,6 +128,10 @@ def test_filter_values_cannot_change_the_expression(milvus_index: Path):
         assert mv.search_vectors(q, 5, label='x" or label != "x')[0] == []
         assert mv.search_vectors(q, 5, folder='x" or path != "x')[0] == []
         assert mb.filter_expr(10, 'a"b\\c') == 'id < 10 and label == "a\\"b\\\\c"'
+        assert mv.search_vectors(q, 5, filters=Filters(camera='x" or camera != "x'))[0] == []
+        assert mv.search_vectors(q, 5, filters=Filters(taken_from='9" or taken < "9'))[0] == []
+        assert mb.filter_expr(10, taken_to='2021" or id >= "0', camera="A\\") == \
+            'id < 10 and taken <= "2021\\" or id >= \\"0" and camera == "A\\\\"'
 
 
 def test_add_and_remove_in_place(tiny_run: Path, shapes_root: Path, tmp_path: Path):
@@ -369,3 +374,231 @@ def test_evaluation_scores_a_milvus_index_as_the_faiss_one(tiny_run: Path, shape
     for method in fa["methods"]:
         assert mv["methods"][method]["knn_top1"] == fa["methods"][method]["knn_top1"], method
         assert mv["methods"][method]["map"] == pytest.approx(fa["methods"][method]["map"], abs=1e-6), method
+
+
+# ---------------------------------------------------------------- date taken and camera
+
+CAMERAS = (("Apple", "iPhone 13"), ("Canon", "Canon EOS 80D"), ("Odd\\Co", 'Cam "X"'))  # the last needs quoting
+ODD_CAMERA = 'Odd\\Co Cam "X"'
+# EXIF dates; the year's last and first seconds test that both bounds are inclusive
+DATES = ("2019:05:01 08:00:00", "2020:01:01 00:00:00", "2020:06:15 12:30:00", "2020:12:31 23:59:59",
+         "2021:01:01 00:00:00", "2021:03:03 03:03:03")
+FILE_TIME = time.mktime((2019, 7, 1, 12, 0, 0, 0, 0, -1))  # the photos without EXIF: 2019-07-01T12:00:00 local
+PHOTO_FILTERS = [
+    Filters(camera="Canon EOS 80D"), Filters(camera=ODD_CAMERA), Filters(camera="Canon"),  # equality, not prefix
+    Filters(camera="No Such Camera"), Filters(camera='x" or camera != "x'),
+    Filters(taken_from="2020-01-01T00:00:00", taken_to="2020-12-31T23:59:59"),
+    Filters(taken_from="2021-01-01T00:00:00"), Filters(taken_to="2019-12-31T23:59:59"),
+    Filters(taken_from="2019-07-01T12:00:00", taken_to="2019-07-01T12:00:00"),  # the file-time photos exactly
+    Filters(taken_from="2022-01-01T00:00:00", taken_to="2021-01-01T00:00:00"),
+    Filters(label="circle", camera="Apple iPhone 13", taken_from="2020-01-01T00:00:00"),
+    Filters(folder="test/square", taken_to="2020-06-30T23:59:59"), Filters(folder="test", camera="Canon EOS 80D"),
+    Filters(taken_from="", taken_to="", camera=""),  # empty values do not filter
+]
+
+
+def exif(make: str | None, model: str | None, taken: str | None) -> bytes:
+    e = Image.Exif()
+    if make:
+        e[0x010F] = make
+    if model:
+        e[0x0110] = model
+    if taken:
+        e[0x8769] = {0x9003: taken}
+    return e.tobytes()
+
+
+def make_photos(shapes_root: Path, out: Path) -> Path:
+    """The shapes test images as JPEGs with EXIF (three cameras, some without one, dates 2019-2021) and as PNGs
+    without EXIF dated by their file time, under out/test/<shape>/."""
+    n = 0
+    for shape in ("circle", "square", "triangle"):
+        (out / "test" / shape).mkdir(parents=True)
+        for i in range(6):
+            src = Image.open(shapes_root / "test" / shape / f"{i:04d}.png").convert("RGB")
+            make, model = CAMERAS[n % 3] if n % 4 else (None, None)
+            dst = out / "test" / shape / f"IMG_{i}.jpg"
+            src.save(dst, exif=exif(make, model, DATES[n % len(DATES)] if n % 5 else None), quality=95)
+            if n % 5 == 0:  # no date in the header: the file's time is the date taken
+                os.utime(dst, (FILE_TIME, FILE_TIME))
+            n += 1
+        for i in range(6, 8):
+            dst = out / "test" / shape / f"scan_{i}.png"
+            shutil.copyfile(shapes_root / "test" / shape / f"{i:04d}.png", dst)
+            os.utime(dst, (FILE_TIME, FILE_TIME))
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo_indexes(tiny_run: Path, shapes_root: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[Path, Path, Path]:
+    """(images, FAISS index, Milvus index) of the same 24 photos."""
+    root = make_photos(shapes_root, tmp_path_factory.mktemp("photos"))
+    base = tmp_path_factory.mktemp("photo-indexes")
+    build(tiny_run / "checkpoint.pt", base / "faiss", images=root, options=BuildOptions(progress=False, device="cpu"))
+    build(tiny_run / "checkpoint.pt", base / "milvus", images=root, options=milvus_options(device="cpu"))
+    return root, base / "faiss", base / "milvus"
+
+
+def test_photo_facts_and_their_filters_equal_the_faiss_path(photo_indexes):
+    root, faiss_dir, milvus_dir = photo_indexes
+    with SearchIndex.open(faiss_dir, device="cpu") as fa, SearchIndex.open(milvus_dir) as mv:
+        rows = mv.rows()
+        assert len(rows) == 24 and fa.rows() == rows  # every field: size, file time, date, its source, camera
+        assert fa.cameras() == mv.cameras() == sorted(["Apple iPhone 13", "Canon EOS 80D", ODD_CAMERA])
+        assert {r.taken_from for r in rows} == {"exif", "file"}
+        assert sum(r.taken == "2019-07-01T12:00:00" for r in rows) == 10  # 6 scans + 4 JPEGs without a date
+        assert [h.to_dict() for h in fa.get([3, 7])] == [h.to_dict() for h in mv.get([3, 7])]
+        queries = fa.vectors(fa.ids()[::7])
+        sizes = []
+        for f in PHOTO_FILTERS:
+            for k in (3, 40):
+                a, b = fa.search_vectors(queries, k, filters=f), mv.search_vectors(queries, k, filters=f)
+                assert ids_of(a) == ids_of(b), (f, k)
+                assert [{**h.to_dict(), "score": 0} for h in a[0]] == [{**h.to_dict(), "score": 0} for h in b[0]]
+                assert [h.score for h in a[0]] == pytest.approx([h.score for h in b[0]], abs=1e-5)
+            sizes.append(len(b[0]))
+        # the filters select something, and not everything
+        assert sizes == [4, 5, 0, 0, 0, 8, 4, 12, 10, 0, 1, 6, 4, 24], sizes  # counted by hand from make_photos
+
+
+def test_date_and_camera_filters_run_inside_milvus(photo_indexes, monkeypatch):
+    from pymilvus import MilvusClient
+
+    seen = []
+    real = MilvusClient.search
+
+    def spy(self, *args, **kw):
+        seen.append(kw.get("filter"))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(MilvusClient, "search", spy)
+    with SearchIndex.open(photo_indexes[2]) as mv:
+        f = Filters(label="circle", taken_from="2020-01-01T00:00:00", taken_to="2021-12-31T23:59:59",
+                    camera=ODD_CAMERA)
+        hits = mv.search_vectors(np.ones((1, mv.dim), np.float32), 5, filters=f)[0]
+        assert [(h.path, h.camera, h.taken) for h in hits] == [("test/circle/IMG_2.jpg", ODD_CAMERA,
+                                                                 "2020-06-15T12:30:00")]
+    assert seen == ['id < 24 and label == "circle" and taken >= "2020-01-01T00:00:00" and '
+                    'taken <= "2021-12-31T23:59:59" and camera == "Odd\\\\Co Cam \\"X\\""']
+
+
+def test_entries_without_a_date_or_camera_fail_those_filters_as_in_sqlite(tmp_path: Path):
+    """NULL facts (an entry whose file could not be read, or one indexed before they were recorded): both stores
+    leave it out of any date or camera filter and keep it otherwise."""
+    rows = [Row(0, "a/0.jpg", "x", None, 4, 3, "h0", 10, 1, "2020-05-05T10:00:00", "exif", "Canon", "Canon EOS 80D",
+                "Canon EOS 80D"),
+            Row(1, "a/1.jpg", "x"),
+            Row(2, "b/2.jpg", "y", None, None, None, None, 12, 2, "2021-01-01T00:00:00", "file", None, None, None),
+            Row(3, "b/3.jpg", "y", None, 1, 1, "h3", 13, 3, "2019-01-01T00:00:00", "exif", None, "Pixel", "Pixel")]
+    vectors = np.eye(4, dtype=np.float32)
+    write_db(tmp_path / "meta.sqlite", rows, {})
+    uri = str(tmp_path / "null.db")
+    client = mb.connect(uri)
+    mb.create_collection(client, "null_facts", 4)
+    mb.insert_rows(client, "null_facts", rows, vectors)
+    client.create_index("null_facts", mb.index_params(client, "FLAT", {}))
+    store = MetadataStore(tmp_path / "meta.sqlite")
+    with mb.MilvusIndex(uri, "null_facts", 4, 4, "FLAT", {}, client=client) as coll:
+        assert coll.rows() == store.rows() == rows and coll.cameras() == store.cameras() == ["Canon EOS 80D", "Pixel"]
+        for f in [Filters(taken_from="2000"), Filters(taken_to="2100"), Filters(camera="Pixel"),
+                  Filters(camera="Canon EOS 80D", taken_to="2020-12-31T23:59:59"), Filters(label="x"), Filters()]:
+            found = sorted(r.id for _, r in coll.search(np.ones((1, 4), np.float32), 10, f)[0])
+            want = store.ids_matching(filters=f)
+            assert found == (list(range(4)) if want is None else want.tolist()), f
+    store.close()
+    long = Row(9, "c/9.jpg", camera_make="é" * 40_000, camera_model="m", camera="é" * 40_000 + " m")
+    e = mb.entity(long, np.zeros(4, np.float32))  # a damaged header's camera: cut to the field, not a failed build
+    assert len(e["camera"].encode()) == len(e["camera_make"].encode()) == 65_534 and e["camera"] == "é" * 32_767
+
+
+def test_add_stores_the_photo_facts(tiny_run: Path, photo_indexes, tmp_path: Path):
+    root, faiss_dir, _ = photo_indexes
+    images = tmp_path / "images"
+    shutil.copytree(root / "test" / "circle", images / "test" / "circle")  # keeps the files' times
+    d = tmp_path / "idx"
+    build(tiny_run / "checkpoint.pt", d, images=images, options=milvus_options(device="cpu"))
+    shutil.copytree(root / "test" / "square", images / "test" / "square")
+    add(d, images / "test" / "square", options=BuildOptions(progress=False, device="cpu"))
+
+    def facts(r: Row) -> tuple:
+        return r.path, r.sha256, r.file_bytes, r.mtime_ns, r.taken, r.taken_from, r.camera_make, r.camera_model, \
+            r.camera
+
+    with SearchIndex.open(faiss_dir, device="cpu") as fa, SearchIndex.open(d) as mv:
+        want = sorted(facts(r) for r in fa.rows() if not r.path.startswith("test/triangle/"))
+        assert sorted(facts(r) for r in mv.rows()) == want and len(want) == 16
+        added = mv.search_vectors(np.ones((1, mv.dim), np.float32), 20, filters=Filters(folder="test/square",
+                                                                                        camera="Canon EOS 80D"))[0]
+        assert len(added) == 2 and all(h.id >= 8 for h in added)
+
+
+def test_filtered_search_through_the_app_on_a_milvus_index(photo_indexes):
+    """The handlers behind the page and the Gradio /search_filtered endpoint, and the REST API."""
+    from instdisc.web.handlers import SearchHandlers
+    from instdisc.web.server import serving
+
+    root, faiss_dir, milvus_dir = photo_indexes
+    q = root / "test" / "square" / "IMG_1.jpg"
+    h = SearchHandlers(SearchIndex.open(milvus_dir))
+    try:
+        with SearchIndex.open(faiss_dir, device="cpu") as fa:
+            def faiss_ids(**f) -> list[int]:
+                return [x.id for x in fa.search_images([q], 20, filters=Filters(**f))[0]]
+
+            assert h.facts.cameras() == fa.cameras()
+            res = h.api_search(str(q), 20, date_from="2020", date_to="2020", camera="Canon EOS 80D")
+            assert res["ids"] == faiss_ids(taken_from="2020-01-01T00:00:00", taken_to="2020-12-31T23:59:59",
+                                           camera="Canon EOS 80D") and res["ids"]
+            assert set(res["cameras"]) == {"Canon EOS 80D"} and all(t.startswith("2020-") for t in res["taken"])
+            with serving(h, port=free_port()) as url, httpx.Client(base_url=url, timeout=60) as client:
+                r = client.post("/api/search", files={"image": ("q.jpg", q.read_bytes(), "image/jpeg")},
+                                data={"k": "20", "camera": ODD_CAMERA, "date_to": "2020-12"})
+                assert r.status_code == 200, r.text
+                assert r.json()["ids"] == faiss_ids(camera=ODD_CAMERA, taken_to="2020-12-31T23:59:59")
+                assert len(r.json()["ids"]) == 3 and set(r.json()["cameras"]) == {ODD_CAMERA}
+    finally:
+        h.batcher.close()
+        h.index.close()
+
+
+def old_schema_collection(client, name: str, dim: int) -> None:
+    """What create_collection made before the photo facts were stored in Milvus."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    for field, (kind, length, nullable) in mb.META_FIELDS.items():
+        schema.add_field(field, getattr(DataType, kind), nullable=nullable,
+                         **({"max_length": length} if kind == "VARCHAR" else {}))
+    client.create_collection(name, schema=schema, consistency_level="Strong")
+
+
+def test_a_collection_without_the_photo_fields_is_refused_until_rebuilt(tiny_run: Path, shapes_root: Path,
+                                                                         tmp_path: Path):
+    d, images = tmp_path / "idx", shapes_root / "test" / "cross"
+    m = build(tiny_run / "checkpoint.pt", d, images=images, options=milvus_options(device="cpu"))
+    old = "instdisc_20990101_000000_abcdef"  # a generation of the collection, written by the earlier version
+    with SearchIndex.open(d) as si, mb.open_index(d, m) as coll:
+        rows, vectors = si.rows(), si.vectors(si.ids())
+        old_schema_collection(coll.client, old, m.dim)
+        coll.client.insert(old, [{k: x for k, x in mb.entity(r, v).items() if k in ("id", "vector", *mb.META_FIELDS)}
+                                 for r, v in zip(rows, vectors, strict=True)])
+        coll.client.create_index(old, mb.index_params(coll.client, "FLAT", {}))
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["milvus"]["serving"] = old
+    (d / "manifest.json").write_text(json.dumps(raw))
+    msg = (r"collection instdisc_20990101_000000_abcdef was built before this version stored photo facts in Milvus "
+           r"\(no fields file_bytes, mtime_ns, taken, taken_from, camera_make, camera_model, camera\): its schema "
+           r"does not match; rebuild it: python scripts/build_index.py .* --backend milvus --overwrite")
+    with pytest.raises(mb.MilvusError, match=msg):
+        SearchIndex.open(d)
+    with pytest.raises(mb.MilvusError, match=msg):
+        add(d, images, options=BuildOptions(progress=False, device="cpu"))
+    build(tiny_run / "checkpoint.pt", d, images=images, options=milvus_options(device="cpu"), overwrite=True)
+    with SearchIndex.open(d) as si:  # the rebuild replaced (and dropped) the old collection
+        assert len(si) == 25 and si.cameras() == [] and si.rows()[0].taken_from == "file"
+        assert si.search_vectors(np.ones((1, si.dim), np.float32), 5, filters=Filters(camera="x"))[0] == []
+    with mb.open_index(d, Manifest.read(d)) as coll:
+        assert coll.client.list_collections() == [coll.collection]
