@@ -111,20 +111,31 @@ def test_reliability_md_counts_match_faults_json():
 
 
 def test_photos_doc_zero_shot_table_is_what_its_report_holds():
-    """docs/photos.md's table of the thumbnail encoder on held-out Caltech-101 categories, row by row."""
+    """docs/photos.md's table of the thumbnail encoder on three query sets, row by row against each set's report
+    (a set's first row links its report; the rows below it, with an empty first cell, belong to it)."""
     text = (ROOT / "docs" / "photos.md").read_text()
-    head = "| method | weighted kNN | 1-NN | P@10 | mAP | edited copy found first |"
+    head = "| images (gallery / queries) | method | weighted kNN | 1-NN | P@10 | mAP | edited copy found first |"
     block = text[text.index(head):].split("\n\n", 1)[0].splitlines()[2:]
-    link = re.search(r"\(\.\./(results/bundled-encoders/[^)]+/report\.md)\)", text[text.index(head):])
-    report = _json(link.group(1).replace("report.md", "report.json"))
     keys = {"thumbnail encoder, no training": "ours", "raw pixels": "pixels",
             "raw pixels, PCA-whitened": "pixels-whitened"}
-    assert [r.split("|")[1].strip() for r in block] == list(keys)
+    reports, report = [], None
     for row in block:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        m, nd = report["methods"][keys[cells[0]]], report["near_duplicate"]["methods"][keys[cells[0]]]
+        link = re.search(r"\(\.\./(results/bundled-encoders/[^)]+)/report\.md\)", cells[0])
+        if link:
+            reports.append(link.group(1))
+            report = _json(link.group(1) + "/report.json")
+            counts = re.findall(r"\(([\d,]+) / ([\d,]+)\)", cells[0])[0]
+            assert tuple(int(x.replace(",", "")) for x in counts) == (report["gallery"]["count"],
+                                                                       report["queries"]["count"])
+        else:
+            assert cells[0] == "" and report is not None
+        m, nd = report["methods"][keys[cells[1]]], report["near_duplicate"]["methods"][keys[cells[1]]]
         want = (m["knn_top1"]["200"], m["knn_top1"]["1"], m["precision_at"]["10"], m["map"], nd["top1"])
-        assert tuple(float(c.strip("% ")) for c in cells[1:]) == pytest.approx([100 * w for w in want], abs=0.051)
+        assert tuple(float(c.strip("% ")) for c in cells[2:]) == pytest.approx([100 * w for w in want], abs=0.051)
+    assert [r.split("/")[2] for r in reports] == ["caltech-heldout", "tinyimagenet-test", "cifar10-test"]
+    assert len(block) == 9
+    report = _json(reports[0] + "/report.json")
     readme = " ".join((ROOT / "README.md").read_text().split())
     m = re.search(r"never saw scores (\d+\.\d) % weighted kNN against raw pixels' (\d+\.\d) %", readme)
     assert m and (float(m.group(1)), float(m.group(2))) == pytest.approx(
