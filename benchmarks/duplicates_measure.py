@@ -31,6 +31,7 @@ from benchmarks.planted import group_pairs, plant_share, score_pairs
 from index.build import BuildOptions
 from instdisc.bundled import bundled_checkpoint, resolve
 from instdisc.explore.collection import Collection
+from instdisc.explore.embeddings import NATIVE_RECIPE
 from instdisc.explore.explorer import Explorer
 from instdisc.explore.featurisers import recipe_embedder
 from instdisc.explore.reports import write_duplicates
@@ -41,8 +42,8 @@ from instdisc.trained import Checkpoint
 SHARES = (0.005, 0.05, 0.2)
 # how the images become vectors: the index's own recipe, or the encoder's native side alone (what copies need:
 # no 1.5x enlargement that blurs the edits' differences away, no whitening fitted for class search)
-RECIPES = {"index": BuildOptions(), "native": BuildOptions(scales=(1.0,), whiten=False),
-           "native-whitened": BuildOptions(scales=(1.0,), whiten=True)}
+RECIPES = {"index": BuildOptions(), "native": NATIVE_RECIPE,  # native: what find_duplicates --embedding native scores
+           "native-whitened": BuildOptions(scales=NATIVE_RECIPE.scales, whiten=True)}
 SIZES = (100, 5000)
 EMBED_BATCH = 512
 

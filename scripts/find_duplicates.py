@@ -1,9 +1,11 @@
 """Find duplicate and near-duplicate groups in an index.
 
-    python scripts/find_duplicates.py --index INDEX_DIR [--threshold auto|0.92] --out REPORT_DIR
+    python scripts/find_duplicates.py --index INDEX_DIR --out REPORT_DIR [--threshold auto|0.92] [--embedding native]
 
 Writes groups.json, duplicates.csv (one row per file: group, keep/remove) and contact_sheet.png;
-``auto`` calibrates the threshold on the index and prints it with its expected precision/recall.
+``auto`` calibrates the threshold on the index and prints it with its expected precision/recall;
+``--embedding native`` scores pairs with the checkpoint at its native side, unwhitened, re-embedded
+and cached.
 See docs/explore.md.
 """
 

@@ -3,7 +3,8 @@
 One module per job: :mod:`.neighbours` (kNN graph), :mod:`.grouping` (groups with a chain
 guard), :mod:`.edits` + :mod:`.calibrate` (the ``auto`` threshold), :mod:`.similar` (similar
 shots, the third tier), :mod:`.keep` (keep/remove), :mod:`.clusters`, :mod:`.projection`,
-:mod:`.cache` (per index generation), :mod:`.sheets` (PNGs), :mod:`.reports` (report folders),
+:mod:`.cache` (per index generation), :mod:`.embeddings` (the index's vectors or the native copy
+embedding), :mod:`.sheets` (PNGs), :mod:`.reports` (report folders),
 :mod:`.planted` (the planted-duplicate evaluation); :class:`.explorer.Explorer` ties them to one
 collection for the CLI and the app.
 """

@@ -8,6 +8,8 @@ import sys
 import time
 
 from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION
+from .collection import COMPUTED
+from .embeddings import EMBEDDING, EMBEDDINGS
 from .errors import ExploreError
 from .explorer import CalibrationOptions, Explorer
 from .neighbours import K
@@ -21,10 +23,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index folder made by scripts/build_index.py")
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--seed", type=int, default=0, help="seeds sampling, k-means and projections (default 0)")
-    p.add_argument("--device", default="cpu", help="device for re-embedding edited images (default cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="device for re-embedding edited images and, with --embedding native, the index (default cpu)")
 
 
 def _duplicate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding", default=EMBEDDING, choices=EMBEDDINGS,
+                   help="the vectors pairs are scored with: 'index' (the index's stored vectors, its checkpoint's "
+                   "recipe) or 'native' (every image re-embedded at the checkpoint's native side, not whitened; "
+                   f"computed on first use and cached with the index; default {EMBEDDING})")
     p.add_argument("--threshold", default="auto",
                    help="cosine similarity for a near-duplicate pair, or 'auto' (calibrated on the index, the share "
                    "of images with a copy estimated from it; default)")
@@ -48,7 +55,8 @@ def _duplicate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args) -> Explorer:
-    return Explorer.open(args.index, device=args.device, seed=args.seed, k=getattr(args, "k", K))
+    return Explorer.open(args.index, device=args.device, seed=args.seed, k=getattr(args, "k", K),
+                         embedding=getattr(args, "embedding", EMBEDDING))
 
 
 def _run(fn, args) -> int:
@@ -64,6 +72,8 @@ def _duplicates(args) -> None:
     t0 = time.perf_counter()
     ex = _open(args)
     opened = time.perf_counter() - t0
+    print(ex.collection.embedding.describe())
+    reembedded = " and re-embedding it" if ex.collection.embedding.source == COMPUTED else ""
     opts = CalibrationOptions(args.samples, args.target_precision, args.prevalence)
     dup = ex.duplicates(args.threshold, args.guard, opts, args.similar, args.similar_guard)
     if dup.calibration is not None:
@@ -79,7 +89,8 @@ def _duplicates(args) -> None:
           f"({tiers['exact'].images} images, {tiers['exact'].pairs} pairs; same bytes or pixels), "
           f"{tiers['near'].groups} near-duplicate ({tiers['near'].images} images, {tiers['near'].pairs} pairs; "
           f"threshold {dup.threshold:.4f}, chain guard {dup.guard:.4f}), {similar}; "
-          f"{len(ex.collection)} vectors ({dup.graph_method} kNN); {total:.1f} s ({opened:.1f} s opening the index)")
+          f"{len(ex.collection)} vectors ({dup.graph_method} kNN, {ex.collection.embedding.name} embedding); "
+          f"{total:.1f} s ({opened:.1f} s opening the index{reembedded})")
     for p in paths.values():
         print(f"  {p}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,28 @@ from PIL import Image
 from .errors import ExploreError
 
 Embed = Callable[[list[Image.Image]], np.ndarray]  # PIL images -> (B, d) float32 unit rows
+
+STORED, COMPUTED, CACHED = "stored", "computed", "cached"  # where an index collection's vectors came from
+
+
+@dataclass
+class Embedding:
+    """How a collection's vectors were made, so a report says what its scores mean (groups.json, the summary)."""
+
+    name: str  # "index": the index's own recipe; "native": the checkpoint at its native side (explore/embeddings.py)
+    sides: list[int]  # whole-image sides embedded at (several: the unit vectors averaged)
+    whitened: bool
+    source: str  # STORED: the index's vectors; COMPUTED: re-embedded from the files now; CACHED: re-embedded before
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        sides = " + ".join(f"{s} px" for s in self.sides) + (", averaged" if len(self.sides) > 1 else "")
+        how = {STORED: "the index's stored vectors", COMPUTED: "re-embedded from the image files (now cached)",
+               CACHED: "re-embedded from the image files, read from the explore cache"}[self.source]
+        same = " (the index's own recipe is native)" if self.name != "index" and self.source == STORED else ""
+        return f"{self.name} embedding: {sides}, {'whitened' if self.whitened else 'not whitened'}; {how}{same}"
 
 
 @dataclass
@@ -36,6 +58,7 @@ class Collection:
     embed: Embed  # re-embeds edited images the way the vectors were made (threshold calibration)
     file_path: Callable[[int], Path | None] = lambda row: None  # row -> file on disk, where there is one
     sha256: list[str | None] | None = None  # of each file's bytes, where known (exact-duplicate tier)
+    embedding: Embedding | None = None  # how the vectors were made, where it is an index's (None: in-memory)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -89,4 +112,5 @@ def from_index(si) -> Collection:
         ids=ids, vectors=np.ascontiguousarray(vectors, dtype=np.float32), paths=[r.path for r in rows],
         labels=[r.label for r in rows], splits=[r.split for r in rows], widths=[r.width for r in rows],
         heights=[r.height for r in rows], load_image=lambda row: load_image(file_path(row)),
-        embed=si.embed_images, file_path=file_path, sha256=[r.sha256 for r in rows])
+        embed=si.embed_images, file_path=file_path, sha256=[r.sha256 for r in rows],
+        embedding=Embedding("index", list(si.manifest.sides), bool(si.manifest.embedding.whitening_sha256), STORED))

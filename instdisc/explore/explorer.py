@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from .cache import ResultCache
 from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calibrate
 from .clusters import Clustering, cluster
-from .collection import Collection, from_index
+from .collection import STORED, Collection, Embedding, from_index
+from .embeddings import EMBEDDING, INDEX, with_embedding
 from .errors import ExploreError
 from .grouping import Group, chain_guard, group_duplicates, group_stats
 from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
@@ -65,6 +66,7 @@ class Duplicates:
     calibration: Calibration | None = None
     graph_method: str = ""
     extra: dict = field(default_factory=dict)
+    embedding: Embedding | None = None  # the vectors the pairs were scored with (None: an in-memory collection)
 
     exact: ExactClasses | None = None
     similar: SimilarTier = field(default_factory=SimilarTier.off)  # review only: nothing is removed
@@ -116,9 +118,14 @@ class Explorer:
         self._exact: ExactClasses | None = None  # the exact tier does not depend on the threshold
 
     @classmethod
-    def for_index(cls, si, **kw) -> Explorer:
-        """An explorer over an opened :class:`index.search.SearchIndex`, cached next to it."""
-        return cls(from_index(si), ResultCache(si.dir, si.manifest.generation), **kw)
+    def for_index(cls, si, embedding: str = EMBEDDING, **kw) -> Explorer:
+        """An explorer over an opened :class:`index.search.SearchIndex`, cached next to it, scoring with
+        ``embedding`` ('index' or 'native': :mod:`.embeddings`)."""
+        cache = ResultCache(si.dir, si.manifest.generation)
+        coll = with_embedding(si, from_index(si), embedding, cache)
+        # vectors re-embedded another way are other results; the stored ones share theirs whatever the name
+        kw.setdefault("featuriser", INDEX if coll.embedding.source == STORED else coll.embedding.name)
+        return cls(coll, cache, **kw)
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, device: str | None = "cpu", **kw) -> Explorer:
@@ -165,7 +172,8 @@ class Explorer:
                               similar_guard=similar_guard)
         tier = self.cache.fetch(SIMILAR, params, SimilarTier, lambda: similar_tier(
             graph, self.collection.vectors, taken, t, similar, similar_guard))
-        return Duplicates(t, g, groups, cal, graph.method, exact=exact, similar=tier)
+        return Duplicates(t, g, groups, cal, graph.method, exact=exact, similar=tier,
+                          embedding=self.collection.embedding)
 
     def exact_classes(self) -> ExactClasses:
         """Same bytes / same pixels (:mod:`.tiers`), computed once per explorer."""

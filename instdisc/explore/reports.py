@@ -68,6 +68,7 @@ def duplicates_json(dup: Duplicates, members: list[list[Member]]) -> dict:
     sim = dup.similar
     return {
         "threshold": dup.threshold, "guard": dup.guard, "graph": dup.graph_method,
+        "embedding": dup.embedding.to_dict() if dup.embedding is not None else None,
         "calibration": dup.calibration.to_dict() if dup.calibration else None,
         "similar": {"requested": sim.requested, "threshold": sim.threshold, "guard": sim.guard,
                     "chosen_by": sim.chosen_by, "reason": REVIEW_REASON},

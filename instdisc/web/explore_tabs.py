@@ -7,7 +7,8 @@ HTML) without Gradio events, :func:`add_explore_tabs` the layout and wiring; ``i
 calls it inside its ``gr.Blocks``.
 
 Clicking a group, a cluster, a member or a map point shows that image's nearest neighbours
-in the tab itself (by its stored vector: nothing is re-embedded).
+in the tab itself (by its stored vector: nothing is re-embedded). So the tabs score with the index's
+own vectors (``--embedding index``); the native copy embedding is the command line's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import gradio as gr
 import numpy as np
 
 from instdisc.explore import ExploreError, Explorer
+from instdisc.explore.embeddings import INDEX
 from instdisc.explore.explorer import Duplicates
 from instdisc.explore.keep import review, suggest
 from instdisc.explore.reports import duplicates_csv, group_members
@@ -88,7 +90,7 @@ class ExploreViews:
     def explorer(self) -> Explorer:
         with self._lock:
             if self._explorer is None:
-                self._explorer = Explorer.for_index(self.si)
+                self._explorer = Explorer.for_index(self.si, embedding=INDEX)
             return self._explorer
 
     def _item(self, row: int, caption: str) -> tuple:
