@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=1 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-auto}" "$@"
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-auto}" --dist worksteal "$@"
