@@ -36,15 +36,16 @@ EMBED_ROWS = 512  # rows one embedding batch reads (instdisc.embed), the residen
 
 
 def write_folder(root: Path, n: int, seed: int = 0) -> int:
-    """n JPEGs of 96 x 128 under root/NNN/ (nested, no classes); returns the bytes written."""
+    """n JPEGs of 96 x 128 under root/NNN/ (nested, no classes; at least two folders, so the training run reads
+    the collection from ``root`` as the decode step did, not from a lone subfolder); returns the bytes written."""
     rng = np.random.default_rng(seed)
+    folders = max(2, -(-n // PER_FOLDER))
+    for f in range(folders):
+        (root / f"{f:03d}").mkdir(parents=True, exist_ok=True)
     total = 0
     for i in range(n):
-        d = root / f"{i // PER_FOLDER:03d}"
-        if i % PER_FOLDER == 0:
-            d.mkdir(parents=True, exist_ok=True)
         small = rng.integers(0, 256, (6, 8, 3), np.uint8)  # upsampled: smooth, ~3 KB as JPEG
-        p = d / f"{i:06d}.jpg"
+        p = root / f"{i % folders:03d}" / f"{i:06d}.jpg"
         Image.fromarray(small).resize((128, 96), Image.Resampling.BILINEAR).save(p, quality=90)
         total += p.stat().st_size
     return total
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             trained = [e for e in epochs if e.get("images_per_s")]
             row["epochs"] = trained[-1]["epoch"] if trained else 0
+            if len(list(cache.rglob("*.npy"))) != 1:  # the run decoded its own cache: not the file measured
+                raise RuntimeError(f"training with --max-ram {cap} did not read the decoded cache {npys[0]}")
             row["images_per_s"] = round(float(np.median([e["images_per_s"] for e in trained])), 1) if trained else None
             rec.add(row)
             print(row, flush=True)
