@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from photo_exif import exif
 from PIL import Image, ImageDraw, ImageFilter
 
 from benchmarks.browser import free_port
@@ -43,17 +44,6 @@ def photo(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
     return img.filter(ImageFilter.GaussianBlur(1.5))
 
-
-def exif(orientation: int = 1, make: str | None = None, model: str | None = None, taken: str | None = None) -> bytes:
-    e = Image.Exif()
-    e[0x0112] = orientation
-    if make:
-        e[0x010F] = make
-    if model:
-        e[0x0110] = model
-    if taken:
-        e[0x8769] = {0x9003: taken}
-    return e.tobytes()
 
 
 def test_heic_and_avif_decode_upright_like_the_jpeg(tmp_path: Path):

@@ -20,6 +20,8 @@ from PIL import Image
 
 pytest.importorskip("milvus_lite")
 
+from photo_exif import exif  # noqa: E402
+
 from benchmarks.browser import free_port  # noqa: E402
 from index import milvus_backend as mb  # noqa: E402
 from index.build import BuildOptions, add, build, remove  # noqa: E402
@@ -397,16 +399,6 @@ PHOTO_FILTERS = [
 ]
 
 
-def exif(make: str | None, model: str | None, taken: str | None) -> bytes:
-    e = Image.Exif()
-    if make:
-        e[0x010F] = make
-    if model:
-        e[0x0110] = model
-    if taken:
-        e[0x8769] = {0x9003: taken}
-    return e.tobytes()
-
 
 def make_photos(shapes_root: Path, out: Path) -> Path:
     """The shapes test images as JPEGs with EXIF (three cameras, some without one, dates 2019-2021) and as PNGs
@@ -418,7 +410,7 @@ def make_photos(shapes_root: Path, out: Path) -> Path:
             src = Image.open(shapes_root / "test" / shape / f"{i:04d}.png").convert("RGB")
             make, model = CAMERAS[n % 3] if n % 4 else (None, None)
             dst = out / "test" / shape / f"IMG_{i}.jpg"
-            src.save(dst, exif=exif(make, model, DATES[n % len(DATES)] if n % 5 else None), quality=95)
+            src.save(dst, exif=exif(None, make, model, DATES[n % len(DATES)] if n % 5 else None), quality=95)
             if n % 5 == 0:  # no date in the header: the file's time is the date taken
                 os.utime(dst, (FILE_TIME, FILE_TIME))
             n += 1

@@ -17,8 +17,7 @@ from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calib
 from .clusters import Clustering, cluster
 from .collection import STORED, Collection, Embedding, from_index
 from .embeddings import EMBEDDING, INDEX, with_embedding
-from .errors import ExploreError
-from .grouping import Group, chain_guard, group_duplicates, group_stats
+from .grouping import Group, chain_guard, group_duplicates, group_stats, parse_similarity
 from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
 from .projection import Projection, project
 from .similar import DEFAULT as SIMILAR_DEFAULT
@@ -93,15 +92,7 @@ class Duplicates:
 
 def parse_threshold(value: str | float) -> float | str:
     """'auto' or a cosine similarity in (0, 1]; a clear error otherwise."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ExploreError(f"--threshold must be 'auto' or a similarity such as 0.92, got {value!r}") from None
-    if not 0.0 < t <= 1.0:
-        raise ExploreError(f"--threshold must be in (0, 1] (cosine similarity), got {t}")
-    return t
+    return parse_similarity(value, "--threshold", ("auto",), 0.92)
 
 
 class Explorer:

@@ -21,6 +21,20 @@ from .neighbours import KnnGraph
 STATS_MAX = 512  # pairwise statistics of a group use at most this many members
 
 
+def parse_similarity(value: str | float, flag: str, words: tuple[str, ...], example: float) -> float | str:
+    """One of ``words`` (lower-cased) or a cosine similarity in (0, 1] for ``flag``; a clear error otherwise."""
+    if isinstance(value, str) and value.strip().lower() in words:
+        return value.strip().lower()
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        named = ", ".join(f"'{w}'" for w in words)
+        raise ExploreError(f"{flag} must be {named} or a similarity such as {example}, got {value!r}") from None
+    if not 0.0 < t <= 1.0:
+        raise ExploreError(f"{flag} must be in (0, 1] (cosine similarity), got {t}")
+    return t
+
+
 def chain_guard(threshold: float) -> float:
     """The default guard for ``threshold`` (see the module doc)."""
     return 2.0 * threshold * threshold - 1.0

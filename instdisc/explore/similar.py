@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ExploreError
-from .grouping import Group, chain_guard, group_duplicates
+from .grouping import Group, chain_guard, group_duplicates, parse_similarity
 from .neighbours import KnnGraph
 
 SIMILAR = "similar"  # the tier's name (next to .tiers.EXACT and .tiers.NEAR)
@@ -57,17 +57,7 @@ class SimilarTier:
 
 def parse_similar(value: str | float | None) -> float | str:
     """'auto', 'off' or a cosine similarity in (0, 1]; a clear error otherwise."""
-    if value is None:
-        return DEFAULT
-    if isinstance(value, str) and value.strip().lower() in (AUTO, OFF):
-        return value.strip().lower()
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise ExploreError(f"--similar must be 'auto', 'off' or a similarity such as 0.85, got {value!r}") from None
-    if not 0.0 < s <= 1.0:
-        raise ExploreError(f"--similar must be in (0, 1] (cosine similarity), got {s}")
-    return s
+    return DEFAULT if value is None else parse_similarity(value, "--similar", (AUTO, OFF), 0.85)
 
 
 def auto_threshold(graph: KnnGraph, free: np.ndarray, near: float) -> tuple[float | None, str]:
