@@ -4,12 +4,14 @@ cap the same reads leave the whole file resident."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks.train_ram import mapped_rss
 from instdisc.imagecache import open_cache, resident_bound
 
 SIDE = 64
@@ -20,15 +22,8 @@ BATCH = 16  # 16 rows can map at most 2 MiB (two 64 KiB fault-around windows eac
 
 
 def _resident_bytes(path: Path) -> int:
-    """Rss of this process's mappings of ``path``, from /proc/self/smaps (kB lines)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
-            inside = len(head) >= 6 and head[5] == str(path)
-        elif inside and line.startswith("Rss:"):
-            total += int(head[1]) * 1024
-    return total
+    """Rss of this process's mappings of ``path`` (the benchmark's /proc/PID/smaps reader)."""
+    return mapped_rss(os.getpid(), str(path))
 
 
 def _write_cache(path: Path) -> None:
