@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caps", nargs="+", default=["none", "512M"], help="--max-ram values; none: no cap")
     p.add_argument("--budget", default="2m", help="each training run's --time-budget")
     p.add_argument("--work", default=None, help="folder for the photos and the cache (default: a temporary one)")
-    add_standard_args(p, "train_ram", "1000 images, the tiny preset for one epoch in batches of 16, caps none / 2M",
+    add_standard_args(p, "train_ram", "1000 images, the tiny preset for one epoch in batches of 64, caps none / 2M",
                       threads=False)
     args = p.parse_args(argv)
     if args.out.endswith("benchmarks/results/train_ram.json"):
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.images:,} photos ({folder_bytes / 2**20:.0f} MiB) written in {written_s:.0f} s; decoded in "
               f"{decode['wall_s']} s into a {cache_bytes / 2**30:.2f} GiB cache "
               f"(peak RSS {decode['peak_rss_mib']} MiB)", flush=True)
-        quick = ["--preset", "tiny", "--image-size", "64", "--no-cifar-stem", "--epochs", "1", "--batch-size", "16"]
+        quick = ["--preset", "tiny", "--image-size", "64", "--no-cifar-stem", "--epochs", "1", "--batch-size", "64"]
         how = quick if args.quick else ["--time-budget", args.budget]
         for cap in args.caps:
             run = Path(tmp) / f"run-{cap}"

@@ -16,16 +16,16 @@ def test_campaign_runs_levers_under_one_budget_and_resumes(shapes_root: Path, tm
     report = tmp_path / "REPORT.md"
     report.write_text("before\n<!-- efficiency:start -->\nold\n<!-- efficiency:end -->\nafter\n")
     out = tmp_path / "res"
-    args = ["--dataset", "shapes", "--budgets", "6", "--variants", "plain", "two=views:2,refresh_bank:true",
+    args = ["--dataset", "shapes", "--budgets", "4", "--variants", "plain", "two=views:2,refresh_bank:true",
             "--out", str(out), "--report", str(report)]
     assert efficiency.main(args) == 0
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert set(runs) == {"shapes-baselines", "shapes-plain-6", "shapes-two-6"}
-    two = runs["shapes-two-6"]
-    assert two["config"]["views"] == 2 and two["config"]["refresh_bank"] and two["config"]["time_budget"] == 6
+    assert set(runs) == {"shapes-baselines", "shapes-plain-4", "shapes-two-4"}
+    two = runs["shapes-two-4"]
+    assert two["config"]["views"] == 2 and two["config"]["refresh_bank"] and two["config"]["time_budget"] == 4
     assert two["plan"] and two["epochs"] == two["curve"][-1]["epoch"]
     assert two["eval_wall_s"] is not None and two["eval_wall_s"] >= 0  # a fresh run times its scoring
-    for r in (two, runs["shapes-plain-6"]):
+    for r in (two, runs["shapes-plain-4"]):
         for gallery in ("bank", "reembedded"):
             m = r["final"][gallery]
             assert 0 < m["knn"] <= 100 and 0 < m["nn1"] <= 100 and 0 < m["map"] <= 100
@@ -47,7 +47,7 @@ def test_campaign_runs_levers_under_one_budget_and_resumes(shapes_root: Path, tm
     assert efficiency.main(args) == 0
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     # runs and baselines recorded before the whitened column gain it from their checkpoints, unchanged otherwise
-    path, base_path = out / "runs" / "shapes-two-6.json", out / "runs" / "shapes-baselines.json"
+    path, base_path = out / "runs" / "shapes-two-4.json", out / "runs" / "shapes-baselines.json"
     whitened = two["final"].pop("bank_whitened")
     path.write_text(json.dumps(two))
     pixels_whitened = base.pop("pixels_whitened")
