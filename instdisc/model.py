@@ -1,9 +1,14 @@
-"""Encoders: a torchvision ResNet trunk, an optional CIFAR stem, and the 128-d L2-normalised head.
+"""Encoders: a ResNet trunk (torchvision's layout), an optional CIFAR stem, and the 128-d L2-normalised head.
 
 The paper's encoder is a standard ResNet whose classifier is replaced by a linear map to
 ``low_dim`` followed by L2 normalisation (forgetting the normalisation breaks kNN). For
 32x32 images the stem is a 3x3 stride-1 conv without max-pool. ``width`` scales every stage
 so that CPU presets can train a narrower network with the same topology.
+
+The blocks are written here with torchvision's module names, shapes and initialisation (He-normal
+convolutions, BatchNorm at 1 and 0), so torchvision ResNet weights load into the trunk and give the
+same outputs. Importing torchvision is what is avoided: it pulls in torch._dynamo, seconds of CPU at
+the start of every command that only needs the network.
 
 With ``projector`` > 0 (a lever beyond the paper, SimCLR's: Chen et al., ICML 2020, section
 4.2) the loss sees an MLP projection (Linear-BN-ReLU-Linear to ``low_dim``) of the trunk's
@@ -17,14 +22,69 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 
 from .config import TrainConfig
 
-ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
-    "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut (ResNet-18/34), as torchvision builds it."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 - 3x3 (strided) - 1x1 with 4x expansion (ResNet-50), as torchvision builds it."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+ARCHS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 
 
@@ -34,23 +94,19 @@ def trunk_dim(arch: str, width: int) -> int:
     return width * 8 * block.expansion
 
 
-class ResNetTrunk(tv_resnet.ResNet):
-    """torchvision's ResNet with a configurable base width and stem.
+class ResNetTrunk(nn.Module):
+    """A ResNet with a configurable base width and stem, ending at the pooled feature.
 
     With ``width=64`` and ``cifar_stem=False`` the parameter names and shapes equal
-    ``torchvision.models.resnet18()``'s, so torchvision weights load into it.
+    ``torchvision.models.resnet18()``'s (without ``fc``), so torchvision weights load into it.
     """
 
     def __init__(self, arch: str = "resnet18", width: int = 64, cifar_stem: bool = False) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        super().__init__()
         block, layers = ARCHS[arch]
-        nn.Module.__init__(self)
-        self._norm_layer = nn.BatchNorm2d
         self.inplanes = width
-        self.dilation = 1
-        self.groups = 1
-        self.base_width = 64
         if cifar_stem:
             self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -72,6 +128,23 @@ class ResNetTrunk(tv_resnet.ResNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int,
+                    stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, out_dim) pooled feature."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 class Encoder(nn.Module):
