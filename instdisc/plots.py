@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import matplotlib
+from .fsutil import atomic_write
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .fsutil import atomic_write  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 
-def save_png(fig: plt.Figure, path: str | os.PathLike) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported when a figure is drawn (not at start-up:
+    most runs of a command that can plot never do, and the import costs most of a second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: matplotlib.figure.Figure, path: str | os.PathLike) -> None:
     """Write ``fig`` as a PNG at 110 dpi, atomically (a reader never sees half a file), and close it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def plot_training(history: list[dict], path: str | os.PathLike) -> None:
@@ -23,7 +33,7 @@ def plot_training(history: list[dict], path: str | os.PathLike) -> None:
     knn = [r for r in history if "knn_top1" in r]
     if not rows:
         return
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.6))
     a.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker=".")
     a.set(xlabel="epoch", ylabel="training loss", title="loss")
     if knn:
