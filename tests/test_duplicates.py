@@ -124,6 +124,13 @@ def test_planted_copies_in_a_small_folder(share: float):
     assert abs(ours["estimated_share_with_copy"] - row["true_share_with_copy"]) <= 0.2 * row["true_share_with_copy"]
     for d in (10, 4, 2):
         assert 0.0 <= row[f"phash_le{d}"]["recall"] <= 1.0
+    # the fixed-threshold curve: at auto's own threshold it is auto's result; its best point is at least as good
+    at_auto = next(c for c in ours["curve"] if abs(c["threshold"] - ours["threshold"]) < 1e-9)
+    assert (at_auto["precision"], at_auto["recall"]) == (ours["precision"], ours["recall"])
+    recalls = [c["recall"] for c in ours["curve"]]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never groups more copies
+    best = ours["best_at_target"]
+    assert best["precision"] >= 0.95 and best["recall"] >= ours["recall"]
 
 
 def test_pair_scores_by_hand():
