@@ -296,3 +296,16 @@ def test_planted_sampling_looks_inside_an_archives_lone_top_folder(shapes_root: 
     assert len(imgs) == 10 and splits.count("train") == 6 and splits.count("test") == 4
     assert all(p.startswith(("train/", "test/")) for p in paths) and set(labels) <= {
         d.name for d in (shapes_root / "train").iterdir()}
+
+
+def test_timing_covers_every_step_of_the_finder_and_the_map():
+    """``measure_explore.py timing`` (the 1M figure in docs/explore.md): graph, near groups, similar tier,
+    clusters and PCA on synthetic vectors with 1 % planted copies, every copy grouped, the total their sum."""
+    from benchmarks.explore_measure import timing
+
+    r = timing(3000)
+    steps = ("knn_graph", "grouping", "similar_tier", "clusters_auto", "pca")
+    assert r["total_seconds"] == sum(r[s]["seconds"] for s in steps)
+    assert r["planted_copies"] == 30 and r["grouping"]["planted_copies_grouped"] == 30
+    assert r["grouping"]["groups"] == 30 and r["grouping"]["images_in_groups"] == 60
+    assert r["similar_tier"]["threshold"] < r["threshold"]  # look-alikes below the near threshold
