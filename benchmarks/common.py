@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from instdisc.fsutil import atomic_write_text
+from instdisc.plots import save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -291,23 +292,12 @@ def table(rows: Sequence[dict], columns: Sequence[str], title: str | None = None
     return text
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (benchmarks run headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def save_figure(fig, rec: Record, title: str) -> Path:
     """Title the figure with the run's machine / versions / date and write it beside the JSON."""
     fig.suptitle(f"{title}\n{stamp(rec)}", fontsize=9)
     fig.tight_layout()
     out = rec.out.with_suffix(".png")
-    fig.savefig(out, dpi=110)
-    pyplot().close(fig)
+    save_png(fig, out)
     return out
 
 

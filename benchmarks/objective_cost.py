@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from benchmarks import common
 from instdisc.memory import MemoryBank
 from instdisc.objectives import NCE, NonParametricSoftmax
+from instdisc.plots import pyplot
 from instdisc.runtime import autocast
 
 DIM, BATCH = 128, 128
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rec: common.Record) -> Path:
-    plt = common.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (obj, prec), marker in zip(sorted({(r["objective"], r["precision"]) for r in rec.data["results"]}),
                                    "osv^", strict=False):

@@ -39,6 +39,7 @@ from benchmarks import common
 from index import auto, faiss_util
 from index.synthetic import clustered_unit_vectors
 from instdisc.evaluation.stats import latency_summary
+from instdisc.plots import pyplot
 
 TYPES = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto")
 K = 10
@@ -156,7 +157,7 @@ def run_size(n: int, args, rec: common.Record) -> None:
 
 
 def plot(rec: common.Record) -> Path:
-    plt = common.pyplot()
+    plt = pyplot()
     rows = [r for r in rec.data["results"] if "single_p50_ms" in r]
     sizes = sorted({r["n"] for r in rows})
     names = list(dict.fromkeys(r["index"] for r in rows))

@@ -36,6 +36,7 @@ from benchmarks import common
 from instdisc.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
 from instdisc.config import TrainConfig
 from instdisc.method import InstDisc, StepOutput
+from instdisc.plots import pyplot
 from instdisc.runtime import autocast, compile_module, pick_device, use_bf16
 
 DEFAULT_DATA = common.ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -271,7 +272,7 @@ def case_main(argv: list[str]) -> int:
 
 
 def plot(rec: common.Record) -> Path:
-    plt = common.pyplot()
+    plt = pyplot()
     widths = sorted({r["width"] for r in rec.data["results"]})
     fig, axes = plt.subplots(1, len(widths), figsize=(7 * len(widths), 4.5), squeeze=False)
     for ax, w in zip(axes[0], widths, strict=True):

@@ -258,10 +258,9 @@ def fill_report(report: Path, table_md: str) -> None:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    from instdisc.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [g for g in summary["groups"] if summary["groups"][g]["rows"]]
     cols = min(3, len(names))

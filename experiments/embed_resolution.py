@@ -155,10 +155,9 @@ def measure(ckpt: Checkpoint, data: str, scales: list[float], flip: bool, progre
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from instdisc.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     panels = [("knn", "weighted kNN (k=200) %"), ("nn1", "1-NN %"), ("map", "mAP %")]

@@ -81,10 +81,9 @@ def orderings(runs: list[RunCurve]) -> dict:
 
 
 def plot(runs: list[RunCurve], path: Path) -> None:
-    import matplotlib
+    from instdisc.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:

@@ -1,4 +1,4 @@
-"""The trunk is torchvision's ResNet written out: the same parameters, the same seeded weights, the same outputs,
+"""The trunk is torchvision's ResNet written out: the same parameters, its initialisation, the same outputs,
 and importing the model does not import torchvision (its import pulls in torch._dynamo: seconds per command)."""
 
 from __future__ import annotations

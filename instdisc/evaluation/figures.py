@@ -13,24 +13,15 @@ from index.search import SearchIndex
 from instdisc.data import ImageCollection
 from instdisc.fsutil import atomic_write_bytes
 from instdisc.images import fit_square, hwc, load_image
-from instdisc.plots import save_png
+from instdisc.plots import pyplot, save_png
 
 from .metrics import RankingResult
 from .options import EvalOptions
 from .report import METHOD_NAMES, pct
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_knn_vs_k(methods: dict[str, dict], path: Path, paper: float | None = None) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in methods.items():
         curve = r.get("knn_curve") or {}
@@ -50,7 +41,7 @@ def plot_knn_vs_k(methods: dict[str, dict], path: Path, paper: float | None = No
 
 
 def plot_pr(methods: dict[str, dict], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, r in methods.items():
         pr = r.get("pr_curve")
