@@ -208,7 +208,7 @@ def needs_images(ckpt: Checkpoint, options: BuildOptions) -> bool:
 def training_folder(ckpt: Checkpoint, sides: tuple[int, ...]) -> Path:
     """The folder the checkpoint was trained on (to re-embed instead of exporting its bank); ValueError if gone."""
     root = Path(ckpt.files.root)
-    if not root.is_dir():
+    if not ckpt.files.paths or not root.is_dir():
         raise ValueError(f"this index embeds at {list(sides)} px, which needs the images, "
                          f"and the training folder {root} is not here: pass --images FOLDER (or --scales 1)")
     return root
@@ -279,6 +279,8 @@ def build(
     out = Path(out_dir)
     check_new(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
+    if images is None and ckpt.encoder_only:  # no bank and no training folder: only images can be indexed
+        ckpt.bank()  # raises the CheckpointError that says to pass --images
     if images is None and needs_images(ckpt, options):  # the bank holds one side: re-embed the training folder
         images = training_folder(ckpt, build_sides(ckpt, options))
     col = from_memory_bank(ckpt, options) if images is None else from_images(ckpt, images, options)

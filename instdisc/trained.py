@@ -123,6 +123,11 @@ class Checkpoint:
             torch.manual_seed(seed)
             return Encoder.from_config(c).eval()
 
+    @property
+    def encoder_only(self) -> bool:
+        """True for an exported encoder (a bundled one): no memory bank, no training folder to go back to."""
+        return bool(self.state.get("encoder_only")) or "bank.features" not in self.state.get("model", {})
+
     def bank(self) -> torch.Tensor:
         """The memory bank, (N, low_dim): row i belongs to ``files.paths[i]``."""
         return bank_from(self.state)

@@ -143,6 +143,18 @@ def test_the_committed_encoder_matches_its_card_and_embeds(name: str) -> None:
     assert v.shape == (2, ck.config.low_dim) and torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_the_committed_encoders_split_thumbnails_from_photos() -> None:
+    """The shipped pair: 32 px CIFAR-stem thumbnails up to 40 px, the 64 px ImageNet-stem photo encoder above."""
+    assert bundled.available() == [bundled.PHOTO, bundled.THUMBNAIL]
+    thumbs, photos = bundled.choose(_sample(32)), bundled.choose(_sample(215))
+    assert (thumbs.name, thumbs.side) == (bundled.THUMBNAIL, 32) and "CIFAR stem" in thumbs.reason
+    assert (photos.name, photos.side) == (bundled.PHOTO, 64) and "ImageNet stem" in photos.reason
+    assert "median short side 215 px" in photos.reason and "photos" in photos.reason
+    assert photos.path == bundled.MODELS_DIR / bundled.PHOTO / "encoder.pt"
+    card = bundled.ModelCard.read(bundled.MODELS_DIR / bundled.PHOTO / "card.json")
+    assert "caltech" in card.trained_on and card.training_images == 29_040  # the held-out categories left out
+
+
 def test_build_index_images_without_checkpoint_uses_the_bundled_encoder(shapes_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "idx"
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_index.py"), "--images", str(shapes_root / "test"),
