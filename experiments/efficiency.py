@@ -43,6 +43,7 @@ from instdisc.evaluation.baselines import pixel_features
 from instdisc.evaluation.metrics import rank_and_score
 from instdisc.fsutil import atomic_write_text
 from instdisc.model import Encoder
+from instdisc.resolution import SizeSample
 from instdisc.runtime import use_bf16
 from instdisc.train import Trainer
 from instdisc.trained import Checkpoint
@@ -155,9 +156,13 @@ def baselines(ds: Dataset, train: ImageCollection, test: ImageCollection) -> dic
     return out
 
 
-def starting_point(v: Variant) -> Checkpoint | None:
-    """The checkpoint a fine-tuning variant starts from (verified), or None for random weights."""
-    return Checkpoint.load(bundled.resolve(v.init)) if v.init else None
+def starting_point(v: Variant, ds: Dataset) -> Checkpoint | None:
+    """The checkpoint a fine-tuning variant starts from (verified), or None for random weights; ``general``
+    is the bundled encoder that fits the data set's image side, as ``train.py --init general`` chooses."""
+    if not v.init:
+        return None
+    side = ds.image_size
+    return Checkpoint.load(bundled.resolve(v.init, SizeSample(1, 0, side, side, side)))
 
 
 def run_one(ds: Dataset, v: Variant, budget: float, train: ImageCollection, test: ImageCollection,
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for budget in args.budgets:
                 for v in variants:
-                    init = starting_point(v)
+                    init = starting_point(v, ds)
                     size = ds.image_size if init is None else init.config.image_size
                     data = splits_at(ds, size, splits, args.quick, args.progress)
                     r = run_one(ds, v, budget, *data, args.progress, init)

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=1 bash scripts/setup.sh
 workers=${TEST_WORKERS:-$(( $(nproc) + 1 ))}
-exec .venv/bin/python -m pytest -q -n "$workers" --dist worksteal "$@"
+exec .venv/bin/python -m pytest -q -n "$workers" --dist worksteal --durations=10 "$@"

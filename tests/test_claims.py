@@ -66,7 +66,8 @@ def test_readme_results_table_is_what_the_linked_results_files_hold():
     section = text[text.index("## Results"):]
     section = section[: section.index("\n## ", 5)]
     assert "2-core **AMD EPYC with AVX512-BF16**" in section  # the machine, named once
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    table = section[section.index("| collection and training |"):].split("\n\n", 1)[0]  # the first table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) >= 8
     source, baselines_from, checked = None, None, 0
     for line in rows:
@@ -111,30 +112,40 @@ def test_reliability_md_counts_match_faults_json():
 
 
 def test_photos_doc_zero_shot_table_is_what_its_report_holds():
-    """docs/photos.md's table of the thumbnail encoder on three query sets, row by row against each set's report
-    (a set's first row links its report; the rows below it, with an empty first cell, belong to it)."""
+    """docs/photos.md's table of the bundled encoders on three query sets, row by row against the reports
+    (a set's first row links the photo encoder's report, whose baselines fill the raw-pixel rows below it;
+    the thumbnail encoder's row links its own report)."""
     text = (ROOT / "docs" / "photos.md").read_text()
     head = "| images (gallery / queries) | method | weighted kNN | 1-NN | P@10 | mAP | edited copy found first |"
     block = text[text.index(head):].split("\n\n", 1)[0].splitlines()[2:]
-    keys = {"thumbnail encoder, no training": "ours", "raw pixels": "pixels",
+    keys = {"photo encoder, no training": "ours", "thumbnail encoder, no training": "ours", "raw pixels": "pixels",
             "raw pixels, PCA-whitened": "pixels-whitened"}
+    link_re = r"\[([^\]]*)\]\(\.\./(results/bundled-encoders/[^)]+)/report\.md\)"
     reports, report = [], None
     for row in block:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        link = re.search(r"\(\.\./(results/bundled-encoders/[^)]+)/report\.md\)", cells[0])
+        link = re.search(link_re, cells[0])
         if link:
-            reports.append(link.group(1))
-            report = _json(link.group(1) + "/report.json")
+            reports.append(link.group(2))
+            report = _json(link.group(2) + "/report.json")
             counts = re.findall(r"\(([\d,]+) / ([\d,]+)\)", cells[0])[0]
             assert tuple(int(x.replace(",", "")) for x in counts) == (report["gallery"]["count"],
                                                                        report["queries"]["count"])
         else:
             assert cells[0] == "" and report is not None
-        m, nd = report["methods"][keys[cells[1]]], report["near_duplicate"]["methods"][keys[cells[1]]]
+        own = re.search(link_re, cells[1])  # a row with its own report (the thumbnail encoder's)
+        source = _json(own.group(2) + "/report.json") if own else report
+        method = re.sub(link_re, r"\1", cells[1])
+        assert (own is not None) == method.startswith("thumbnail"), row
+        if own:
+            assert own.group(2).split("/")[2] == reports[-1].split("/")[2] and own.group(2).endswith("/thumbnail")
+        else:
+            assert reports[-1].endswith("/photo")
+        m, nd = source["methods"][keys[method]], source["near_duplicate"]["methods"][keys[method]]
         want = (m["knn_top1"]["200"], m["knn_top1"]["1"], m["precision_at"]["10"], m["map"], nd["top1"])
         assert tuple(float(c.strip("% ")) for c in cells[2:]) == pytest.approx([100 * w for w in want], abs=0.051)
     assert [r.split("/")[2] for r in reports] == ["caltech-heldout", "tinyimagenet-test", "cifar10-test"]
-    assert len(block) == 9
+    assert len(block) == 12
     report = _json(reports[0] + "/report.json")
     readme = " ".join((ROOT / "README.md").read_text().split())
     m = re.search(r"never saw scores (\d+\.\d) % weighted kNN against raw pixels' (\d+\.\d) %", readme)
