@@ -206,11 +206,9 @@ def markdown(runs: list[dict]) -> str:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    from instdisc.plots import pyplot
+    from instdisc.plots import pyplot, save_png
 
     plt = pyplot()
-
-    from instdisc.plots import save_png
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for i, r in enumerate(runs):

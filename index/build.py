@@ -208,7 +208,7 @@ def needs_images(ckpt: Checkpoint, options: BuildOptions) -> bool:
 def training_folder(ckpt: Checkpoint, sides: tuple[int, ...]) -> Path:
     """The folder the checkpoint was trained on (to re-embed instead of exporting its bank); ValueError if gone."""
     root = Path(ckpt.files.root)
-    if not ckpt.files.paths or not root.is_dir():
+    if not root.is_dir():
         raise ValueError(f"this index embeds at {list(sides)} px, which needs the images, "
                          f"and the training folder {root} is not here: pass --images FOLDER (or --scales 1)")
     return root

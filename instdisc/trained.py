@@ -126,7 +126,7 @@ class Checkpoint:
     @property
     def encoder_only(self) -> bool:
         """True for an exported encoder (a bundled one): no memory bank, no training folder to go back to."""
-        return bool(self.state.get("encoder_only")) or "bank.features" not in self.state.get("model", {})
+        return "bank.features" not in self.state["model"]
 
     def bank(self) -> torch.Tensor:
         """The memory bank, (N, low_dim): row i belongs to ``files.paths[i]``."""
