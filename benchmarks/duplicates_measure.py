@@ -94,9 +94,17 @@ def case(originals: list, paths: list[str], share: float, ckpt: Checkpoint, seed
     ours = score_pairs(group_pairs(dup.groups), pairs, n)
     out = {"originals": n, "planted": len(pairs), "share": share,
            "true_share_with_copy": len(pairs) / len(images),
-           "ours": {"threshold": cal.threshold, "expected_precision": cal.precision, "expected_recall": cal.recall,
-                    "reached": cal.reached, "estimated_share_with_copy": cal.prevalence,
-                    "expected_recall_by_edit": cal.recall_by_edit, **asdict(ours), "groups": len(dup.groups),
+           "ours": {"threshold": cal.threshold, "expected_precision": dup.expected_precision,
+                    "expected_recall": dup.expected_recall, "reached": cal.reached,
+                    "estimated_share_with_copy": cal.prevalence,
+                    "expected_recall_by_edit": cal.pixel_recall_by_edit or cal.recall_by_edit,
+                    "embedding_alone": {"expected_precision": cal.precision, "expected_recall": cal.recall,
+                                        "expected_recall_by_edit": cal.recall_by_edit},
+                    "pixel_check": None if dup.pixel is None else {
+                        "floor": dup.pixel.floor, "threshold": dup.pixel.threshold,
+                        "band_pairs": dup.pixel.band_pairs, "checked": dup.pixel.checked,
+                        "passed": len(dup.pixel.pairs), "seconds": dup.pixel.seconds},
+                    **asdict(ours), "groups": len(dup.groups),
                     "seconds": {"embed": t1 - t0, "graph_calibrate_group": t2 - t1}}}
     out["ours"]["curve"] = threshold_curve(ex, pairs, n)
     best = [c for c in out["ours"]["curve"] if c["precision"] >= TARGET_PRECISION]
@@ -157,26 +165,32 @@ def measure(folders: dict[str, Path], sizes: tuple[int, ...] = SIZES, shares: tu
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """docs/explore.md's table: per planted set, ours at ``auto`` (expected beside measured) and pHash."""
-    head = ("| folder | originals + copies | method | threshold | precision (expected) | precision, own pairs "
-            "counted false | recall (expected) | crop / colour / JPEG / resize recall |\n"
-            "|---|---|---|---|---|---|---|---|")
-    out = [head]
+    """docs/explore.md's table: per planted set, ours at ``auto`` (expected beside measured, the pixel check's
+    share of its band) and pHash <= 10 on the same images.
+
+    Example:
+        >>> rows = json.loads(Path("results/duplicates/planted_5000.json").read_text())["results"]  # doctest: +SKIP
+        >>> print(markdown_table(rows))  # doctest: +SKIP
+    """
+    out = ["| folder | originals + copies | `auto` threshold | pixel check: passed / pairs in band | precision "
+           "(expected) | precision, a copy's pairs in its original's group right | precision, own pairs counted "
+           "false | recall (expected) | crop / colour / JPEG / resize recall | pHash ≤ 10: precision, recall; crop |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
 
     def kinds(s: dict) -> str:
         by = s["recall_by_edit"]
         return " / ".join(f"{by[k]:.2f}" if k in by else "-" for k in ("crop", "colour", "jpeg", "resize"))
 
     for r in rows:
-        o = r["ours"]
-        name = f"{r['folder']} | {r['originals']:,} + {r['planted']:,}"
-        out.append(f"| {name} | ours (`auto`) | {o['threshold']:.4f} | {o['precision']:.3f} "
-                   f"({o['expected_precision']:.3f}) | {o['precision_all']:.3f} | {o['recall']:.3f} "
-                   f"({o['expected_recall']:.3f}) | {kinds(o)} |")
-        for d in DISTANCES:
-            p = r[f"phash_le{d}"]
-            out.append(f"| {name} | pHash ≤ {d} | {d} bits | {p['precision']:.3f} | {p['precision_all']:.3f} | "
-                       f"{p['recall']:.3f} | {kinds(p)} |")
+        o, p = r["ours"], r["phash_le10"]
+        check = o.get("pixel_check")
+        band = f"{check['passed']:,} / {check['band_pairs']:,}" if check else "-"
+        crop = f"{p['recall_by_edit']['crop']:.2f}" if "crop" in p["recall_by_edit"] else "-"
+        grouped = f"{o['precision_original_grouped']:.3f}" if "precision_original_grouped" in o else "-"
+        out.append(f"| {r['folder']} | {r['originals']:,} + {r['planted']:,} | {o['threshold']:.4f} | {band} | "
+                   f"{o['precision']:.3f} ({o['expected_precision']:.3f}) | {grouped} | {o['precision_all']:.3f} | "
+                   f"{o['recall']:.3f} ({o['expected_recall']:.3f}) | {kinds(o)} | {p['precision']:.3f}, "
+                   f"{p['recall']:.3f}; {crop} |")
     return "\n".join(out)
 
 

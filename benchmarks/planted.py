@@ -128,7 +128,10 @@ class PairScore:
 
     ``precision``: of the reported pairs that hold a planted copy, the share that are the copy and
     its original; pairs of two originals (the folder's own duplicates and look-alikes) are counted
-    apart in ``own_pairs`` and in ``precision_all`` (which counts them as false)."""
+    apart in ``own_pairs`` and in ``precision_all`` (which counts them as false).
+    ``precision_original_grouped``: as ``precision``, but a copy's pair with another member of the group
+    that holds its original counts as right too (the original's own duplicates: a group of the original,
+    its re-scan and the copy reports the copy with both)."""
 
     recall: float
     recall_by_edit: dict[str, float]
@@ -138,6 +141,7 @@ class PairScore:
     pairs_with_copy: int
     right_pairs: int
     own_pairs: int
+    precision_original_grouped: float = 1.0
 
 
 def group_pairs(groups: list[Group]) -> set[tuple[int, int]]:
@@ -156,12 +160,16 @@ def score_pairs(reported: set[tuple[int, int]], pairs: list[tuple[int, int, str]
     found = [(min(a, b), max(a, b)) in reported for a, b, _ in pairs]
     with_copy = [p for p in reported if p[1] >= originals]
     right = sum(p in truth for p in with_copy)
+    original = {c: a for a, c, _ in pairs}  # copy row -> its original's row
+    grouped = sum((min(original[b], x), max(original[b], x)) in reported or x == original[b]
+                  for x, b in with_copy if b in original)
     by_kind = {k: float(np.mean([f for f, (_, _, kk) in zip(found, pairs, strict=True) if kk == k]))
                for k in KINDS if any(kk == k for _, _, kk in pairs)}
     return PairScore(recall=float(np.mean(found)) if pairs else 1.0, recall_by_edit=by_kind,
                      precision=right / len(with_copy) if with_copy else 1.0,
                      precision_all=right / len(reported) if reported else 1.0, reported_pairs=len(reported),
-                     pairs_with_copy=len(with_copy), right_pairs=right, own_pairs=len(reported) - len(with_copy))
+                     pairs_with_copy=len(with_copy), right_pairs=right, own_pairs=len(reported) - len(with_copy),
+                     precision_original_grouped=grouped / len(with_copy) if with_copy else 1.0)
 
 
 def plant_share(images: list[Image.Image], share: float, seed: int) -> tuple[list[Image.Image],

@@ -116,21 +116,24 @@ def test_planted_copies_in_a_small_folder(share: float):
     row = case(originals, [f"{i}.png" for i in range(200)], share, Checkpoint.load(str(bundled_checkpoint())), 0)
     ours = row["ours"]
     assert row["planted"] == round(200 * share)
-    # synthetic pictures are harder for the bundled encoder than photos (look-alikes score up to 0.95)
-    assert ours["recall"] >= 0.75 and ours["precision"] >= 0.95 and ours["reached"]
+    # synthetic pictures are harder for the bundled encoder than photos (look-alikes score up to 0.95); the pixel
+    # check finds the copies the threshold leaves below it
+    assert ours["recall"] >= 0.9 and ours["precision"] >= 0.95 and ours["reached"]
+    assert ours["pixel_check"] is not None and ours["pixel_check"]["passed"] >= 1
     # what auto printed is what was then measured, and the copy share is estimated, not assumed
     assert abs(ours["expected_recall"] - ours["recall"]) <= 0.1
     assert abs(ours["expected_precision"] - ours["precision_all"]) <= 0.1
     assert abs(ours["estimated_share_with_copy"] - row["true_share_with_copy"]) <= 0.2 * row["true_share_with_copy"]
     for d in (10, 4, 2):
         assert 0.0 <= row[f"phash_le{d}"]["recall"] <= 1.0
-    # the fixed-threshold curve: at auto's own threshold it is auto's result; its best point is at least as good
+    # the fixed-threshold curve is the embedding alone: at auto's threshold it finds what auto finds without
+    # the pixel check, never more
     at_auto = next(c for c in ours["curve"] if abs(c["threshold"] - ours["threshold"]) < 1e-9)
-    assert (at_auto["precision"], at_auto["recall"]) == (ours["precision"], ours["recall"])
+    assert at_auto["recall"] < ours["recall"]
     recalls = [c["recall"] for c in ours["curve"]]
     assert recalls == sorted(recalls, reverse=True)  # a higher threshold never groups more copies
     best = ours["best_at_target"]
-    assert best["precision"] >= 0.95 and best["recall"] >= ours["recall"]
+    assert best["precision"] >= 0.95 and best["recall"] >= at_auto["recall"]
 
 
 def test_pair_scores_by_hand():
@@ -139,7 +142,11 @@ def test_pair_scores_by_hand():
     reported = {(0, 6), (2, 7), (3, 4)}
     s = score_pairs(reported, pairs, originals=6)
     assert s == PairScore(recall=0.5, recall_by_edit={"crop": 0.0, "jpeg": 1.0}, precision=0.5,
-                          precision_all=1 / 3, reported_pairs=3, pairs_with_copy=2, right_pairs=1, own_pairs=1)
+                          precision_all=1 / 3, reported_pairs=3, pairs_with_copy=2, right_pairs=1, own_pairs=1,
+                          precision_original_grouped=0.5)
+    # a group {0, 5, 6}: 5 is 0's own duplicate, so the copy's pair with it counts right only in the second measure
+    s = score_pairs({(0, 5), (0, 6), (5, 6), (2, 7)}, pairs, originals=6)
+    assert (s.precision, s.precision_original_grouped, s.own_pairs) == (pytest.approx(1 / 3), pytest.approx(2 / 3), 1)
 
 
 # ---------------------------------------------------------------- the copy-share fit

@@ -11,6 +11,12 @@ The finder then reports ``N q R / 2`` true and ``N F0 / 2`` false pairs, so the 
 precision is ``q R / (q R + F0)``; ``auto`` takes the threshold with the highest recall whose
 expected precision reaches ``target_precision``. A collection's only duplicate is no longer
 counted as noise, and a collection full of copies no longer looks full of false pairs.
+
+Below that threshold the pixel check (:mod:`.pixelcheck`) may still promote a pair: the band
+starts at ``pixel_floor`` (the score :data:`PIXEL_FLOOR_PERCENTILE` % of the synthetic copies
+fall below), and the synthetic copies scoring in the band are pixel-checked against their
+originals here, so the expected recall with the check (``pixel_recall``) is measured the same
+way as the embedding's.
 ``prevalence`` (the share of images with one copy) may still be given instead of estimated:
 ``q = 2 prevalence``.
 """
@@ -28,6 +34,8 @@ from .edits import KINDS, describe, edit
 from .errors import ExploreError
 from .mixture import MixtureFit, fit_mixture, positive_tail
 from .neighbours import KnnGraph
+from .pixelcheck import THRESHOLD as PIXEL_THRESHOLD
+from .pixelcheck import PixelCheck, pair_score
 
 SAMPLES = 200  # images edited (x 4 edits)
 TARGET_PRECISION = 0.95
@@ -35,6 +43,7 @@ PREVALENCE = None  # share of images with a copy: None = estimated from the coll
 RANDOM_PAIRS = 20_000
 GRID = np.round(np.arange(0.0, 1.0, 0.0025), 4)  # candidate thresholds
 EMBED_BATCH = 256
+PIXEL_FLOOR_PERCENTILE = 1.0  # the pixel check's band starts where this share (%) of synthetic copies score less
 
 
 @dataclass
@@ -61,6 +70,13 @@ class Calibration:
     curve: list[dict[str, float]]  # every 0.01: threshold, precision, recall, false / graph pairs per image
     edits: dict[str, str]
     seconds: float
+    # the pixel check below the threshold (.pixelcheck): its band's floor and what it adds to the recall
+    pixel_floor: float | None = None  # None: no band (the floor is not below the threshold)
+    pixel_threshold: float = PIXEL_THRESHOLD
+    pixel_band_copies: int = 0  # synthetic copies scoring in [pixel_floor, threshold)
+    pixel_band_passed: int = 0  # of them, passing the pixel check against their original
+    pixel_recall: float | None = None  # expected recall of threshold-or-pixel-check
+    pixel_recall_by_edit: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +91,44 @@ class Calibration:
         return (f"auto threshold {self.threshold:.4f}: expected precision {self.precision:.3f}, recall "
                 f"{self.recall:.3f}{verdict} -- {self.samples} sampled images x {len(self.recall_by_edit)} edits; "
                 f"{self.prevalence:.1%} of the images have a copy ({share})")
+
+
+def expected_with_pixel_check(cal: Calibration, check: PixelCheck, n: int) -> tuple[float, float]:
+    """Expected (precision, recall) of the pairs at or above the threshold plus those the pixel check
+    promoted from its band, for a collection of ``n`` images.
+
+    Above the threshold: ``n q / 2 R(t)`` copy pairs and ``n F0(t) / 2`` unrelated ones, from the fit. The
+    promoted pairs count as copies: a look-alike does not keep its fine structure through the check's
+    crop search (on the planted sets the pairs it passed were copies or the folder's own duplicates,
+    docs/explore.md). The recall is the synthetic copies' (:func:`_pixel_band`).
+    """
+    if cal.pixel_recall is None:
+        return cal.precision, cal.recall
+    true_above = n * cal.prevalence * cal.recall  # n q / 2 undirected copy pairs, the share R(t) above t
+    false_above = n * cal.false_pairs_per_image / 2
+    reported = true_above + false_above + len(check.pairs)
+    precision = (true_above + len(check.pairs)) / reported if reported > 0 else 1.0
+    return float(precision), float(cal.pixel_recall)
+
+
+def _pixel_band(rows: list[int], images: list, pos: dict[str, np.ndarray], floor: float,
+                t: float, seed: int) -> tuple[int, int, float, dict[str, float]]:
+    """Pixel-check the synthetic copies scoring in [floor, t) against their originals (the edits are
+    re-made from their seeds): (in band, passed, recall with the check, recall with it by edit)."""
+    in_band = passed = 0
+    by_edit = {}
+    for kind, scores in pos.items():
+        ok = scores >= t
+        for i in np.flatnonzero((scores >= floor) & (scores < t)).tolist():
+            copy = synthetic_copy(images[i], kind, rows[i], seed)
+            in_band += 1
+            if pair_score(images[i], copy) >= PIXEL_THRESHOLD:
+                passed += 1
+                ok[i] = True
+        by_edit[kind] = float(ok.mean())
+    total = sum(len(v) for v in pos.values())
+    recall = sum(by_edit[k] * len(v) for k, v in pos.items()) / max(1, total)
+    return in_band, passed, float(recall), by_edit
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:
@@ -98,12 +152,16 @@ def _sample_images(coll: Collection, samples: int, rng: np.random.Generator) -> 
     return rows, images, unreadable
 
 
+def synthetic_copy(img, kind: str, row: int, seed: int):
+    """The calibration's edit ``kind`` of row ``row``'s image, the same for the same seed."""
+    return edit(img, kind, random.Random(seed * 1_000_003 + row * len(KINDS) + KINDS.index(kind)))
+
+
 def positive_scores(coll: Collection, rows: list[int], images: list, seed: int) -> dict[str, np.ndarray]:
     """Per edit kind: cosine of each edited image's embedding with its original's stored vector."""
     out = {}
-    for j, kind in enumerate(KINDS):
-        edited = [edit(img, kind, random.Random(seed * 1_000_003 + r * len(KINDS) + j))
-                  for r, img in zip(rows, images, strict=True)]
+    for kind in KINDS:
+        edited = [synthetic_copy(img, kind, r, seed) for r, img in zip(rows, images, strict=True)]
         vecs = np.concatenate([coll.embed(edited[i:i + EMBED_BATCH]) for i in range(0, len(edited), EMBED_BATCH)])
         out[kind] = np.einsum("ij,ij->i", vecs, coll.vectors[rows]).astype(np.float32)
     return out
@@ -152,6 +210,8 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
     else:
         best = int(np.argmax(prec * recall + 1e-9 * GRID))
     t = float(GRID[best])
+    floor = float(np.percentile(allpos, PIXEL_FLOOR_PERCENTILE))
+    band = _pixel_band(rows, images, pos, floor, t, seed) if floor < t else None
     a = rng.integers(0, len(coll), random_pairs)
     b = (a + rng.integers(1, len(coll), random_pairs)) % len(coll)
     rand = np.einsum("ij,ij->i", coll.vectors[a], coll.vectors[b])
@@ -167,4 +227,7 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
         false_pairs_per_image=float(false[best]), graph_pairs_per_image=float(graph_f[best]),
         identical_pairs=fit.identical_edges // 2, fit=fit.to_dict(), random_pair_fpr=float((rand >= t).mean()),
         random_pair_quantiles=_quantiles(rand), positive_quantiles=_quantiles(allpos), curve=curve,
-        edits=describe(), seconds=time.perf_counter() - t0)
+        edits=describe(), seconds=time.perf_counter() - t0,
+        pixel_floor=floor if band else None, pixel_band_copies=band[0] if band else 0,
+        pixel_band_passed=band[1] if band else 0, pixel_recall=band[2] if band else None,
+        pixel_recall_by_edit=band[3] if band else None)

@@ -7,11 +7,11 @@ import argparse
 import sys
 import time
 
-from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION
+from .calibrate import PIXEL_FLOOR_PERCENTILE, PREVALENCE, SAMPLES, TARGET_PRECISION
 from .collection import COMPUTED
 from .embeddings import EMBEDDING, EMBEDDINGS
 from .errors import ExploreError
-from .explorer import CalibrationOptions, Explorer
+from .explorer import PIXEL_AUTO, CalibrationOptions, Explorer
 from .neighbours import K
 from .projection import METHODS
 from .reports import write_clusters, write_duplicates, write_map
@@ -35,6 +35,11 @@ def _duplicate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default="auto",
                    help="cosine similarity for a near-duplicate pair, or 'auto' (calibrated on the index, the share "
                    "of images with a copy estimated from it; default)")
+    p.add_argument("--pixel-check", default=PIXEL_AUTO,
+                   help="promote pairs below the threshold whose pixels show an edited copy (aligned band-pass "
+                   "correlation of thumbnails, after undoing a crop): 'auto' (default: with --threshold auto, from "
+                   f"the cosine {100 - PIXEL_FLOOR_PERCENTILE:g} %% of synthetic copies score above), 'off', or the "
+                   "lowest cosine to check")
     p.add_argument("--guard", type=float, default=None,
                    help="every two members of a group must score at least this (default 2*t^2-1: chains break)")
     p.add_argument("--similar", default=SIMILAR_DEFAULT,
@@ -75,9 +80,11 @@ def _duplicates(args) -> None:
     print(ex.collection.embedding.describe())
     reembedded = " and re-embedding it" if ex.collection.embedding.source == COMPUTED else ""
     opts = CalibrationOptions(args.samples, args.target_precision, args.prevalence)
-    dup = ex.duplicates(args.threshold, args.guard, opts, args.similar, args.similar_guard)
+    dup = ex.duplicates(args.threshold, args.guard, opts, args.similar, args.similar_guard, args.pixel_check)
     if dup.calibration is not None:
         print(dup.calibration.summary())
+    if dup.expectation():
+        print(dup.expectation())
     paths = write_duplicates(args.out, ex.collection, dup)
     total = time.perf_counter() - t0
     tiers = dup.tier_counts()

@@ -13,12 +13,14 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .cache import ResultCache
-from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calibrate
+from .calibrate import PREVALENCE, SAMPLES, TARGET_PRECISION, Calibration, calibrate, expected_with_pixel_check
 from .clusters import Clustering, cluster
 from .collection import STORED, Collection, Embedding, from_index
 from .embeddings import EMBEDDING, INDEX, with_embedding
 from .grouping import Group, chain_guard, group_duplicates, group_stats, parse_similarity
 from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
+from .pixelcheck import MAX_PAIRS, PixelCheck, check_band
+from .pixelcheck import THRESHOLD as PIXEL_THRESHOLD
 from .projection import Projection, project
 from .similar import DEFAULT as SIMILAR_DEFAULT
 from .similar import SIMILAR, SimilarTier, parse_similar, similar_tier
@@ -69,6 +71,20 @@ class Duplicates:
 
     exact: ExactClasses | None = None
     similar: SimilarTier = field(default_factory=SimilarTier.off)  # review only: nothing is removed
+    pixel: PixelCheck | None = None  # the pairs below the threshold promoted by their pixels (None: not run)
+    expected_precision: float | None = None  # auto: of the near pairs, pixel-checked ones included
+    expected_recall: float | None = None
+
+    def expectation(self) -> str:
+        """The printed line on the near tier beyond the embedding threshold: what ``auto`` expects of it, pixel
+        check included, or what the pixel check promoted below a number; "" when neither applies."""
+        check = (f"{len(self.pixel.pairs)} of {self.pixel.band_pairs:,} pairs scoring {self.pixel.floor:.4f}-"
+                 f"{self.threshold:.4f} passed, {self.pixel.seconds:.1f} s" if self.pixel is not None else "")
+        if self.expected_precision is None:
+            return f"pixel check: {check}" if check else ""
+        how = f"with the pixel check ({check})" if check else "embedding threshold alone"
+        return (f"near duplicates, {how}: expected precision {self.expected_precision:.3f}, "
+                f"recall {self.expected_recall:.3f}")
 
     @property
     def all_groups(self) -> list[Group]:
@@ -85,7 +101,8 @@ class Duplicates:
             EXACT: _count([g for g in self.groups if g.tier == EXACT], None,
                           "same bytes (SHA-256) or same decoded pixels", True),
             NEAR: _count([g for g in self.groups if g.tier == NEAR], self.threshold,
-                         f"cosine >= {self.threshold:.4f}, every two members >= {self.guard:.4f}", True),
+                         f"cosine >= {self.threshold:.4f}{' ' + self.pixel.rule() if self.pixel else ''}, every two "
+                         f"members >= {self.guard:.4f}{' or pixel-checked' if self.pixel else ''}", True),
             SIMILAR: _count(self.similar.groups, self.similar.threshold, self.similar.rule(), False),
         }
 
@@ -93,6 +110,16 @@ class Duplicates:
 def parse_threshold(value: str | float) -> float | str:
     """'auto' or a cosine similarity in (0, 1]; a clear error otherwise."""
     return parse_similarity(value, "--threshold", ("auto",), 0.92)
+
+
+PIXEL_AUTO, PIXEL_OFF = "auto", "off"  # --pixel-check words
+
+
+def parse_pixel_check(value: str | float | None) -> float | str:
+    """--pixel-check: 'auto' (below an ``auto`` threshold, from the floor it calibrates), 'off', or the band's
+    floor as a cosine similarity (below any threshold)."""
+    return PIXEL_AUTO if value is None else parse_similarity(value, "--pixel-check", (PIXEL_AUTO, PIXEL_OFF), 0.86)
+
 
 
 class Explorer:
@@ -139,16 +166,22 @@ class Explorer:
 
     def duplicates(self, threshold: float | str = "auto", guard: float | None = None,
                    options: CalibrationOptions | None = None, similar: float | str = SIMILAR_DEFAULT,
-                   similar_guard: float | None = None) -> Duplicates:
-        """Groups at ``threshold`` (a number or 'auto'), chain guard ``guard`` (default 2t^2 - 1), and the
-        similar shots below it at ``similar`` ('auto', 'off' or a number; :mod:`.similar`)."""
+                   similar_guard: float | None = None, pixel_check: float | str = PIXEL_AUTO) -> Duplicates:
+        """Groups at ``threshold`` (a number or 'auto'), chain guard ``guard`` (default 2t^2 - 1), the pairs
+        below it that pass the pixel check (``pixel_check``: :func:`parse_pixel_check`), and the similar
+        shots below it at ``similar`` ('auto', 'off' or a number; :mod:`.similar`)."""
         t = parse_threshold(threshold)
         similar = parse_similar(similar)  # a bad value fails before any calibration
+        pixel_check = parse_pixel_check(pixel_check)
         cal = self.calibration(options) if t == "auto" else None
         t = cal.threshold if cal is not None else float(t)
         g = chain_guard(t) if guard is None else float(guard)
         graph = self.graph()
-        groups = group_duplicates(graph, self.collection.vectors, t, g)
+        floor = (cal.pixel_floor if cal is not None else None) if pixel_check == PIXEL_AUTO else (
+            None if pixel_check == PIXEL_OFF else float(pixel_check))
+        pixel = self.pixel_check(floor, t) if floor is not None and floor < t else None
+        groups = group_duplicates(graph, self.collection.vectors, t, g,
+                                  verified=pixel.pairs if pixel is not None else None)
         exact = self.exact_classes()
         for group in groups:
             group.tier = EXACT if exact.covers(group.rows) else NEAR
@@ -160,11 +193,22 @@ class Explorer:
         groups.sort(key=lambda x: (x.tier != EXACT, -x.size, -x.mean_score, x.rows[0]))
         taken = grouped | {r for group in extra for r in group.rows}
         params = self._params(k=self.k, exact_max=self.exact_max, near=t, guard=g, similar=str(similar),
-                              similar_guard=similar_guard)
+                              similar_guard=similar_guard, pixel=floor if pixel is not None else None)
         tier = self.cache.fetch(SIMILAR, params, SimilarTier, lambda: similar_tier(
             graph, self.collection.vectors, taken, t, similar, similar_guard))
+        expected = (None, None) if cal is None else (expected_with_pixel_check(cal, pixel, len(self.collection))
+                                                      if pixel is not None else (cal.precision, cal.recall))
         return Duplicates(t, g, groups, cal, graph.method, exact=exact, similar=tier,
-                          embedding=self.collection.embedding)
+                          embedding=self.collection.embedding, pixel=pixel, expected_precision=expected[0],
+                          expected_recall=expected[1])
+
+    def pixel_check(self, floor: float, ceiling: float, threshold: float = PIXEL_THRESHOLD,
+                    max_pairs: int = MAX_PAIRS) -> PixelCheck:
+        """The kNN pairs scoring in [floor, ceiling) checked by their pixels (:mod:`.pixelcheck`), cached."""
+        params = self._params(k=self.k, exact_max=self.exact_max, floor=floor, ceiling=ceiling, threshold=threshold,
+                              max_pairs=max_pairs)
+        return self.cache.fetch("pixelcheck", params, PixelCheck, lambda: check_band(
+            self.collection, self.graph(), floor, ceiling, threshold, max_pairs))
 
     def exact_classes(self) -> ExactClasses:
         """Same bytes / same pixels (:mod:`.tiers`), computed once per explorer."""

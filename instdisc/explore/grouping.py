@@ -80,10 +80,13 @@ def _edges(graph: KnnGraph, threshold: float, below: float | None = None, allowe
 
 
 def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, guard: float | None = None,
-                     below: float | None = None, allowed: np.ndarray | None = None) -> list[Group]:
+                     below: float | None = None, allowed: np.ndarray | None = None,
+                     verified: np.ndarray | None = None) -> list[Group]:
     """Groups of rows whose pairs score >= ``threshold``, any two members >= ``guard``; largest and
     tightest first. ``below`` and ``allowed`` (a boolean row mask) restrict the joining pairs, which is how
-    the similar tier (:mod:`.similar`) groups what lies under the near tier among the rows it left free."""
+    the similar tier (:mod:`.similar`) groups what lies under the near tier among the rows it left free.
+    ``verified`` (P, 2) rows are pairs known to be copies below the threshold (the pixel check,
+    :mod:`.pixelcheck`): they join after every pair above it, and count as passing the guard."""
     if not -1.0 <= threshold <= 1.0:
         raise ExploreError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
     guard = chain_guard(threshold) if guard is None else float(guard)
@@ -93,13 +96,20 @@ def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, gua
         raise ExploreError(f"graph has {len(graph.neighbours)} rows, vectors {len(vectors)}")
     owner: dict[int, int] = {}  # row -> group key
     members: dict[int, list[int]] = {}
-    for a, b, _ in zip(*_edges(graph, threshold, below, allowed), strict=True):
-        a, b = int(a), int(b)
+    ea, eb, _ = _edges(graph, threshold, below, allowed)
+    known: set[tuple[int, int]] = set()
+    if verified is not None and len(verified):
+        pairs = np.sort(np.asarray(verified, dtype=np.int64).reshape(-1, 2), axis=1)
+        known = {(int(a), int(b)) for a, b in pairs}
+        ea, eb = np.concatenate([ea, pairs[:, 0]]), np.concatenate([eb, pairs[:, 1]])
+    for a, b in zip(ea.tolist(), eb.tolist(), strict=True):
         ga, gb = owner.get(a, a), owner.get(b, b)
         if ga == gb:
             continue
         ma, mb = members.get(ga, [ga]), members.get(gb, [gb])
-        if (vectors[ma] @ vectors[mb].T).min() < guard:
+        sim = vectors[ma] @ vectors[mb].T
+        if sim.min() < guard and not all((min(ma[i], mb[j]), max(ma[i], mb[j])) in known
+                                         for i, j in zip(*np.nonzero(sim < guard), strict=True)):
             continue
         if len(ma) < len(mb):
             ga, gb, ma, mb = gb, ga, mb, ma

@@ -23,7 +23,7 @@ import numpy as np
 
 from instdisc.explore import ExploreError, Explorer
 from instdisc.explore.embeddings import INDEX
-from instdisc.explore.explorer import Duplicates
+from instdisc.explore.explorer import PIXEL_AUTO, Duplicates, parse_threshold
 from instdisc.explore.keep import review, suggest
 from instdisc.explore.reports import duplicates_csv, group_members
 from instdisc.explore.sheets import palette, thumbnail
@@ -85,6 +85,7 @@ class ExploreViews:
         self._explorer = explorer
         self._lock = threading.RLock()  # each job is computed once, not once per concurrent click
         self._csv_dir = Path(tempfile.mkdtemp(prefix="explore-csv-"))
+        self._pixel_floor: float | None = None  # the pixel check's floor from the last ``auto`` (explore/pixelcheck.py)
 
     @property
     def explorer(self) -> Explorer:
@@ -100,7 +101,12 @@ class ExploreViews:
 
     def duplicates(self, threshold: float | str = "auto", similar: float | str | None = AUTO) -> Duplicates:
         with self._lock:
-            return self.explorer.duplicates(threshold, similar=similar_request(similar))
+            # a number from the slider keeps the pixel check band that the last ``auto`` calibrated
+            floor = self._pixel_floor if parse_threshold(threshold) != "auto" and self._pixel_floor else PIXEL_AUTO
+            dup = self.explorer.duplicates(threshold, similar=similar_request(similar), pixel_check=floor)
+            if dup.calibration is not None and dup.calibration.pixel_floor is not None:
+                self._pixel_floor = dup.calibration.pixel_floor
+            return dup
 
     def duplicate_view(self, threshold: float | str = "auto", similar: float | str | None = AUTO
                        ) -> tuple[float, list, str, str]:
@@ -123,6 +129,8 @@ class ExploreViews:
                    f"at threshold {dup.threshold:.4f} (chain guard {dup.guard:.3f}), {similar_words}.")
         if dup.calibration is not None:
             summary += f" {dup.calibration.summary()}."
+        if dup.expectation():
+            summary += f" {dup.expectation()[0].upper()}{dup.expectation()[1:]}."
         if len(dup.all_groups) > GROUPS_SHOWN:
             summary += f" The gallery shows the {GROUPS_SHOWN} first; the CSV has all."
         return dup.threshold, items, summary, str(csv_path)

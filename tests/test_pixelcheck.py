@@ -1,0 +1,223 @@
+"""The pixel check (explore/pixelcheck.py): edited copies pass, different pictures do not, and the finder
+promotes the pairs below its threshold that pass -- real images, real FAISS, the bundled encoder, an
+index on disk for the command line."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from benchmarks.duplicates_measure import in_memory
+from benchmarks.planted import group_pairs
+from instdisc.bundled import bundled_checkpoint
+from instdisc.explore import ExploreError, Explorer
+from instdisc.explore.calibrate import expected_with_pixel_check
+from instdisc.explore.edits import KINDS, edit
+from instdisc.explore.featurisers import recipe_embedder
+from instdisc.explore.grouping import group_duplicates
+from instdisc.explore.neighbours import KnnGraph, knn_graph
+from instdisc.explore.pixelcheck import (
+    SIDE,
+    THRESHOLD,
+    PixelCheck,
+    aligned_correlation,
+    band_pairs,
+    pair_score,
+    thumbnail,
+)
+from instdisc.trained import Checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _photo(rng: np.random.Generator, size: int = 160) -> Image.Image:
+    """A distinct photo-like picture: colour noise at five scales and six filled shapes."""
+    out = np.zeros((size, size, 3))
+    for cells, amp in ((2, 1.0), (4, 0.8), (8, 0.6), (16, 0.4), (40, 0.3)):
+        g = rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)
+        out += amp * np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BICUBIC), np.float64)
+    img = Image.fromarray(np.clip(out / 3.1, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = (int(v) for v in rng.integers(-20, size, 2))
+        w, h = (int(v) for v in rng.integers(15, 60, 2))
+        shape = (draw.ellipse, draw.rectangle)[int(rng.integers(2))]
+        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return img
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    rng = np.random.default_rng(5)
+    return [_photo(rng) for _ in range(40)]
+
+
+# ---------------------------------------------------------------- the score
+
+
+def test_every_edit_kind_passes_and_different_pictures_do_not(photos):
+    copies = {k: [pair_score(p, edit(p, k, random.Random(i))) for i, p in enumerate(photos[:12])] for k in KINDS}
+    for kind, scores in copies.items():
+        assert min(scores) >= THRESHOLD, (kind, scores)
+    assert min(copies["jpeg"] + copies["resize"] + copies["colour"]) >= 0.98  # no geometry to undo
+    others = [pair_score(a, b) for a, b in zip(photos[:20], photos[20:40], strict=True)]
+    assert max(others) < 0.6, others
+
+
+def test_the_crop_search_is_what_finds_a_crop(photos):
+    img = photos[0]
+    w, h = img.size
+    crop = img.crop((w // 10, h // 12, w // 10 + int(w * 0.9), h // 12 + int(h * 0.9))).resize((w, h))
+    a, b = thumbnail(img), thumbnail(crop)
+    assert a.shape == (SIDE, SIDE) and a.dtype == np.uint8
+    # without the search (both frames compared as they are) the crop looks like another picture
+    x, y = a.astype(np.float64) - a.mean(), b.astype(np.float64) - b.mean()
+    assert float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum())) < 0.9
+    assert aligned_correlation(a, b) >= THRESHOLD
+    assert aligned_correlation(a, b) == pytest.approx(aligned_correlation(b, a))  # either may be the crop
+    assert aligned_correlation(a, a) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ExploreError, match="thumbnails must be"):
+        aligned_correlation(a, a[:10])
+
+
+def test_band_pairs_are_undirected_best_first_and_within_the_band():
+    neighbours = np.array([[1, 2], [0, 2], [1, 0]])
+    scores = np.array([[0.95, 0.80], [0.95, 0.90], [0.90, 0.80]], np.float32)
+    pairs, s = band_pairs(KnnGraph(neighbours, scores, "exact", 0.0), 0.85, 0.99)
+    assert pairs.tolist() == [[0, 1], [1, 2]] and s.tolist() == pytest.approx([0.95, 0.90])
+    pairs, _ = band_pairs(KnnGraph(neighbours, scores, "exact", 0.0), 0.75, 0.9)
+    assert pairs.tolist() == [[0, 2]]
+
+
+# ---------------------------------------------------------------- grouping and the finder
+
+
+def test_a_verified_pair_below_the_threshold_joins_despite_the_guard():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((50, 32))
+    v[1] = v[0] + 0.55 * np.linalg.norm(v[0]) / np.sqrt(32) * rng.standard_normal(32)  # a "crop": ~0.85
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = v.astype(np.float32)
+    assert 0.7 < float(v[0] @ v[1]) < 0.95
+    graph = knn_graph(v, k=5)
+    assert group_duplicates(graph, v, 0.95) == []
+    groups = group_duplicates(graph, v, 0.95, verified=np.array([[1, 0]]))
+    assert [sorted(g.rows) for g in groups] == [[0, 1]]
+
+
+def _collection(images: list[Image.Image]):
+    ckpt = Checkpoint.load(str(bundled_checkpoint("thumbnail")))
+    return in_memory(images, [f"{i}.png" for i in range(len(images))], recipe_embedder(ckpt, images))
+
+
+def test_the_finder_promotes_crops_below_its_threshold_and_nothing_else(photos):
+    crops = [edit(p, "crop", random.Random(100 + i)) for i, p in enumerate(photos[:8])]
+    images = photos + crops
+    ex = Explorer(_collection(images), seed=0)
+    truth = {(i, len(photos) + i) for i in range(8)}
+    s = ex.collection.vectors
+    crop_scores = [float(s[a] @ s[b]) for a, b in truth]
+    t = float(np.round(max(crop_scores) + 0.0025, 4))  # every crop pair below the threshold
+    plain = ex.duplicates(t, similar="off", pixel_check="off")
+    assert plain.pixel is None and not group_pairs(plain.groups) & truth
+    dup = ex.duplicates(t, similar="off", pixel_check=0.1)  # a band holding every pair of the kNN graph
+    assert isinstance(dup.pixel, PixelCheck) and dup.pixel.checked == dup.pixel.band_pairs > len(truth)
+    assert {tuple(p) for p in dup.pixel.pairs.tolist()} == truth  # every crop passed; no other pair did
+    assert group_pairs(dup.groups) == truth
+    assert "pixel check" in dup.tier_counts()["near"].rule
+    assert dup.expected_precision is None  # a number as threshold: nothing calibrated, nothing expected
+    with pytest.raises(ExploreError, match="--pixel-check must be"):
+        ex.duplicates(t, pixel_check="sometimes")
+
+
+def test_auto_expects_the_recall_the_pixel_check_then_gives(photos):
+    rng = np.random.default_rng(9)
+    originals = photos + [_photo(rng) for _ in range(80)]
+    copies = [edit(p, KINDS[i % 4], random.Random(200 + i)) for i, p in enumerate(originals[:24])]
+    images = originals + copies
+    ex = Explorer(_collection(images), seed=0)
+    dup = ex.duplicates("auto", similar="off")
+    cal = dup.calibration
+    truth = {(i, len(originals) + i) for i in range(24)}
+    found = group_pairs(dup.groups) & truth
+    assert cal.pixel_floor is not None and dup.pixel is not None
+    assert cal.pixel_band_passed <= cal.pixel_band_copies and cal.pixel_recall >= cal.recall
+    assert dup.expected_recall == cal.pixel_recall
+    assert abs(len(found) / len(truth) - dup.expected_recall) <= 0.1
+    assert len(found) / len(truth) >= 0.9
+    precision, recall = expected_with_pixel_check(cal, dup.pixel, len(images))
+    assert (precision, recall) == (dup.expected_precision, dup.expected_recall)
+    assert "expected precision" in dup.expectation()
+
+
+def test_expected_precision_with_the_check_by_hand():
+    from dataclasses import replace
+
+    from instdisc.explore.calibrate import Calibration
+
+    cal = Calibration(threshold=0.97, precision=0.9, recall=0.6, reached=False, target_precision=0.95,
+                      prevalence=0.05, prevalence_estimated=True, samples=10, unreadable=0, recall_by_edit={},
+                      false_pairs_per_image=0.004, graph_pairs_per_image=0.1, identical_pairs=0, fit={},
+                      random_pair_fpr=0.0, random_pair_quantiles={}, positive_quantiles={}, curve=[], edits={},
+                      seconds=0.0, pixel_floor=0.85, pixel_band_copies=40, pixel_band_passed=36, pixel_recall=0.95)
+    check = PixelCheck(0.85, 0.97, THRESHOLD, 100, 100, 0, np.array([[0, 1]] * 20), np.ones(20), 0.1)
+    # 1,000 images: 50 copy pairs, 30 above t; 2 unrelated pairs above t; 20 promoted
+    assert expected_with_pixel_check(cal, check, 1000) == pytest.approx(((30 + 20) / (30 + 2 + 20), 0.95))
+    assert expected_with_pixel_check(replace(cal, pixel_recall=None), check, 1000) == (0.9, 0.6)
+
+
+@pytest.fixture(scope="module")
+def crop_index(tmp_path_factory, photos) -> Path:
+    """An index (thumbnail encoder) of 30 photos and re-crops of the first three."""
+    from index.build import BuildOptions, build
+
+    d = tmp_path_factory.mktemp("crops")
+    for i, p in enumerate(photos[:30]):
+        p.save(d / f"{i:02d}.png")
+    for i in range(3):
+        edit(photos[i], "crop", random.Random(7 + i)).save(d / f"crop-{i}.png")
+    out = tmp_path_factory.mktemp("crop-index")
+    build(bundled_checkpoint("thumbnail"), out, images=d, options=BuildOptions(progress=False), overwrite=True)
+    return out
+
+
+def _crop_groups(groups: list[list[str]]) -> None:
+    for i in range(3):
+        assert sorted([f"{i:02d}.png", f"crop-{i}.png"]) in groups, groups
+
+
+def test_find_duplicates_prints_the_check_and_refuses_a_bad_value(crop_index: Path, tmp_path: Path):
+    script = [sys.executable, str(ROOT / "scripts" / "find_duplicates.py"), "--index", str(crop_index)]
+    out = subprocess.run(script + ["--out", str(tmp_path / "rep"), "--threshold", "0.999", "--pixel-check", "0.5"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "pixel check:" in out.stdout
+    report = json.loads((tmp_path / "rep" / "groups.json").read_text())
+    assert report["pixel_check"]["threshold"] == THRESHOLD and report["pixel_check"]["floor"] == 0.5
+    _crop_groups([sorted(Path(m["path"]).name for m in g["members"]) for g in report["groups"]])
+    bad = subprocess.run(script + ["--out", str(tmp_path / "rep2"), "--pixel-check", "yes"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--pixel-check must be" in bad.stderr
+
+
+def test_the_app_keeps_the_calibrated_check_when_the_slider_moves(crop_index: Path):
+    from index.search import SearchIndex
+    from instdisc.web.explore_tabs import ExploreViews
+
+    views = ExploreViews(SearchIndex.open(crop_index, device="cpu"))
+    _, _, summary, _ = views.duplicate_view("auto")
+    floor = views.duplicates("auto").calibration.pixel_floor
+    assert floor is not None and "expected precision" in summary
+    dup = views.duplicates(0.999)  # the slider: a number above every crop's score
+    assert dup.pixel is not None and dup.pixel.floor == floor and dup.expected_precision is None
+    paths = views.explorer.collection.paths
+    _crop_groups([sorted(Path(paths[r]).name for r in g.rows) for g in dup.groups])
+    _, _, summary, _ = views.duplicate_view(0.999)
+    assert "Pixel check:" in summary
