@@ -172,9 +172,10 @@ def markdown_table(rows: list[dict]) -> str:
         >>> rows = json.loads(Path("results/duplicates/planted_5000.json").read_text())["results"]  # doctest: +SKIP
         >>> print(markdown_table(rows))  # doctest: +SKIP
     """
-    out = ["| folder | originals + copies | `auto` threshold | pixel check: passed / pairs in band | precision "
-           "(expected) | precision, a copy's pairs in its original's group right | precision, own pairs counted "
-           "false | recall (expected) | crop / colour / JPEG / resize recall | pHash ≤ 10: precision, recall; crop |",
+    out = ["| folder (encoder, vectors) | originals + copies | `auto` threshold | pixel check: passed / pairs in "
+           "band | precision (expected) | precision, a copy's pairs in its original's group right | precision, "
+           "own pairs counted false | recall (expected) | crop / colour / JPEG / resize recall | pHash ≤ 10: "
+           "precision, recall; crop |",
            "|---|---|---|---|---|---|---|---|---|---|"]
 
     def kinds(s: dict) -> str:
@@ -187,7 +188,8 @@ def markdown_table(rows: list[dict]) -> str:
         band = f"{check['passed']:,} / {check['band_pairs']:,}" if check else "-"
         crop = f"{p['recall_by_edit']['crop']:.2f}" if "crop" in p["recall_by_edit"] else "-"
         grouped = f"{o['precision_original_grouped']:.3f}" if "precision_original_grouped" in o else "-"
-        out.append(f"| {r['folder']} | {r['originals']:,} + {r['planted']:,} | {o['threshold']:.4f} | {band} | "
+        out.append(f"| {r['folder']} ({r['encoder']}, {r['recipe']}) | {r['originals']:,} + {r['planted']:,} | "
+                   f"{o['threshold']:.4f} | {band} | "
                    f"{o['precision']:.3f} ({o['expected_precision']:.3f}) | {grouped} | {o['precision_all']:.3f} | "
                    f"{o['recall']:.3f} ({o['expected_recall']:.3f}) | {kinds(o)} | {p['precision']:.3f}, "
                    f"{p['recall']:.3f}; {crop} |")
