@@ -6,7 +6,8 @@ import io
 import shutil
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
 ORIGINAL = "train/circle/0003.png"
 # the planted copies of ORIGINAL: twice the resolution (the one to keep) and a JPEG re-save
@@ -38,3 +39,21 @@ def build_planted_index(checkpoint: Path, shapes_root: Path, data: Path, out: Pa
     build(checkpoint, out, images=make_planted_folder(shapes_root, data), options=BuildOptions(progress=False),
           overwrite=True)
     return out
+
+
+def noise_picture(rng: np.random.Generator, size: int = 32, cells: tuple[tuple[int, float], ...] = (
+        (2, 1.0), (4, 0.8), (8, 0.5), (16, 0.3)), shapes: int = 4, shape_px: tuple[int, int] = (6, 20)) -> Image.Image:
+    """A distinct picture: colour noise at each (cells per side, amplitude) of ``cells``, coarse to fine, and
+    ``shapes`` filled ellipses or rectangles ``shape_px`` wide and high."""
+    out = np.zeros((size, size, 3))
+    for n, amp in cells:
+        g = rng.uniform(0, 255, (n, n, 3)).astype(np.uint8)
+        out += amp * np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BICUBIC), np.float64)
+    img = Image.fromarray(np.clip(out / sum(a for _, a in cells), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(shapes):
+        x0, y0 = (int(v) for v in rng.integers(-shape_px[0] - 2, size, 2))
+        w, h = (int(v) for v in rng.integers(*shape_px, 2))
+        shape = (draw.ellipse, draw.rectangle)[int(rng.integers(2))]
+        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return img

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from explore_data import noise_picture
+from PIL import Image
 
 from benchmarks.duplicates_measure import case, edited_copy, in_memory
 from benchmarks.phash import _popcount, pairs_within
@@ -32,25 +33,9 @@ from instdisc.trained import Checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _picture(rng: np.random.Generator, size: int = 32) -> Image.Image:
-    """A distinct 32 px picture: colour noise at four scales (coarse to fine) and four filled shapes."""
-    out = np.zeros((size, size, 3))
-    for cells, amp in ((2, 1.0), (4, 0.8), (8, 0.5), (16, 0.3)):
-        g = rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)
-        out += amp * np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BICUBIC), np.float64)
-    img = Image.fromarray(np.clip(out / 2.6, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(4):
-        x0, y0 = (int(v) for v in rng.integers(-8, size, 2))
-        w, h = (int(v) for v in rng.integers(6, 20, 2))
-        shape = (draw.ellipse, draw.rectangle)[int(rng.integers(2))]
-        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    return img
-
-
 def _pictures(n: int, seed: int = 3) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [_picture(rng) for _ in range(n)]
+    return [noise_picture(rng) for _ in range(n)]
 
 
 def _index(folder: Path, out: Path) -> Path:
@@ -119,10 +104,10 @@ def test_planted_copies_in_a_small_folder(share: float):
     # synthetic pictures are harder for the bundled encoder than photos (look-alikes score up to 0.95); the pixel
     # check finds the copies the threshold leaves below it
     assert ours["recall"] >= 0.9 and ours["precision"] >= 0.95 and ours["reached"]
-    assert ours["pixel_check"] is not None and ours["pixel_check"]["passed"] >= 1
+    assert ours["pixel_check"] is not None and ours["pixel_check"]["passed"] >= 1, ours
     # what auto printed is what was then measured, and the copy share is estimated, not assumed
     assert abs(ours["expected_recall"] - ours["recall"]) <= 0.1
-    assert abs(ours["expected_precision"] - ours["precision_all"]) <= 0.1
+    assert abs(ours["expected_precision"] - ours["precision"]) <= 0.05  # the measure the docs report
     assert abs(ours["estimated_share_with_copy"] - row["true_share_with_copy"]) <= 0.2 * row["true_share_with_copy"]
     for d in (10, 4, 2):
         assert 0.0 <= row[f"phash_le{d}"]["recall"] <= 1.0
@@ -224,7 +209,7 @@ def shots_index(tmp_path_factory) -> Path:
     for i, im in enumerate(pics):
         im.save(d / f"{i:03d}.png")
     (d / "copy.jpg").write_bytes(edited_copy(pics[0]))
-    scene = _picture(np.random.default_rng(77), 96)
+    scene = noise_picture(np.random.default_rng(77), 96)
     shift = 96 - SHOT_SIDE
     scene.crop((0, 0, SHOT_SIDE, SHOT_SIDE)).save(d / "shot-a.png")
     scene.crop((shift, 0, 96, SHOT_SIDE)).save(d / "shot-b.png")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from explore_data import noise_picture
+from PIL import Image
 
 from benchmarks.duplicates_measure import in_memory
 from benchmarks.planted import group_pairs
@@ -37,20 +38,9 @@ from instdisc.trained import Checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _photo(rng: np.random.Generator, size: int = 160) -> Image.Image:
-    """A distinct photo-like picture: colour noise at five scales and six filled shapes."""
-    out = np.zeros((size, size, 3))
-    for cells, amp in ((2, 1.0), (4, 0.8), (8, 0.6), (16, 0.4), (40, 0.3)):
-        g = rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)
-        out += amp * np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BICUBIC), np.float64)
-    img = Image.fromarray(np.clip(out / 3.1, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(6):
-        x0, y0 = (int(v) for v in rng.integers(-20, size, 2))
-        w, h = (int(v) for v in rng.integers(15, 60, 2))
-        shape = (draw.ellipse, draw.rectangle)[int(rng.integers(2))]
-        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    return img
+def _photo(rng: np.random.Generator) -> Image.Image:
+    """A distinct 160 px photo-like picture: colour noise at five scales and six filled shapes."""
+    return noise_picture(rng, 160, ((2, 1.0), (4, 0.8), (8, 0.6), (16, 0.4), (40, 0.3)), 6, (15, 60))
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +165,9 @@ def test_expected_precision_with_the_check_by_hand():
 
 @pytest.fixture(scope="module")
 def crop_index(tmp_path_factory, photos) -> Path:
-    """An index (thumbnail encoder) of 30 photos and re-crops of the first three."""
+    """An index (thumbnail encoder) of 30 photos, re-crops of the first three and six look-alikes (another
+    picture with 60 % of one of the photos blended in: close in the embedding, so ``auto`` sets its threshold
+    above them and the crops fall in the pixel check's band)."""
     from index.build import BuildOptions, build
 
     d = tmp_path_factory.mktemp("crops")
@@ -183,6 +175,8 @@ def crop_index(tmp_path_factory, photos) -> Path:
         p.save(d / f"{i:02d}.png")
     for i in range(3):
         edit(photos[i], "crop", random.Random(7 + i)).save(d / f"crop-{i}.png")
+    for i in range(6):
+        Image.blend(photos[30 + i], photos[10 + i], 0.6).save(d / f"alike-{i}.png")
     out = tmp_path_factory.mktemp("crop-index")
     build(bundled_checkpoint("thumbnail"), out, images=d, options=BuildOptions(progress=False), overwrite=True)
     return out
