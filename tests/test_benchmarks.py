@@ -422,3 +422,14 @@ def test_sync_50k_quick(tmp_path, shapes_root):
     assert s["embedded"] == 20 and s["count"] == 30 - 3 + 20
     assert eq["paths_equal_a_fresh_scan"] and eq["labels_equal_a_fresh_scan"]
     assert eq["answers_equal_a_fresh_build_200x50"] and d["machine"]["cores"] >= 1
+
+
+def test_pixel_check_speed_quick(tmp_path):
+    data = run("pixel_check_speed", tmp_path, "--quick")
+    rows = data["results"]
+    assert {r["workers"] for r in rows} >= {1} and all(r["attempt"] in (1, 2) for r in rows)
+    for r in rows:
+        assert 0 < r["pairs_checked"] <= r["pairs_in_band"] and r["unreadable"] == 0
+        assert r["ms_per_pair"] == pytest.approx(1000 * r["seconds"] / r["pairs_checked"])
+    # the same pairs, the same verdicts, whatever the threads
+    assert len({(r["pairs_checked"], r["passed"]) for r in rows}) == 1

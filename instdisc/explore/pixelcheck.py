@@ -22,13 +22,16 @@ threshold set for precision misses.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import correlate1d
 
 from .collection import Collection
 from .errors import ExploreError
@@ -38,7 +41,8 @@ SIDE = 64  # thumbnail side in px
 SCALES = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875)  # relative sides tried for the smaller picture (crops: 0.89-0.97)
 BAND = (1.0, 4.0)  # difference-of-Gaussians sigmas, px at SIDE: edges and texture, not brightness or colour
 THRESHOLD = 0.9  # a pair scoring at least this is an edited copy
-MAX_PAIRS = 10_000  # pairs checked at most per run, best embedding scores first (~2-5 ms each on one core)
+MAX_PAIRS = 10_000  # pairs checked at most per run, best embedding scores first
+PREPARED_CACHE = 2048  # thumbnails kept ready to match during a run (~170 KB each)
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:
@@ -50,31 +54,55 @@ def thumbnail(img: Image.Image) -> np.ndarray:
     return np.asarray(grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
 
 
+def _kernel(sigma: float) -> np.ndarray:
+    """scipy's Gaussian weights for ``sigma`` (truncated at 4 sigma), made once instead of on every call."""
+    x = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1, dtype=np.float64)
+    w = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return w / w.sum()
+
+
+_KERNELS = tuple(_kernel(s) for s in BAND)
+
+
+def _smooth(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return correlate1d(correlate1d(x, w, axis=0, mode="nearest"), w, axis=1, mode="nearest")
+
+
 def _band(x: np.ndarray) -> np.ndarray:
+    """The difference of the two Gaussian blurs of :data:`BAND` (``scipy.ndimage.gaussian_filter``'s)."""
     x = x.astype(np.float32)
-    return gaussian_filter(x, BAND[0], mode="nearest") - gaussian_filter(x, BAND[1], mode="nearest")
+    return _smooth(x, _KERNELS[0]) - _smooth(x, _KERNELS[1])
 
 
-def _templates(thumb: np.ndarray) -> list[np.ndarray]:
-    """The thumbnail shrunk to each of SCALES, band-passed, zero mean and unit norm."""
-    out = []
+@dataclass(frozen=True)
+class _Prepared:
+    """One thumbnail ready to be matched: band-passed, its integral images, and its shrunk templates."""
+
+    band: np.ndarray  # (SIDE, SIDE) float32, band-passed
+    s1: np.ndarray  # (SIDE + 1, SIDE + 1) float64 integral image of ``band`` ...
+    s2: np.ndarray  # ... and of its square: any window's mean and energy in four lookups
+    templates: tuple[np.ndarray, ...]  # per SCALES: shrunk, band-passed, zero mean, unit norm
+
+
+def _prepare(thumb: np.ndarray) -> _Prepared:
+    band = _band(thumb)
+    padded = np.pad(band.astype(np.float64), ((1, 0), (1, 0)))
+    templates = []
     for s in SCALES:
         r = int(round(SIDE * s))
         t = thumb if r == SIDE else np.asarray(Image.fromarray(thumb).resize((r, r), Image.Resampling.BILINEAR))
         t = _band(t)
         t = t - t.mean()
-        out.append(t / (np.linalg.norm(t) + 1e-6))
-    return out
+        templates.append(t / (np.linalg.norm(t) + 1e-6))
+    return _Prepared(band, padded.cumsum(0).cumsum(1), (padded ** 2).cumsum(0).cumsum(1), tuple(templates))
 
 
-def _best_match(search: np.ndarray, templates: list[np.ndarray]) -> float:
-    """Best normalised correlation of any template with any same-size window of ``search`` (band-passed)."""
-    padded = np.pad(search.astype(np.float64), ((1, 0), (1, 0)))
-    s1, s2 = padded.cumsum(0).cumsum(1), (padded ** 2).cumsum(0).cumsum(1)  # integral images
-    best = -1.0
+def _best_match(search: _Prepared, templates: tuple[np.ndarray, ...]) -> float:
+    """Best normalised correlation of any template with any same-size window of ``search``."""
+    s1, s2, best = search.s1, search.s2, -1.0
     for t in templates:
         r = t.shape[0]
-        windows = np.lib.stride_tricks.sliding_window_view(search, (r, r))  # (SIDE-r+1, SIDE-r+1, r, r), a view
+        windows = np.lib.stride_tricks.sliding_window_view(search.band, (r, r))  # (SIDE-r+1, SIDE-r+1, r, r), a view
         num = np.einsum("ijkl,kl->ij", windows, t)  # the template is zero-mean: the window's mean drops out
         total = s1[r:, r:] - s1[:-r, r:] - s1[r:, :-r] + s1[:-r, :-r]
         sq = s2[r:, r:] - s2[:-r, r:] - s2[r:, :-r] + s2[:-r, :-r]
@@ -83,11 +111,15 @@ def _best_match(search: np.ndarray, templates: list[np.ndarray]) -> float:
     return best
 
 
+def _match(a: _Prepared, b: _Prepared) -> float:
+    return max(_best_match(a, b.templates), _best_match(b, a.templates))  # either may be the crop
+
+
 def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """The pixel check's score of two :func:`thumbnail` arrays, in [-1, 1] (see the module doc)."""
     if a.shape != (SIDE, SIDE) or b.shape != (SIDE, SIDE):
         raise ExploreError(f"thumbnails must be {SIDE}x{SIDE}, got {a.shape} and {b.shape}")
-    return max(_best_match(_band(a), _templates(b)), _best_match(_band(b), _templates(a)))
+    return _match(_prepare(a), _prepare(b))
 
 
 def pair_score(a: Image.Image, b: Image.Image) -> float:
@@ -167,8 +199,9 @@ def band_pairs(graph: KnnGraph, floor: float, ceiling: float) -> tuple[np.ndarra
 
 
 def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, threshold: float = THRESHOLD,
-               max_pairs: int = MAX_PAIRS) -> PixelCheck:
-    """Pixel-check the kNN pairs scoring in [floor, ceiling) (at most ``max_pairs``, best first).
+               max_pairs: int = MAX_PAIRS, workers: int | None = None) -> PixelCheck:
+    """Pixel-check the kNN pairs scoring in [floor, ceiling) (at most ``max_pairs``, best first), on ``workers``
+    threads (default: one per core).
 
     Example:
         >>> check = check_band(collection, explorer.graph(), 0.86, 0.96)  # doctest: +SKIP
@@ -178,22 +211,31 @@ def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, 
         raise ExploreError(f"pixel-check band must satisfy -1 <= floor <= ceiling <= 1, got [{floor}, {ceiling})")
     if max_pairs < 0:
         raise ExploreError(f"max_pairs must be >= 0, got {max_pairs}")
+    workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     pairs, _ = band_pairs(graph, floor, ceiling)
-    todo = pairs[:max_pairs]
-    load, thumbs = thumbnail_loader(coll), {}
-    passed, scores, unreadable = [], [], 0
-    for a, b in todo.tolist():
+    todo = pairs[:max_pairs].tolist()
+    load = thumbnail_loader(coll)
+
+    @lru_cache(maxsize=PREPARED_CACHE)
+    def prepared(row: int) -> _Prepared:
+        return _prepare(load(row))
+
+    def score(pair: list[int]) -> float | None:
+        """The pair's pixel score, None if an image cannot be read."""
         try:
-            for r in (a, b):
-                if r not in thumbs:
-                    thumbs[r] = load(r)
+            a, b = prepared(pair[0]), prepared(pair[1])
         except (OSError, ValueError, KeyError, ExploreError, Image.DecompressionBombError):
-            unreadable += 1
-            continue
-        score = aligned_correlation(thumbs[a], thumbs[b])
-        if score >= threshold:
-            passed.append((a, b))
-            scores.append(score)
-    return PixelCheck(floor, ceiling, threshold, len(pairs), len(todo), unreadable, np.asarray(passed, np.int64),
-                      np.asarray(scores, np.float32), time.perf_counter() - t0)
+            return None
+        return _match(a, b)
+
+    # pairs sharing their first row in turn (the cache holds it), on one thread per core: decoding and numpy
+    # release the GIL; the band's order (best first) is kept for the result
+    order = sorted(range(len(todo)), key=lambda i: todo[i])
+    with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
+        scored = dict(zip(order, pool.map(score, [todo[i] for i in order]), strict=True))
+    scores = [scored[i] for i in range(len(todo))]
+    passed = [(p, s) for p, s in zip(todo, scores, strict=True) if s is not None and s >= threshold]
+    return PixelCheck(floor, ceiling, threshold, len(pairs), len(todo), sum(s is None for s in scores),
+                      np.asarray([p for p, _ in passed], np.int64), np.asarray([s for _, s in passed], np.float32),
+                      time.perf_counter() - t0)
