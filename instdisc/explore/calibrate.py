@@ -11,14 +11,14 @@ The finder then reports ``N q R / 2`` true and ``N F0 / 2`` false pairs, so the 
 precision is ``q R / (q R + F0)``; ``auto`` takes the threshold with the highest recall whose
 expected precision reaches ``target_precision``. A collection's only duplicate is no longer
 counted as noise, and a collection full of copies no longer looks full of false pairs.
+``prevalence`` (the share of images with one copy) may still be given instead of estimated:
+``q = 2 prevalence``.
 
 Below that threshold the pixel check (:mod:`.pixelcheck`) may still promote a pair: the band
 starts at ``pixel_floor`` (the score :data:`PIXEL_FLOOR_PERCENTILE` % of the synthetic copies
 fall below), and the synthetic copies scoring in the band are pixel-checked against their
 originals here, so the expected recall with the check (``pixel_recall``) is measured the same
 way as the embedding's.
-``prevalence`` (the share of images with one copy) may still be given instead of estimated:
-``q = 2 prevalence``.
 """
 
 from __future__ import annotations

@@ -121,7 +121,6 @@ def parse_pixel_check(value: str | float | None) -> float | str:
     return PIXEL_AUTO if value is None else parse_similarity(value, "--pixel-check", (PIXEL_AUTO, PIXEL_OFF), 0.86)
 
 
-
 class Explorer:
     """Cached exploration of one collection (see the module doc)."""
 
