@@ -122,6 +122,11 @@ def test_the_finder_promotes_crops_below_its_threshold_and_nothing_else(photos):
     assert {tuple(p) for p in dup.pixel.pairs.tolist()} == truth  # every crop passed; no other pair did
     assert group_pairs(dup.groups) == truth
     assert "pixel check" in dup.tier_counts()["near"].rule
+    # a band larger than the pairs it may check: the best-scoring ones, and the score it stopped at
+    capped = ex.pixel_check(0.1, t, max_pairs=3)
+    _, cosines = band_pairs(ex.graph(), 0.1, t)
+    assert capped.checked == 3 < capped.band_pairs == len(cosines)
+    assert capped.lowest_checked == pytest.approx(float(cosines[2])) and "the best 3 of" in capped.rule()
     assert dup.expected_precision is None  # a number as threshold: nothing calibrated, nothing expected
     with pytest.raises(ExploreError, match="--pixel-check must be"):
         ex.duplicates(t, pixel_check="sometimes")
@@ -139,6 +144,8 @@ def test_auto_expects_the_recall_the_pixel_check_then_gives(photos):
     found = group_pairs(dup.groups) & truth
     assert cal.pixel_floor is not None and dup.pixel is not None
     assert cal.pixel_band_passed <= cal.pixel_band_copies and cal.pixel_recall >= cal.recall
+    assert len(cal.pixel_band_passed_scores) == cal.pixel_band_passed
+    assert all(cal.pixel_floor <= x < cal.threshold for x in cal.pixel_band_passed_scores)
     assert dup.expected_recall == cal.pixel_recall
     assert abs(len(found) / len(truth) - dup.expected_recall) <= 0.1
     assert len(found) / len(truth) >= 0.9
@@ -161,6 +168,11 @@ def test_expected_precision_with_the_check_by_hand():
     # 1,000 images: 50 copy pairs, 30 above t; 2 unrelated pairs above t; 20 promoted
     assert expected_with_pixel_check(cal, check, 1000) == pytest.approx(((30 + 20) / (30 + 2 + 20), 0.95))
     assert expected_with_pixel_check(replace(cal, pixel_recall=None), check, 1000) == (0.9, 0.6)
+    # 10 sampled images x 4 edits; two of the band's passing copies scored below the last pair checked
+    capped = PixelCheck(0.85, 0.97, THRESHOLD, 500, 100, 0, np.array([[0, 1]] * 20), np.ones(20), 0.1, 0.9)
+    cal = replace(cal, pixel_band_passed_scores=[0.86, 0.88, 0.9, 0.95])
+    assert expected_with_pixel_check(cal, capped, 1000)[1] == pytest.approx(0.95 - 2 / 40)
+    assert expected_with_pixel_check(cal, check, 1000)[1] == pytest.approx(0.95)  # every band pair checked
 
 
 @pytest.fixture(scope="module")

@@ -75,8 +75,9 @@ class Calibration:
     pixel_threshold: float = PIXEL_THRESHOLD
     pixel_band_copies: int = 0  # synthetic copies scoring in [pixel_floor, threshold)
     pixel_band_passed: int = 0  # of them, passing the pixel check against their original
-    pixel_recall: float | None = None  # expected recall of threshold-or-pixel-check
+    pixel_recall: float | None = None  # expected recall of threshold-or-pixel-check (every band pair checked)
     pixel_recall_by_edit: dict[str, float] | None = None
+    pixel_band_passed_scores: list[float] | None = None  # cosines of the band's synthetic copies that passed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +101,8 @@ def expected_with_pixel_check(cal: Calibration, check: PixelCheck, n: int) -> tu
     Above the threshold: ``n q / 2 R(t)`` copy pairs and ``n F0(t) / 2`` unrelated ones, from the fit. The
     promoted pairs count as copies: a look-alike does not keep its fine structure through the check's
     crop search (on the planted sets the pairs it passed were copies or the folder's own duplicates,
-    docs/explore.md). The recall is the synthetic copies' (:func:`_pixel_band`).
+    docs/explore.md). The recall is the synthetic copies' (:func:`_pixel_band`), less those that passed
+    below the lowest score checked when the band held more pairs than were checked.
     """
     if cal.pixel_recall is None:
         return cal.precision, cal.recall
@@ -108,14 +110,20 @@ def expected_with_pixel_check(cal: Calibration, check: PixelCheck, n: int) -> tu
     false_above = n * cal.false_pairs_per_image / 2
     reported = true_above + false_above + len(check.pairs)
     precision = (true_above + len(check.pairs)) / reported if reported > 0 else 1.0
-    return float(precision), float(cal.pixel_recall)
+    recall = cal.pixel_recall
+    if check.checked < check.band_pairs and cal.pixel_band_passed_scores is not None:
+        # only the best-scoring pairs were checked: copies passing below the lowest checked score are not found
+        missed = sum(x < check.lowest_checked for x in cal.pixel_band_passed_scores)
+        recall -= missed / max(1, cal.samples * len(KINDS))
+    return float(precision), float(recall)
 
 
 def _pixel_band(rows: list[int], images: list, pos: dict[str, np.ndarray], floor: float,
-                t: float, seed: int) -> tuple[int, int, float, dict[str, float]]:
+                t: float, seed: int) -> tuple[int, list[float], float, dict[str, float]]:
     """Pixel-check the synthetic copies scoring in [floor, t) against their originals (the edits are
-    re-made from their seeds): (in band, passed, recall with the check, recall with it by edit)."""
-    in_band = passed = 0
+    re-made from their seeds): (in band, the cosines of those that passed, recall with the check, recall with
+    it by edit)."""
+    in_band, passed = 0, []
     by_edit = {}
     for kind, scores in pos.items():
         ok = scores >= t
@@ -123,7 +131,7 @@ def _pixel_band(rows: list[int], images: list, pos: dict[str, np.ndarray], floor
             copy = synthetic_copy(images[i], kind, rows[i], seed)
             in_band += 1
             if pair_score(images[i], copy) >= PIXEL_THRESHOLD:
-                passed += 1
+                passed.append(float(scores[i]))
                 ok[i] = True
         by_edit[kind] = float(ok.mean())
     total = sum(len(v) for v in pos.values())
@@ -229,5 +237,5 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
         random_pair_quantiles=_quantiles(rand), positive_quantiles=_quantiles(allpos), curve=curve,
         edits=describe(), seconds=time.perf_counter() - t0,
         pixel_floor=floor if band else None, pixel_band_copies=band[0] if band else 0,
-        pixel_band_passed=band[1] if band else 0, pixel_recall=band[2] if band else None,
-        pixel_recall_by_edit=band[3] if band else None)
+        pixel_band_passed=len(band[1]) if band else 0, pixel_recall=band[2] if band else None,
+        pixel_recall_by_edit=band[3] if band else None, pixel_band_passed_scores=band[1] if band else None)

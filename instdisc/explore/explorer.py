@@ -78,8 +78,11 @@ class Duplicates:
     def expectation(self) -> str:
         """The printed line on the near tier beyond the embedding threshold: what ``auto`` expects of it, pixel
         check included, or what the pixel check promoted below a number; "" when neither applies."""
-        check = (f"{len(self.pixel.pairs)} of {self.pixel.band_pairs:,} pairs scoring {self.pixel.floor:.4f}-"
-                 f"{self.threshold:.4f} passed, {self.pixel.seconds:.1f} s" if self.pixel is not None else "")
+        p = self.pixel
+        capped = (f"; the best {p.checked:,} checked, down to {p.lowest_checked:.4f}"
+                  if p is not None and p.checked < p.band_pairs else "")
+        check = (f"{len(p.pairs)} of {p.band_pairs:,} pairs scoring {p.floor:.4f}-{self.threshold:.4f} passed"
+                 f"{capped}, {p.seconds:.1f} s" if p is not None else "")
         if self.expected_precision is None:
             return f"pixel check: {check}" if check else ""
         how = f"with the pixel check ({check})" if check else "embedding threshold alone"

@@ -165,6 +165,7 @@ class PixelCheck:
     pairs: np.ndarray  # (M, 2) int64 rows a < b of the pairs that passed
     scores: np.ndarray  # (M,) float32 their pixel scores
     seconds: float
+    lowest_checked: float = -1.0  # the cosine of the last pair checked (the floor when every pair was)
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
@@ -174,7 +175,8 @@ class PixelCheck:
         return {(int(a), int(b)) for a, b in self.pairs}
 
     def rule(self) -> str:
-        capped = f", the best {self.checked:,} of {self.band_pairs:,} checked" if self.checked < self.band_pairs else ""
+        capped = (f", the best {self.checked:,} of {self.band_pairs:,} checked, down to {self.lowest_checked:.4f}"
+                  if self.checked < self.band_pairs else "")
         return (f"or cosine >= {self.floor:.4f} and pixel check >= {self.threshold:.2f} "
                 f"({len(self.pairs)} of {self.band_pairs:,} pairs passed{capped})")
 
@@ -213,8 +215,9 @@ def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, 
         raise ExploreError(f"max_pairs must be >= 0, got {max_pairs}")
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    pairs, _ = band_pairs(graph, floor, ceiling)
+    pairs, cosines = band_pairs(graph, floor, ceiling)
     todo = pairs[:max_pairs].tolist()
+    lowest = floor if len(todo) == len(pairs) else float(cosines[len(todo) - 1]) if todo else ceiling
     load = thumbnail_loader(coll)
 
     @lru_cache(maxsize=PREPARED_CACHE)
@@ -238,4 +241,4 @@ def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, 
     passed = [(p, s) for p, s in zip(todo, scores, strict=True) if s is not None and s >= threshold]
     return PixelCheck(floor, ceiling, threshold, len(pairs), len(todo), sum(s is None for s in scores),
                       np.asarray([p for p, _ in passed], np.int64), np.asarray([s for _, s in passed], np.float32),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, lowest)
