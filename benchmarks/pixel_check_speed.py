@@ -6,7 +6,7 @@ The kNN pairs of the index scoring from ``--floor`` up are checked (``explore.pi
 each image decoded from its file once, at reduced size where it is a JPEG, then matched), twice per
 thread count; the second run of each is reported beside the first (the page cache warm). The
 finder checks at most ``pixelcheck.MAX_PAIRS`` pairs a run, so seconds per pair x that bounds what
-the check adds. ``--quick`` indexes 40 synthetic pictures with the thumbnail encoder instead.
+the check adds. ``--quick`` indexes 24 synthetic pictures with the thumbnail encoder instead, 100 pairs.
 Writes ``results/duplicates/pixel_check_speed.json``.
 """
 
@@ -31,7 +31,7 @@ def _synthetic_index(tmp: Path) -> Path:
 
     rng = np.random.default_rng(0)
     (tmp / "imgs").mkdir()
-    for i in range(40):
+    for i in range(24):
         small = rng.integers(0, 256, (8, 8, 3), np.uint8)
         Image.fromarray(small).resize((160, 120), Image.Resampling.BICUBIC).save(tmp / "imgs" / f"{i}.jpg", quality=90)
     build(bundled_checkpoint("thumbnail"), tmp / "idx", images=tmp / "imgs", options=BuildOptions(progress=False))
@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", help="an index folder with its image files (required unless --quick)")
     p.add_argument("--floor", type=float, default=0.5, help="lowest cosine of the pairs checked (default 0.5)")
     p.add_argument("--max-pairs", type=int, default=2000, help="pairs checked per run (default 2000)")
-    add_standard_args(p, "pixel_check_speed", "40 synthetic pictures, thumbnail encoder", threads=False)
+    add_standard_args(p, "pixel_check_speed", "24 synthetic pictures, thumbnail encoder, 100 pairs", threads=False)
     args = p.parse_args(argv)
+    if args.quick:
+        args.max_pairs = 100
     if args.out.endswith("benchmarks/results/pixel_check_speed.json"):
         args.out = str(ROOT / "results" / "duplicates" / "pixel_check_speed.json")
     if not args.quick and not args.index:
