@@ -58,8 +58,8 @@ class Group:
         return asdict(self)
 
 
-def _edges(graph: KnnGraph, threshold: float, below: float | None = None, allowed: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_edges(graph: KnnGraph, threshold: float, below: float | None = None, allowed: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected edges (a < b) scoring >= threshold (and < ``below``; both ends ``allowed``, a boolean mask),
     best first (ties by row numbers: deterministic)."""
     n, k = graph.neighbours.shape
@@ -96,7 +96,7 @@ def group_duplicates(graph: KnnGraph, vectors: np.ndarray, threshold: float, gua
         raise ExploreError(f"graph has {len(graph.neighbours)} rows, vectors {len(vectors)}")
     owner: dict[int, int] = {}  # row -> group key
     members: dict[int, list[int]] = {}
-    ea, eb, _ = _edges(graph, threshold, below, allowed)
+    ea, eb, _ = pair_edges(graph, threshold, below, allowed)
     known: set[tuple[int, int]] = set()
     if verified is not None and len(verified):
         pairs = np.sort(np.asarray(verified, dtype=np.int64).reshape(-1, 2), axis=1)

@@ -34,6 +34,7 @@ from scipy.ndimage import correlate1d
 
 from .collection import Collection
 from .errors import ExploreError
+from .grouping import pair_edges
 from .neighbours import KnnGraph
 
 SIDE = 64  # thumbnail side in px
@@ -170,9 +171,6 @@ class PixelCheck:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
 
-    def passed(self) -> set[tuple[int, int]]:
-        return {(int(a), int(b)) for a, b in self.pairs}
-
     def rule(self) -> str:
         capped = (f", the best {self.checked:,} of {self.band_pairs:,} checked, down to {self.lowest_checked:.4f}"
                   if self.checked < self.band_pairs else "")
@@ -187,16 +185,8 @@ class PixelCheck:
 
 def band_pairs(graph: KnnGraph, floor: float, ceiling: float) -> tuple[np.ndarray, np.ndarray]:
     """Undirected kNN pairs (a < b) scoring in [floor, ceiling), best first: rows (P, 2) and scores (P,)."""
-    n, k = graph.neighbours.shape
-    src = np.repeat(np.arange(n, dtype=np.int64), k)
-    dst = graph.neighbours.ravel().astype(np.int64)
-    s = graph.scores.ravel()
-    keep = (dst >= 0) & (s >= floor) & (s < ceiling)
-    a, b, s = np.minimum(src[keep], dst[keep]), np.maximum(src[keep], dst[keep]), s[keep]
-    _, first = np.unique(a * n + b, return_index=True)
-    a, b, s = a[first], b[first], s[first]
-    order = np.lexsort((b, a, -s))
-    return np.stack([a[order], b[order]], axis=1), s[order]
+    a, b, s = pair_edges(graph, floor, below=ceiling)
+    return np.stack([a, b], axis=1), s
 
 
 def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, threshold: float = THRESHOLD,
