@@ -107,7 +107,9 @@ def test_planted_copies_in_a_small_folder(share: float):
     assert ours["pixel_check"] is not None and ours["pixel_check"]["passed"] >= 1, ours
     # what auto printed is what was then measured, and the copy share is estimated, not assumed
     assert abs(ours["expected_recall"] - ours["recall"]) <= 0.1
-    assert abs(ours["expected_precision"] - ours["precision"]) <= 0.05  # the measure the docs report
+    # the printed precision is of every pair reported (a pixel-checked sample of those above the threshold):
+    # these originals are independent pictures, so a pair of two of them is a look-alike, false
+    assert abs(ours["expected_precision"] - ours["precision_all"]) <= 0.05
     assert abs(ours["estimated_share_with_copy"] - row["true_share_with_copy"]) <= 0.2 * row["true_share_with_copy"]
     for d in (10, 4, 2):
         assert 0.0 <= row[f"phash_le{d}"]["recall"] <= 1.0

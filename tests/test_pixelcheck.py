@@ -27,10 +27,15 @@ from instdisc.explore.neighbours import KnnGraph, knn_graph
 from instdisc.explore.pixelcheck import (
     SIDE,
     THRESHOLD,
+    AboveCheck,
     PixelCheck,
+    Thumb,
     aligned_correlation,
     band_pairs,
+    candidate_pairs,
+    check_above,
     pair_score,
+    thumb_score,
     thumbnail,
 )
 from instdisc.trained import Checkpoint
@@ -86,6 +91,36 @@ def test_band_pairs_are_undirected_best_first_and_within_the_band():
     assert pairs.tolist() == [[0, 2]]
 
 
+def test_a_picture_smaller_than_the_thumbnail_is_compared_at_its_own_size(photos):
+    small = [p.resize((32, 32), Image.Resampling.BICUBIC) for p in photos[:12]]  # CIFAR-sized originals
+    copies = [p.resize((16, 16), Image.Resampling.BICUBIC) for p in small]  # downscaled to half
+    for img, copy in zip(small, copies, strict=True):
+        plain = aligned_correlation(thumbnail(img), thumbnail(copy))  # with the original's detail the copy lacks
+        assert pair_score(img, copy) >= 0.98 and pair_score(img, copy) - plain > 0.02, plain
+    # another small picture does not pass at the smaller size either
+    others = [pair_score(a, b) for a, b in zip(small[:6], copies[6:12], strict=True)]
+    assert max(others) < 0.7, others
+    # pictures at least the thumbnail's size are compared as they are
+    a, b = Thumb(thumbnail(photos[0]), (160, 160)), Thumb(thumbnail(photos[0].resize((80, 80))), (80, 80))
+    assert thumb_score(a, b) == pytest.approx(aligned_correlation(a.pixels, b.pixels))
+
+
+def test_candidates_are_nearest_neighbours_first_then_the_band():
+    # 0-1 nearest of each other at 0.95; 2-3 at 0.88; 0-2 at 0.86 is nobody's nearest; 4's nearest is 0 at 0.70
+    neighbours = np.array([[1, 2], [0, 3], [3, 0], [2, 1], [0, 1]])
+    scores = np.array([[0.95, 0.86], [0.95, 0.60], [0.88, 0.86], [0.88, 0.60], [0.70, 0.60]], np.float32)
+    graph = KnnGraph(neighbours, scores, "exact", 0.0)
+    pairs, cos, leading = candidate_pairs(graph, 0.85, 0.99, nearest_floor=0.75)
+    assert pairs.tolist() == [[0, 1], [2, 3], [0, 2]] and cos.tolist() == pytest.approx([0.95, 0.88, 0.86])
+    assert leading == 2
+    # a floor above 2-3: still checked as nearest neighbours, down to the nearest floor, not below it
+    pairs, _, leading = candidate_pairs(graph, 0.9, 0.99, nearest_floor=0.75)
+    assert pairs.tolist() == [[0, 1], [2, 3]] and leading == 2
+    pairs, _, leading = candidate_pairs(graph, 0.9, 0.99)  # no nearest floor: the band's floor for all
+    assert pairs.tolist() == [[0, 1]] and leading == 1
+    assert candidate_pairs(graph, 0.6, 0.99, nearest_floor=0.65)[0].tolist()[:3] == [[0, 1], [2, 3], [0, 4]]
+
+
 # ---------------------------------------------------------------- grouping and the finder
 
 
@@ -124,9 +159,14 @@ def test_the_finder_promotes_crops_below_its_threshold_and_nothing_else(photos):
     assert "pixel check" in dup.tier_counts()["near"].rule
     # a band larger than the pairs it may check: the best-scoring ones, and the score it stopped at
     capped = ex.pixel_check(0.1, t, max_pairs=3)
-    _, cosines = band_pairs(ex.graph(), 0.1, t)
-    assert capped.checked == 3 < capped.band_pairs == len(cosines)
+    _, cosines, leading = candidate_pairs(ex.graph(), 0.1, t)
+    assert capped.checked == 3 < leading < capped.band_pairs == len(cosines)
     assert capped.lowest_checked == pytest.approx(float(cosines[2])) and "the best 3 of" in capped.rule()
+    # a sample of the pairs above a threshold, pixel-checked: every crop pair passes, no other pair does
+    above = check_above(ex.collection, ex.graph(), 0.1, sample=10_000)
+    assert above.pairs == above.sampled == above.readable == dup.pixel.band_pairs and above.passed == len(truth)
+    few = check_above(ex.collection, ex.graph(), 0.1, sample=5)
+    assert (few.pairs, few.sampled) == (above.pairs, 5) and few.passed <= 5
     assert dup.expected_precision is None  # a number as threshold: nothing calibrated, nothing expected
     with pytest.raises(ExploreError, match="--pixel-check must be"):
         ex.duplicates(t, pixel_check="sometimes")
@@ -145,11 +185,12 @@ def test_auto_expects_the_recall_the_pixel_check_then_gives(photos):
     assert cal.pixel_floor is not None and dup.pixel is not None
     assert cal.pixel_band_passed <= cal.pixel_band_copies and cal.pixel_recall >= cal.recall
     assert len(cal.pixel_band_passed_scores) == cal.pixel_band_passed
-    assert all(cal.pixel_floor <= x < cal.threshold for x in cal.pixel_band_passed_scores)
+    assert cal.pixel_nearest_floor <= cal.pixel_floor
+    assert all(cal.pixel_nearest_floor <= x < cal.threshold for x in cal.pixel_band_passed_scores)
     assert dup.expected_recall == cal.pixel_recall
     assert abs(len(found) / len(truth) - dup.expected_recall) <= 0.1
     assert len(found) / len(truth) >= 0.9
-    precision, recall = expected_with_pixel_check(cal, dup.pixel, len(images))
+    precision, recall = expected_with_pixel_check(cal, dup.pixel, len(images), dup.above)
     assert (precision, recall) == (dup.expected_precision, dup.expected_recall)
     assert "expected precision" in dup.expectation()
 
@@ -173,6 +214,12 @@ def test_expected_precision_with_the_check_by_hand():
     cal = replace(cal, pixel_band_passed_scores=[0.86, 0.88, 0.9, 0.95])
     assert expected_with_pixel_check(cal, capped, 1000)[1] == pytest.approx(0.95 - 2 / 40)
     assert expected_with_pixel_check(cal, check, 1000)[1] == pytest.approx(0.95)  # every band pair checked
+    # measured above the threshold: 18 of 20 sampled pairs pass, the check passes 95 % of the copies there
+    above = AboveCheck(0.97, pairs=40, sampled=20, readable=20, passed=18, seconds=0.0)
+    copies_above = 40 * 0.9 / 0.95
+    assert expected_with_pixel_check(replace(cal, pixel_pass_above=0.95), check, 1000, above)[0] == pytest.approx(
+        (copies_above + 20) / (40 + 20))
+    assert expected_with_pixel_check(cal, check, 1000, above)[0] == pytest.approx((30 + 20) / (30 + 2 + 20))
 
 
 @pytest.fixture(scope="module")

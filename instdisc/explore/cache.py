@@ -27,7 +27,7 @@ import numpy as np
 from instdisc.fsutil import atomic_write_bytes, atomic_write_text
 
 FOLDER = "explore"
-VERSION = 3  # bump when a cached dataclass changes shape
+VERSION = 4  # bump when a cached dataclass changes shape
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ counted as noise, and a collection full of copies no longer looks full of false 
 
 Below that threshold the pixel check (:mod:`.pixelcheck`) may still promote a pair: the band
 starts at ``pixel_floor`` (the score :data:`PIXEL_FLOOR_PERCENTILE` % of the synthetic copies
-fall below), and the synthetic copies scoring in the band are pixel-checked against their
+fall below), and an image with its nearest neighbour from ``pixel_nearest_floor`` (the lowest
+score of any synthetic copy). The synthetic copies in the band -- below the floor, those that
+would be their original's nearest neighbour or have it as theirs -- are pixel-checked against their
 originals here, so the expected recall with the check (``pixel_recall``) is measured the same
 way as the embedding's.
 """
@@ -34,8 +36,8 @@ from .edits import KINDS, describe, edit
 from .errors import ExploreError
 from .mixture import MixtureFit, fit_mixture, positive_tail
 from .neighbours import KnnGraph
+from .pixelcheck import ABOVE_SAMPLE, AboveCheck, Band, PixelCheck, pair_score
 from .pixelcheck import THRESHOLD as PIXEL_THRESHOLD
-from .pixelcheck import PixelCheck, pair_score
 
 SAMPLES = 200  # images edited (x 4 edits)
 TARGET_PRECISION = 0.95
@@ -73,14 +75,20 @@ class Calibration:
     # the pixel check below the threshold (.pixelcheck): its band's floor and what it adds to the recall
     pixel_floor: float | None = None  # None: no band (the floor is not below the threshold)
     pixel_threshold: float = PIXEL_THRESHOLD
-    pixel_band_copies: int = 0  # synthetic copies scoring in [pixel_floor, threshold)
+    pixel_nearest_floor: float | None = None  # an image and its nearest neighbour are checked from here up
+    pixel_band_copies: int = 0  # synthetic copies the band holds (see the module doc)
     pixel_band_passed: int = 0  # of them, passing the pixel check against their original
     pixel_recall: float | None = None  # expected recall of threshold-or-pixel-check (every band pair checked)
     pixel_recall_by_edit: dict[str, float] | None = None
     pixel_band_passed_scores: list[float] | None = None  # cosines of the band's synthetic copies that passed
+    pixel_pass_above: float | None = None  # share of the synthetic copies scoring >= threshold passing the check
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def pixel_band(self) -> Band | None:
+        """The pixel check's band below the threshold (None: none calibrated)."""
+        return None if self.pixel_floor is None else Band(self.pixel_floor, self.pixel_nearest_floor)
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
@@ -94,41 +102,71 @@ class Calibration:
                 f"{self.prevalence:.1%} of the images have a copy ({share})")
 
 
-def expected_with_pixel_check(cal: Calibration, check: PixelCheck, n: int) -> tuple[float, float]:
+def expected_with_pixel_check(cal: Calibration, check: PixelCheck | None, n: int,
+                              above: AboveCheck | None = None) -> tuple[float, float]:
     """Expected (precision, recall) of the pairs at or above the threshold plus those the pixel check
     promoted from its band, for a collection of ``n`` images.
 
-    Above the threshold: ``n q / 2 R(t)`` copy pairs and ``n F0(t) / 2`` unrelated ones, from the fit. The
-    promoted pairs count as copies: a look-alike does not keep its fine structure through the check's
-    crop search (on the planted sets the pairs it passed were copies or the folder's own duplicates,
-    docs/explore.md). The recall is the synthetic copies' (:func:`_pixel_band`), less those that passed
-    below the lowest score checked when the band held more pairs than were checked.
+    Above the threshold, with ``above`` (a pixel-checked sample of those pairs): of its ``pairs`` the share
+    that passed, over the share of synthetic copies above the threshold that pass (``pixel_pass_above``),
+    are copies -- measured on the collection, so its own duplicates count as what they are. Without it,
+    from the fit: ``n q / 2 R(t)`` copy pairs and ``n F0(t) / 2`` unrelated ones. The promoted pairs count
+    as copies: a look-alike does not keep its fine structure through the check's crop search (on the
+    planted sets the pairs it passed were copies or the folder's own duplicates, docs/explore.md). The
+    recall is the synthetic copies' (:func:`_pixel_band`), less those that passed below the lowest
+    nearest-neighbour pair checked when the band held more pairs than were checked (a copy is counted as
+    its original's nearest-neighbour pair: those are checked first, best first).
     """
-    if cal.pixel_recall is None:
+    measured = above is not None and above.pass_rate is not None and bool(cal.pixel_pass_above)
+    if not measured and (check is None or cal.pixel_recall is None):
         return cal.precision, cal.recall
-    true_above = n * cal.prevalence * cal.recall  # n q / 2 undirected copy pairs, the share R(t) above t
-    false_above = n * cal.false_pairs_per_image / 2
-    reported = true_above + false_above + len(check.pairs)
-    precision = (true_above + len(check.pairs)) / reported if reported > 0 else 1.0
+    if measured:
+        true_above = above.pairs * min(1.0, above.pass_rate / cal.pixel_pass_above)
+        false_above = above.pairs - true_above
+    else:
+        true_above = n * cal.prevalence * cal.recall  # n q / 2 undirected copy pairs, the share R(t) above t
+        false_above = n * cal.false_pairs_per_image / 2
+    promoted = len(check.pairs) if check is not None else 0
+    reported = true_above + false_above + promoted
+    precision = (true_above + promoted) / reported if reported > 0 else 1.0
+    if check is None or cal.pixel_recall is None:
+        return float(precision), cal.recall
     recall = cal.pixel_recall
     if check.checked < check.band_pairs and cal.pixel_band_passed_scores is not None:
-        # only the best-scoring pairs were checked: copies passing below the lowest checked score are not found
+        # the nearest-neighbour pairs were checked down to lowest_checked: copies passing below it are not found
         missed = sum(x < check.lowest_checked for x in cal.pixel_band_passed_scores)
         recall -= missed / max(1, cal.samples * len(KINDS))
     return float(precision), float(recall)
 
 
-def _pixel_band(rows: list[int], images: list, pos: dict[str, np.ndarray], floor: float,
-                t: float, seed: int) -> tuple[int, list[float], float, dict[str, float]]:
-    """Pixel-check the synthetic copies scoring in [floor, t) against their originals (the edits are
-    re-made from their seeds): (in band, the cosines of those that passed, recall with the check, recall with
-    it by edit)."""
+def _pass_above(rows: list[int], images: list, pos: dict[str, np.ndarray], t: float, seed: int) -> float | None:
+    """The share of (at most :data:`ABOVE_SAMPLE`) synthetic copies scoring >= ``t`` that pass the pixel check
+    against their originals: what the check finds of the copies above the threshold."""
+    above = [(kind, i) for kind, scores in pos.items() for i in np.flatnonzero(scores >= t).tolist()]
+    if not above:
+        return None
+    pick = np.random.default_rng(seed).permutation(len(above))[:ABOVE_SAMPLE]
+    passed = [pair_score(images[i], synthetic_copy(images[i], kind, rows[i], seed)) >= PIXEL_THRESHOLD
+              for kind, i in (above[j] for j in pick)]
+    return float(np.mean(passed))
+
+
+def _pixel_band(coll: Collection, graph: KnnGraph, rows: list[int], images: list, pos: dict[str, np.ndarray],
+                floor: float, nearest_floor: float, t: float, seed: int
+                ) -> tuple[int, list[float], float, dict[str, float]]:
+    """Pixel-check the synthetic copies the band holds against their originals (the edits are re-made from
+    their seeds): those scoring in [floor, t), and those in [nearest_floor, floor) that would be a nearest
+    neighbour pair (closer to their original than its nearest neighbour is, or than any other image is to
+    them). Returns (in band, the cosines of those that passed, recall with the check, recall with it by
+    edit)."""
     in_band, passed = 0, []
     by_edit = {}
     for kind, scores in pos.items():
         ok = scores >= t
-        for i in np.flatnonzero((scores >= floor) & (scores < t)).tolist():
+        for i in np.flatnonzero((scores >= min(floor, nearest_floor)) & (scores < t)).tolist():
             copy = synthetic_copy(images[i], kind, rows[i], seed)
+            if scores[i] < floor and not _would_be_nearest(coll, graph, rows[i], copy, float(scores[i])):
+                continue
             in_band += 1
             if pair_score(images[i], copy) >= PIXEL_THRESHOLD:
                 passed.append(float(scores[i]))
@@ -137,6 +175,17 @@ def _pixel_band(rows: list[int], images: list, pos: dict[str, np.ndarray], floor
     total = sum(len(v) for v in pos.values())
     recall = sum(by_edit[k] * len(v) for k, v in pos.items()) / max(1, total)
     return in_band, passed, float(recall), by_edit
+
+
+def _would_be_nearest(coll: Collection, graph: KnnGraph, row: int, copy, score: float) -> bool:
+    """Would ``copy`` of row ``row`` (cosine ``score`` with it), added to the collection, form a
+    nearest-neighbour pair with it: nearer to it than its nearest neighbour, or it the copy's nearest?"""
+    if score > graph.scores[row, 0]:
+        return True
+    v = coll.embed([copy])[0]
+    others = coll.vectors @ v
+    others[row] = -np.inf
+    return score >= float(others.max())
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:
@@ -219,7 +268,9 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
         best = int(np.argmax(prec * recall + 1e-9 * GRID))
     t = float(GRID[best])
     floor = float(np.percentile(allpos, PIXEL_FLOOR_PERCENTILE))
-    band = _pixel_band(rows, images, pos, floor, t, seed) if floor < t else None
+    nearest_floor = float(allpos.min())
+    band = _pixel_band(coll, graph, rows, images, pos, floor, nearest_floor, t, seed) if floor < t else None
+    pass_above = _pass_above(rows, images, pos, t, seed)
     a = rng.integers(0, len(coll), random_pairs)
     b = (a + rng.integers(1, len(coll), random_pairs)) % len(coll)
     rand = np.einsum("ij,ij->i", coll.vectors[a], coll.vectors[b])
@@ -236,6 +287,8 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
         identical_pairs=fit.identical_edges // 2, fit=fit.to_dict(), random_pair_fpr=float((rand >= t).mean()),
         random_pair_quantiles=_quantiles(rand), positive_quantiles=_quantiles(allpos), curve=curve,
         edits=describe(), seconds=time.perf_counter() - t0,
-        pixel_floor=floor if band else None, pixel_band_copies=band[0] if band else 0,
+        pixel_floor=floor if band else None, pixel_nearest_floor=nearest_floor if band else None,
+        pixel_band_copies=band[0] if band else 0,
         pixel_band_passed=len(band[1]) if band else 0, pixel_recall=band[2] if band else None,
-        pixel_recall_by_edit=band[3] if band else None, pixel_band_passed_scores=band[1] if band else None)
+        pixel_recall_by_edit=band[3] if band else None, pixel_band_passed_scores=band[1] if band else None,
+        pixel_pass_above=pass_above)

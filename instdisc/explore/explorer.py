@@ -19,7 +19,7 @@ from .collection import STORED, Collection, Embedding, from_index
 from .embeddings import EMBEDDING, INDEX, with_embedding
 from .grouping import Group, chain_guard, group_duplicates, group_stats, parse_similarity
 from .neighbours import EXACT_MAX, K, KnnGraph, knn_graph
-from .pixelcheck import MAX_PAIRS, PixelCheck, check_band
+from .pixelcheck import ABOVE_SAMPLE, MAX_PAIRS, AboveCheck, Band, PixelCheck, check_above, check_band
 from .pixelcheck import THRESHOLD as PIXEL_THRESHOLD
 from .projection import Projection, project
 from .similar import DEFAULT as SIMILAR_DEFAULT
@@ -72,6 +72,7 @@ class Duplicates:
     exact: ExactClasses | None = None
     similar: SimilarTier = field(default_factory=SimilarTier.off)  # review only: nothing is removed
     pixel: PixelCheck | None = None  # the pairs below the threshold promoted by their pixels (None: not run)
+    above: AboveCheck | None = None  # auto: a pixel-checked sample of the pairs above the threshold
     expected_precision: float | None = None  # auto: of the near pairs, pixel-checked ones included
     expected_recall: float | None = None
 
@@ -79,14 +80,14 @@ class Duplicates:
         """The printed line on the near tier beyond the embedding threshold: what ``auto`` expects of it, pixel
         check included, or what the pixel check promoted below a number; "" when neither applies."""
         p = self.pixel
-        capped = (f"; the best {p.checked:,} checked, down to {p.lowest_checked:.4f}"
-                  if p is not None and p.checked < p.band_pairs else "")
-        check = (f"{len(p.pairs)} of {p.band_pairs:,} pairs scoring {p.floor:.4f}-{self.threshold:.4f} passed"
-                 f"{capped}, {p.seconds:.1f} s" if p is not None else "")
+        check = f"pairs scoring {p.describe_band()}, {p.seconds:.1f} s" if p is not None else ""
         if self.expected_precision is None:
             return f"pixel check: {check}" if check else ""
         how = f"with the pixel check ({check})" if check else "embedding threshold alone"
-        return (f"near duplicates, {how}: expected precision {self.expected_precision:.3f}, "
+        a = self.above
+        sampled = (f" ({a.passed} of {a.readable} pairs sampled from the {a.pairs:,} above the threshold pass the "
+                   f"pixel check)" if a is not None and a.readable else "")
+        return (f"near duplicates, {how}: expected precision {self.expected_precision:.3f}{sampled}, "
                 f"recall {self.expected_recall:.3f}")
 
     @property
@@ -118,10 +119,22 @@ def parse_threshold(value: str | float) -> float | str:
 PIXEL_AUTO, PIXEL_OFF = "auto", "off"  # --pixel-check words
 
 
-def parse_pixel_check(value: str | float | None) -> float | str:
-    """--pixel-check: 'auto' (below an ``auto`` threshold, from the floor it calibrates), 'off', or the band's
-    floor as a cosine similarity (below any threshold)."""
+def parse_pixel_check(value: str | float | Band | None) -> float | str | Band:
+    """--pixel-check: 'auto' (below an ``auto`` threshold, the band it calibrates), 'off', or the band's
+    floor as a cosine similarity (below any threshold); a :class:`.pixelcheck.Band` is kept as it is."""
+    if isinstance(value, Band):
+        return value
     return PIXEL_AUTO if value is None else parse_similarity(value, "--pixel-check", (PIXEL_AUTO, PIXEL_OFF), 0.86)
+
+
+def _band(pixel_check: float | str | Band, cal: Calibration | None) -> Band | None:
+    """The band a parsed ``pixel_check`` asks for: ``auto`` takes the calibrated one (none without a
+    calibration), a number is a floor for the kNN pairs alone."""
+    if isinstance(pixel_check, Band):
+        return pixel_check
+    if pixel_check == PIXEL_AUTO:
+        return cal.pixel_band() if cal is not None else None
+    return None if pixel_check == PIXEL_OFF else Band(float(pixel_check))
 
 
 class Explorer:
@@ -179,9 +192,9 @@ class Explorer:
         t = cal.threshold if cal is not None else float(t)
         g = chain_guard(t) if guard is None else float(guard)
         graph = self.graph()
-        floor = (cal.pixel_floor if cal is not None else None) if pixel_check == PIXEL_AUTO else (
-            None if pixel_check == PIXEL_OFF else float(pixel_check))
-        pixel = self.pixel_check(floor, t) if floor is not None and floor < t else None
+        band = _band(pixel_check, cal)
+        pixel = (self.pixel_check(band.floor, t, nearest_floor=band.nearest_floor)
+                 if band is not None and band.floor < t else None)
         groups = group_duplicates(graph, self.collection.vectors, t, g,
                                   verified=pixel.pairs if pixel is not None else None)
         exact = self.exact_classes()
@@ -195,22 +208,31 @@ class Explorer:
         groups.sort(key=lambda x: (x.tier != EXACT, -x.size, -x.mean_score, x.rows[0]))
         taken = grouped | {r for group in extra for r in group.rows}
         params = self._params(k=self.k, exact_max=self.exact_max, near=t, guard=g, similar=str(similar),
-                              similar_guard=similar_guard, pixel=floor if pixel is not None else None)
+                              similar_guard=similar_guard,
+                              pixel=[band.floor, band.nearest_floor] if pixel is not None else None)
         tier = self.cache.fetch(SIMILAR, params, SimilarTier, lambda: similar_tier(
             graph, self.collection.vectors, taken, t, similar, similar_guard))
-        expected = (None, None) if cal is None else (expected_with_pixel_check(cal, pixel, len(self.collection))
-                                                      if pixel is not None else (cal.precision, cal.recall))
+        above = self.above_check(t) if cal is not None else None
+        expected = (None, None) if cal is None else expected_with_pixel_check(cal, pixel, len(self.collection), above)
         return Duplicates(t, g, groups, cal, graph.method, exact=exact, similar=tier,
-                          embedding=self.collection.embedding, pixel=pixel, expected_precision=expected[0],
-                          expected_recall=expected[1])
+                          embedding=self.collection.embedding, pixel=pixel, above=above,
+                          expected_precision=expected[0], expected_recall=expected[1])
+
+    def above_check(self, threshold: float, sample: int = ABOVE_SAMPLE) -> AboveCheck:
+        """A pixel-checked sample of the kNN pairs at or above ``threshold`` (:func:`.pixelcheck.check_above`),
+        cached: how many of the pairs reported are copies by their pixels."""
+        params = self._params(k=self.k, exact_max=self.exact_max, above=threshold, sample=sample)
+        return self.cache.fetch("pixelabove", params, AboveCheck, lambda: check_above(
+            self.collection, self.graph(), threshold, sample, seed=self.seed))
 
     def pixel_check(self, floor: float, ceiling: float, threshold: float = PIXEL_THRESHOLD,
-                    max_pairs: int = MAX_PAIRS) -> PixelCheck:
-        """The kNN pairs scoring in [floor, ceiling) checked by their pixels (:mod:`.pixelcheck`), cached."""
+                    max_pairs: int = MAX_PAIRS, nearest_floor: float | None = None) -> PixelCheck:
+        """The kNN pairs scoring in [floor, ceiling), and each image with its nearest neighbour from
+        ``nearest_floor``, checked by their pixels (:func:`.pixelcheck.check_band`), cached."""
         params = self._params(k=self.k, exact_max=self.exact_max, floor=floor, ceiling=ceiling, threshold=threshold,
-                              max_pairs=max_pairs)
+                              max_pairs=max_pairs, nearest_floor=nearest_floor)
         return self.cache.fetch("pixelcheck", params, PixelCheck, lambda: check_band(
-            self.collection, self.graph(), floor, ceiling, threshold, max_pairs))
+            self.collection, self.graph(), floor, ceiling, threshold, max_pairs, nearest_floor=nearest_floor))
 
     def exact_classes(self) -> ExactClasses:
         """Same bytes / same pixels (:mod:`.tiers`), computed once per explorer."""

@@ -12,11 +12,15 @@ changes); one is shrunk to each of :data:`SCALES` (a crop keeping 80-95 % of the
 over scales, positions and both directions (either image may be the crop). It is invariant to
 brightness/contrast (normalised), tolerant of JPEG and downscaling (the band is coarse at
 :data:`SIDE` px) and of crops (the search), and low for different photos; what it finds on planted
-copies, against perceptual hashing, is measured in docs/explore.md.
+copies, against perceptual hashing, is measured in docs/explore.md. A picture smaller than
+:data:`SIDE` px (a 16 px copy of a 32 px image) has no detail above its own size to match: the
+larger one is then compared as it would look at the smaller one's size (:func:`at_size`).
 
-It is run on pairs the embedding already puts close (:func:`check_band`): the finder's ``auto``
-threshold promotes those that pass (:mod:`.explorer`), which recovers the crops an embedding
-threshold set for precision misses.
+It is run on pairs the embedding already puts close (:func:`check_band`): the kNN pairs scoring in a
+band below the near-duplicate threshold, and each image's nearest neighbour down to a lower floor
+(a copy is nearly always its original's nearest neighbour, even where a heavy edit moved it far);
+the finder's ``auto`` threshold promotes those that pass (:mod:`.explorer`), which recovers the
+crops and small downscales an embedding threshold set for precision misses.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ SIDE = 64  # thumbnail side in px
 SCALES = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875)  # relative sides tried for the smaller picture (crops: 0.89-0.97)
 BAND = (1.0, 4.0)  # difference-of-Gaussians sigmas, px at SIDE: edges and texture, not brightness or colour
 THRESHOLD = 0.9  # a pair scoring at least this is an edited copy
-MAX_PAIRS = 10_000  # pairs checked at most per run, best embedding scores first
+MAX_PAIRS = 10_000  # pairs checked at most per run: nearest neighbours first, best embedding scores first
 PREPARED_CACHE = 2048  # thumbnails kept ready to match during a run (~170 KB each)
+ABOVE_SAMPLE = 300  # pairs above the threshold checked to estimate how many of them are copies
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:
@@ -52,6 +57,20 @@ def thumbnail(img: Image.Image) -> np.ndarray:
     if min(grey.size) < 1:
         raise ExploreError(f"empty image {grey.size}")
     return np.asarray(grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
+
+
+def at_size(thumb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``thumb`` as it would look had its picture been only ``size`` (w, h) px: down to that size and back
+    up to :data:`SIDE`, the way the smaller picture's own thumbnail was made."""
+    small = Image.fromarray(thumb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(small.resize((SIDE, SIDE), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _common_size(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int] | None:
+    """The size to compare two pictures of sizes ``a`` and ``b`` at: the smaller one's, where it is smaller
+    than the thumbnail (below that both thumbnails would hold detail only the larger has); else None."""
+    small = min(a, b, key=lambda s: s[0] * s[1])
+    return small if min(small) < SIDE and a != b else None
 
 
 def _kernel(sigma: float) -> np.ndarray:
@@ -122,8 +141,30 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return _match(_prepare(a), _prepare(b))
 
 
+@dataclass(frozen=True)
+class Thumb:
+    """One picture's :func:`thumbnail` and the size (w, h) of the picture it was made from."""
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+
+
+def thumb(img: Image.Image) -> Thumb:
+    """:class:`Thumb` of ``img`` (its size as it is displayed: after EXIF rotation, where the caller applied it)."""
+    return Thumb(thumbnail(img), img.size)
+
+
+def thumb_score(a: Thumb, b: Thumb) -> float:
+    """:func:`aligned_correlation` of two thumbnails, at the smaller picture's size where it is below the
+    thumbnail's (:func:`at_size`)."""
+    common = _common_size(a.size, b.size)
+    if common is None:
+        return aligned_correlation(a.pixels, b.pixels)
+    return aligned_correlation(*(t.pixels if t.size == common else at_size(t.pixels, common) for t in (a, b)))
+
+
 def pair_score(a: Image.Image, b: Image.Image) -> float:
-    """:func:`aligned_correlation` of two images.
+    """The pixel check's score of two images (:func:`thumb_score`).
 
     Example:
         >>> from PIL import Image
@@ -131,25 +172,37 @@ def pair_score(a: Image.Image, b: Image.Image) -> float:
         >>> pair_score(img, img.resize((120, 90))) > THRESHOLD
         True
     """
-    return aligned_correlation(thumbnail(a), thumbnail(b))
+    return thumb_score(thumb(a), thumb(b))
 
 
-def thumbnail_loader(coll: Collection) -> Callable[[int], np.ndarray]:
-    """row -> :func:`thumbnail`, decoding a JPEG file at a reduced size where the collection has files."""
+def thumbnail_loader(coll: Collection) -> Callable[[int], Thumb]:
+    """row -> :class:`Thumb`, decoding a JPEG file at a reduced size where the collection has files."""
     from instdisc.images import load_image
 
-    def load(row: int) -> np.ndarray:
+    def load(row: int) -> Thumb:
         path = coll.file_path(row)
         if path is None:
-            return thumbnail(coll.load_image(row))
+            return thumb(coll.load_image(row))
         with Image.open(path) as img:
+            full = img.size  # before draft mode shrinks it
             img.draft("L", (2 * SIDE, 2 * SIDE))  # JPEG: decode at 1/2-1/8 scale, still >= 2x the thumbnail
-            img = ImageOps.exif_transpose(img) or img
-            if img.mode in ("P", "PA", "LA", "RGBA"):  # transparency: flatten as everywhere else
-                img = load_image(path)
-            return thumbnail(img)
+            rotated = ImageOps.exif_transpose(img) or img
+            if rotated.size != img.size:
+                full = full[::-1]
+            if rotated.mode in ("P", "PA", "LA", "RGBA"):  # transparency: flatten as everywhere else
+                rotated = load_image(path)
+            return Thumb(thumbnail(rotated), full)
 
     return load
+
+
+@dataclass(frozen=True)
+class Band:
+    """Which pairs below the near-duplicate threshold are pixel-checked: the kNN pairs from ``floor`` up,
+    and an image with its nearest neighbour from ``nearest_floor`` up (None: from ``floor``)."""
+
+    floor: float
+    nearest_floor: float | None = None
 
 
 @dataclass
@@ -159,23 +212,36 @@ class PixelCheck:
     floor: float  # the band: kNN pairs scoring >= floor ...
     ceiling: float  # ... and < ceiling (the near-duplicate threshold)
     threshold: float  # pixel score a pair needs
-    band_pairs: int  # pairs in the band
-    checked: int  # of them checked (the best-scoring ones, at most MAX_PAIRS)
+    band_pairs: int  # pairs in the band (nearest-neighbour pairs below the floor included)
+    checked: int  # of them checked (nearest-neighbour pairs first, best first; at most MAX_PAIRS)
     unreadable: int  # checked pairs with an image that could not be read (not promoted)
     pairs: np.ndarray  # (M, 2) int64 rows a < b of the pairs that passed
     scores: np.ndarray  # (M,) float32 their pixel scores
     seconds: float
-    lowest_checked: float = -1.0  # the cosine of the last pair checked (the floor when every pair was)
+    lowest_checked: float = -1.0  # every nearest-neighbour pair scoring at least this was checked
+    nearest_floor: float | None = None  # an image and its nearest neighbour: checked from here (< floor) up
+    nearest_pairs: int = 0  # of the band's pairs, those of an image and its nearest neighbour
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
 
+    @property
+    def lowest(self) -> float:
+        """The lowest cosine the band reaches."""
+        return self.floor if self.nearest_floor is None else min(self.floor, self.nearest_floor)
+
+    def describe_band(self) -> str:
+        """The band in words: its cosines, how many pairs, how many checked."""
+        nearest = (f" (an image's nearest neighbour from {self.nearest_floor:.4f})"
+                   if self.nearest_floor is not None and self.nearest_floor < self.floor else "")
+        capped = (f", the best {self.checked:,} of {self.band_pairs:,} checked, nearest neighbours first, down to "
+                  f"{self.lowest_checked:.4f}" if self.checked < self.band_pairs else "")
+        return (f"{self.floor:.4f}-{self.ceiling:.4f}{nearest}: {len(self.pairs)} of {self.band_pairs:,} pairs "
+                f"passed{capped}")
+
     def rule(self) -> str:
-        capped = (f", the best {self.checked:,} of {self.band_pairs:,} checked, down to {self.lowest_checked:.4f}"
-                  if self.checked < self.band_pairs else "")
-        return (f"or cosine >= {self.floor:.4f} and pixel check >= {self.threshold:.2f} "
-                f"({len(self.pairs)} of {self.band_pairs:,} pairs passed{capped})")
+        return f"or cosine {self.describe_band()}, pixel check >= {self.threshold:.2f}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -189,45 +255,118 @@ def band_pairs(graph: KnnGraph, floor: float, ceiling: float) -> tuple[np.ndarra
     return np.stack([a, b], axis=1), s
 
 
+def nearest_pairs(graph: KnnGraph, floor: float, ceiling: float) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected pairs (a < b) of an image and its nearest neighbour scoring in [floor, ceiling), best first."""
+    first = KnnGraph(graph.neighbours[:, :1], graph.scores[:, :1], graph.method, graph.seconds)
+    return band_pairs(first, floor, ceiling)
+
+
+def candidate_pairs(graph: KnnGraph, floor: float, ceiling: float, nearest_floor: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pairs :func:`check_band` checks, in its order: (rows (P, 2), cosines (P,), how many lead).
+
+    First every image with its nearest neighbour scoring in [min(floor, nearest_floor), ceiling), best
+    first: where copies are (a copy's nearest neighbour is nearly always its original); then the other
+    kNN pairs in [floor, ceiling), best first."""
+    lo = floor if nearest_floor is None else min(floor, nearest_floor)
+    near, near_s = nearest_pairs(graph, lo, ceiling)
+    rest, rest_s = band_pairs(graph, floor, ceiling)
+    n = len(graph.neighbours)
+    seen = np.isin(rest[:, 0] * n + rest[:, 1], near[:, 0] * n + near[:, 1])
+    return (np.concatenate([near, rest[~seen]]), np.concatenate([near_s, rest_s[~seen]]), len(near))
+
+
 def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, threshold: float = THRESHOLD,
-               max_pairs: int = MAX_PAIRS, workers: int | None = None) -> PixelCheck:
-    """Pixel-check the kNN pairs scoring in [floor, ceiling) (at most ``max_pairs``, best first), on ``workers``
+               max_pairs: int = MAX_PAIRS, workers: int | None = None,
+               nearest_floor: float | None = None) -> PixelCheck:
+    """Pixel-check the pairs of :func:`candidate_pairs` (the kNN pairs scoring in [floor, ceiling), each image
+    with its nearest neighbour from ``nearest_floor``), at most ``max_pairs`` in that order, on ``workers``
     threads (default: one per core).
 
     Example:
-        >>> check = check_band(collection, explorer.graph(), 0.86, 0.96)  # doctest: +SKIP
+        >>> check = check_band(collection, explorer.graph(), 0.86, 0.96, nearest_floor=0.78)  # doctest: +SKIP
         >>> check.pairs  # the pairs that are edited copies by their pixels
     """
     if not -1.0 <= floor <= ceiling <= 1.0:
         raise ExploreError(f"pixel-check band must satisfy -1 <= floor <= ceiling <= 1, got [{floor}, {ceiling})")
+    if nearest_floor is not None and not -1.0 <= nearest_floor <= 1.0:
+        raise ExploreError(f"the nearest-neighbour floor must be a cosine in [-1, 1], got {nearest_floor}")
     if max_pairs < 0:
         raise ExploreError(f"max_pairs must be >= 0, got {max_pairs}")
-    workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    pairs, cosines = band_pairs(graph, floor, ceiling)
+    pairs, cosines, leading = candidate_pairs(graph, floor, ceiling, nearest_floor)
     todo = pairs[:max_pairs].tolist()
-    lowest = floor if len(todo) == len(pairs) else float(cosines[len(todo) - 1]) if todo else ceiling
-    load = thumbnail_loader(coll)
-
-    @lru_cache(maxsize=PREPARED_CACHE)
-    def prepared(row: int) -> _Prepared:
-        return _prepare(load(row))
-
-    def score(pair: list[int]) -> float | None:
-        """The pair's pixel score, None if an image cannot be read."""
-        try:
-            a, b = prepared(pair[0]), prepared(pair[1])
-        except (OSError, ValueError, KeyError, ExploreError, Image.DecompressionBombError):
-            return None
-        return _match(a, b)
-
-    # pairs sharing their first row in turn (the cache holds it), on one thread per core: decoding and numpy
-    # release the GIL; the band's order (best first) is kept for the result
-    order = sorted(range(len(todo)), key=lambda i: todo[i])
-    with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
-        scored = dict(zip(order, pool.map(score, [todo[i] for i in order]), strict=True))
-    scores = [scored[i] for i in range(len(todo))]
+    lo = floor if nearest_floor is None else min(floor, nearest_floor)
+    lowest = lo if len(todo) >= leading else float(cosines[len(todo) - 1]) if todo else ceiling
+    scores = pixel_scores(coll, todo, workers)
     passed = [(p, s) for p, s in zip(todo, scores, strict=True) if s is not None and s >= threshold]
     return PixelCheck(floor, ceiling, threshold, len(pairs), len(todo), sum(s is None for s in scores),
                       np.asarray([p for p, _ in passed], np.int64), np.asarray([s for _, s in passed], np.float32),
-                      time.perf_counter() - t0, lowest)
+                      time.perf_counter() - t0, lowest, nearest_floor, leading)
+
+
+def pixel_scores(coll: Collection, pairs: list[list[int]], workers: int | None = None) -> list[float | None]:
+    """The pixel score of each pair of rows (None where an image cannot be read), on ``workers`` threads
+    (default: one per core), each image decoded once and prepared once while the cache holds it."""
+    workers = workers or os.cpu_count() or 1
+    load = thumbnail_loader(coll)
+
+    @lru_cache(maxsize=PREPARED_CACHE)
+    def prepared(row: int) -> tuple[_Prepared, Thumb]:
+        t = load(row)
+        return _prepare(t.pixels), t
+
+    def score(pair: list[int]) -> float | None:
+        try:
+            (a, ta), (b, tb) = prepared(pair[0]), prepared(pair[1])
+        except (OSError, ValueError, KeyError, ExploreError, Image.DecompressionBombError):
+            return None
+        if _common_size(ta.size, tb.size) is not None:  # a picture smaller than the thumbnail: rare, not cached
+            return thumb_score(ta, tb)
+        return _match(a, b)
+
+    # pairs sharing their first row in turn (the cache holds it), on one thread per core: decoding and numpy
+    # release the GIL; the given order is kept for the result
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i])
+    with ThreadPoolExecutor(max(1, min(workers, len(pairs)))) as pool:
+        scored = dict(zip(order, pool.map(score, [pairs[i] for i in order]), strict=True))
+    return [scored[i] for i in range(len(pairs))]
+
+
+@dataclass
+class AboveCheck:
+    """A seeded sample of the kNN pairs at or above the near-duplicate threshold, pixel-checked: the share
+    of them that are edited copies, measured instead of modelled (for the expected precision)."""
+
+    threshold: float  # the near-duplicate threshold
+    pairs: int  # undirected kNN pairs scoring >= threshold
+    sampled: int
+    readable: int  # sampled pairs whose two images could be read
+    passed: int  # of them, passing the pixel check
+    seconds: float
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.readable if self.readable else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_above(coll: Collection, graph: KnnGraph, ceiling: float, sample: int = ABOVE_SAMPLE,
+                threshold: float = THRESHOLD, seed: int = 0, workers: int | None = None) -> AboveCheck:
+    """Pixel-check ``sample`` kNN pairs scoring >= ``ceiling`` (all of them if fewer), drawn with ``seed``.
+
+    Example:
+        >>> above = check_above(collection, explorer.graph(), 0.96)  # doctest: +SKIP
+        >>> above.pass_rate  # the share of the pairs above 0.96 that are edited copies by their pixels
+    """
+    if sample < 0:
+        raise ExploreError(f"sample must be >= 0, got {sample}")
+    t0 = time.perf_counter()
+    a, b, _ = pair_edges(graph, ceiling)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(a))[:sample])
+    scores = pixel_scores(coll, np.stack([a[pick], b[pick]], axis=1).tolist(), workers)
+    readable = [x for x in scores if x is not None]
+    return AboveCheck(ceiling, len(a), len(pick), len(readable), sum(x >= threshold for x in readable),
+                      time.perf_counter() - t0)

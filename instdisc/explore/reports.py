@@ -71,6 +71,7 @@ def duplicates_json(dup: Duplicates, members: list[list[Member]]) -> dict:
         "embedding": dup.embedding.to_dict() if dup.embedding is not None else None,
         "calibration": dup.calibration.to_dict() if dup.calibration else None,
         "pixel_check": dup.pixel.to_dict() if dup.pixel else None,
+        "pixel_check_above": dup.above.to_dict() if dup.above else None,
         "expected": {"precision": dup.expected_precision, "recall": dup.expected_recall},
         "similar": {"requested": sim.requested, "threshold": sim.threshold, "guard": sim.guard,
                     "chosen_by": sim.chosen_by, "reason": REVIEW_REASON},

@@ -25,6 +25,7 @@ from instdisc.explore import ExploreError, Explorer
 from instdisc.explore.embeddings import INDEX
 from instdisc.explore.explorer import PIXEL_AUTO, Duplicates, parse_threshold
 from instdisc.explore.keep import review, suggest
+from instdisc.explore.pixelcheck import Band
 from instdisc.explore.reports import duplicates_csv, group_members
 from instdisc.explore.sheets import palette, thumbnail
 from instdisc.explore.similar import AUTO, OFF, SIMILAR
@@ -85,7 +86,7 @@ class ExploreViews:
         self._explorer = explorer
         self._lock = threading.RLock()  # each job is computed once, not once per concurrent click
         self._csv_dir = Path(tempfile.mkdtemp(prefix="explore-csv-"))
-        self._pixel_floor: float | None = None  # the pixel check's floor from the last ``auto`` (explore/pixelcheck.py)
+        self._pixel_band: Band | None = None  # the pixel check's band from the last ``auto`` (explore/pixelcheck.py)
 
     @property
     def explorer(self) -> Explorer:
@@ -102,10 +103,10 @@ class ExploreViews:
     def duplicates(self, threshold: float | str = "auto", similar: float | str | None = AUTO) -> Duplicates:
         with self._lock:
             # a number from the slider keeps the pixel check band that the last ``auto`` calibrated
-            floor = self._pixel_floor if parse_threshold(threshold) != "auto" and self._pixel_floor else PIXEL_AUTO
-            dup = self.explorer.duplicates(threshold, similar=similar_request(similar), pixel_check=floor)
-            if dup.calibration is not None and dup.calibration.pixel_floor is not None:
-                self._pixel_floor = dup.calibration.pixel_floor
+            band = self._pixel_band if parse_threshold(threshold) != "auto" and self._pixel_band else PIXEL_AUTO
+            dup = self.explorer.duplicates(threshold, similar=similar_request(similar), pixel_check=band)
+            if dup.calibration is not None and dup.calibration.pixel_band() is not None:
+                self._pixel_band = dup.calibration.pixel_band()
             return dup
 
     def duplicate_view(self, threshold: float | str = "auto", similar: float | str | None = AUTO
