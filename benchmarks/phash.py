@@ -24,7 +24,7 @@ def phashes(images: list[Image.Image], progress: bool = True) -> np.ndarray:
 _BITS16 = np.array([bin(i).count("1") for i in range(1 << 16)], np.uint8)
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
+def popcount(x: np.ndarray) -> np.ndarray:
     """Set bits of each uint64 (four 16-bit table look-ups)."""
     x = x.astype(np.uint64)
     return sum(_BITS16[((x >> np.uint64(s)) & np.uint64(0xFFFF)).astype(np.int64)].astype(np.int32)
@@ -37,7 +37,7 @@ def pairs_within(hashes: np.ndarray, max_distance: int) -> set[tuple[int, int]]:
     found: set[tuple[int, int]] = set()
     for start in range(0, n, CHUNK):
         block = hashes[start:start + CHUNK]
-        d = _popcount(block[:, None] ^ hashes[None, :])
+        d = popcount(block[:, None] ^ hashes[None, :])
         a, b = np.nonzero(d <= max_distance)
         a = a + start
         keep = a < b

@@ -18,7 +18,7 @@ from explore_data import noise_picture
 from PIL import Image
 
 from benchmarks.duplicates_measure import case, edited_copy, in_memory
-from benchmarks.phash import _popcount, pairs_within
+from benchmarks.phash import pairs_within, popcount
 from benchmarks.planted import PairScore, score_pairs
 from instdisc.bundled import bundled_checkpoint
 from instdisc.explore import ExploreError, Explorer
@@ -348,7 +348,7 @@ def test_phash_pairs_are_the_brute_force_pairs():
     h[5] = h[4] ^ np.uint64(0b1011)  # 3 bits from 4
     h[9] = h[4] ^ np.uint64(1 << 63)  # 1 bit from 4 (the top bit)
     bits = lambda x: bin(int(x)).count("1")  # noqa: E731
-    assert _popcount(np.array([h[4] ^ h[5], h[4] ^ h[9]])).tolist() == [3, 1]
+    assert popcount(np.array([h[4] ^ h[5], h[4] ^ h[9]])).tolist() == [3, 1]
     for d in (1, 4, 20):
         brute = {(a, b) for a in range(300) for b in range(a + 1, 300) if bits(h[a] ^ h[b]) <= d}
         assert pairs_within(h, d) == brute
@@ -359,3 +359,26 @@ def test_in_memory_collection_keeps_sizes():
     ims = _pictures(3)
     coll = in_memory(ims, ["a", "b", "c"], lambda batch: np.eye(3, dtype=np.float32)[:len(batch)])
     assert coll.widths == [32, 32, 32] and len(coll) == 3
+
+
+def test_copy_partners_shows_a_copy_grouped_with_its_originals_twin(tmp_path: Path):
+    from benchmarks.copy_partners import main as copy_partners
+
+    d = tmp_path / "folder"
+    d.mkdir()
+    pictures = _pictures(24, seed=21)
+    for i, p in enumerate(pictures):
+        p.save(d / f"{i:02d}.png")
+    pictures[0].save(d / "00-twin.jpg", quality=90)  # the folder's own duplicate of 00.png
+    out = tmp_path / "partners"
+    summary = copy_partners(["--folder", str(d), "--size", "25", "--share", "1.0", "--encoder", "thumbnail",
+                             "--out", str(out)])
+    rows = summary["pairs"]
+    # the copy of 00.png is grouped with the twin too (and the twin's copy with 00.png): not a mistake, and the
+    # sheet says why -- the other image is the original's duplicate by pixels and by pHash
+    family = {"00.png", "00-twin.jpg", "planted/colour/00.png", "planted/crop/00.png", "planted/jpeg/00.png",
+              "planted/resize/00.png", "planted/colour/00-twin.jpg", "planted/crop/00-twin.jpg",
+              "planted/jpeg/00-twin.jpg", "planted/resize/00-twin.jpg"}
+    assert rows and all(r["other"] in family and r["copy"] in family for r in rows), rows
+    assert summary["other_is_pixel_duplicate"] == summary["other_within_phash_10"] == len(rows)
+    assert json.loads((out / "pairs.json").read_text())["pairs"] == rows and (out / "contact_sheet.png").is_file()

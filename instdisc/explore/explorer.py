@@ -212,7 +212,7 @@ class Explorer:
                               pixel=[band.floor, band.nearest_floor] if pixel is not None else None)
         tier = self.cache.fetch(SIMILAR, params, SimilarTier, lambda: similar_tier(
             graph, self.collection.vectors, taken, t, similar, similar_guard))
-        above = self.above_check(t) if cal is not None else None
+        above = self.above_check(t) if cal is not None and pixel_check != PIXEL_OFF else None
         expected = (None, None) if cal is None else expected_with_pixel_check(cal, pixel, len(self.collection), above)
         return Duplicates(t, g, groups, cal, graph.method, exact=exact, similar=tier,
                           embedding=self.collection.embedding, pixel=pixel, above=above,
