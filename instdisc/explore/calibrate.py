@@ -152,7 +152,7 @@ def _pass_above(rows: list[int], images: list, pos: dict[str, np.ndarray], t: fl
 
 
 def _pixel_band(coll: Collection, graph: KnnGraph, rows: list[int], images: list, pos: dict[str, np.ndarray],
-                floor: float, nearest_floor: float, t: float, seed: int
+                pos_vectors: dict[str, np.ndarray], floor: float, nearest_floor: float, t: float, seed: int
                 ) -> tuple[int, list[float], float, dict[str, float]]:
     """Pixel-check the synthetic copies the band holds against their originals (the edits are re-made from
     their seeds): those scoring in [floor, t), and those in [nearest_floor, floor) that would be a nearest
@@ -164,9 +164,11 @@ def _pixel_band(coll: Collection, graph: KnnGraph, rows: list[int], images: list
     for kind, scores in pos.items():
         ok = scores >= t
         for i in np.flatnonzero((scores >= min(floor, nearest_floor)) & (scores < t)).tolist():
-            copy = synthetic_copy(images[i], kind, rows[i], seed)
-            if scores[i] < floor and not _would_be_nearest(coll, graph, rows[i], copy, float(scores[i])):
+            nearest = scores[i] >= floor or _would_be_nearest(coll, graph, rows[i], pos_vectors[kind][i],
+                                                               float(scores[i]))
+            if not nearest:
                 continue
+            copy = synthetic_copy(images[i], kind, rows[i], seed)
             in_band += 1
             if pair_score(images[i], copy) >= PIXEL_THRESHOLD:
                 passed.append(float(scores[i]))
@@ -177,13 +179,13 @@ def _pixel_band(coll: Collection, graph: KnnGraph, rows: list[int], images: list
     return in_band, passed, float(recall), by_edit
 
 
-def _would_be_nearest(coll: Collection, graph: KnnGraph, row: int, copy, score: float) -> bool:
-    """Would ``copy`` of row ``row`` (cosine ``score`` with it), added to the collection, form a
-    nearest-neighbour pair with it: nearer to it than its nearest neighbour, or it the copy's nearest?"""
+def _would_be_nearest(coll: Collection, graph: KnnGraph, row: int, copy_vector: np.ndarray, score: float) -> bool:
+    """Would a copy of row ``row`` embedded as ``copy_vector`` (cosine ``score`` with it), added to the
+    collection, form a nearest-neighbour pair with it: nearer to it than its nearest neighbour, or it the
+    copy's nearest?"""
     if score > graph.scores[row, 0]:
         return True
-    v = coll.embed([copy])[0]
-    others = coll.vectors @ v
+    others = coll.vectors @ copy_vector
     others[row] = -np.inf
     return score >= float(others.max())
 
@@ -214,14 +216,17 @@ def synthetic_copy(img, kind: str, row: int, seed: int):
     return edit(img, kind, random.Random(seed * 1_000_003 + row * len(KINDS) + KINDS.index(kind)))
 
 
-def positive_scores(coll: Collection, rows: list[int], images: list, seed: int) -> dict[str, np.ndarray]:
-    """Per edit kind: cosine of each edited image's embedding with its original's stored vector."""
-    out = {}
+def positive_scores(coll: Collection, rows: list[int], images: list, seed: int
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per edit kind: cosine of each edited image's embedding with its original's stored vector, and the
+    edited images' embeddings (kept for :func:`_pixel_band`)."""
+    scores, vectors = {}, {}
     for kind in KINDS:
         edited = [synthetic_copy(img, kind, r, seed) for r, img in zip(rows, images, strict=True)]
         vecs = np.concatenate([coll.embed(edited[i:i + EMBED_BATCH]) for i in range(0, len(edited), EMBED_BATCH)])
-        out[kind] = np.einsum("ij,ij->i", vecs, coll.vectors[rows]).astype(np.float32)
-    return out
+        scores[kind] = np.einsum("ij,ij->i", vecs, coll.vectors[rows]).astype(np.float32)
+        vectors[kind] = vecs
+    return scores, vectors
 
 
 def false_pairs_per_image(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -252,7 +257,7 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
     if not rows:
         raise ExploreError(f"none of the {unreadable} images tried could be read: cannot calibrate; "
                            "pass --threshold with a number")
-    pos = positive_scores(coll, rows, images, seed)
+    pos, pos_vectors = positive_scores(coll, rows, images, seed)
     allpos = np.concatenate(list(pos.values()))
     fit: MixtureFit = fit_mixture(graph.scores, allpos)
     q = fit.copy_edges_per_image if prevalence is None else 2.0 * prevalence
@@ -269,7 +274,8 @@ def calibrate(coll: Collection, graph: KnnGraph, samples: int = SAMPLES, target_
     t = float(GRID[best])
     floor = float(np.percentile(allpos, PIXEL_FLOOR_PERCENTILE))
     nearest_floor = float(allpos.min())
-    band = _pixel_band(coll, graph, rows, images, pos, floor, nearest_floor, t, seed) if floor < t else None
+    band = (_pixel_band(coll, graph, rows, images, pos, pos_vectors, floor, nearest_floor, t, seed)
+            if floor < t else None)
     pass_above = _pass_above(rows, images, pos, t, seed)
     a = rng.integers(0, len(coll), random_pairs)
     b = (a + rng.integers(1, len(coll), random_pairs)) % len(coll)

@@ -226,11 +226,6 @@ class PixelCheck:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
 
-    @property
-    def lowest(self) -> float:
-        """The lowest cosine the band reaches."""
-        return self.floor if self.nearest_floor is None else min(self.floor, self.nearest_floor)
-
     def describe_band(self) -> str:
         """The band in words: its cosines, how many pairs, how many checked."""
         nearest = (f" (an image's nearest neighbour from {self.nearest_floor:.4f})"
@@ -261,6 +256,11 @@ def nearest_pairs(graph: KnnGraph, floor: float, ceiling: float) -> tuple[np.nda
     return band_pairs(first, floor, ceiling)
 
 
+def _bottom(floor: float, nearest_floor: float | None) -> float:
+    """The lowest cosine a band reaches: its nearest-neighbour floor where that is lower."""
+    return floor if nearest_floor is None else min(floor, nearest_floor)
+
+
 def candidate_pairs(graph: KnnGraph, floor: float, ceiling: float, nearest_floor: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray, int]:
     """The pairs :func:`check_band` checks, in its order: (rows (P, 2), cosines (P,), how many lead).
@@ -268,8 +268,7 @@ def candidate_pairs(graph: KnnGraph, floor: float, ceiling: float, nearest_floor
     First every image with its nearest neighbour scoring in [min(floor, nearest_floor), ceiling), best
     first: where copies are (a copy's nearest neighbour is nearly always its original); then the other
     kNN pairs in [floor, ceiling), best first."""
-    lo = floor if nearest_floor is None else min(floor, nearest_floor)
-    near, near_s = nearest_pairs(graph, lo, ceiling)
+    near, near_s = nearest_pairs(graph, _bottom(floor, nearest_floor), ceiling)
     rest, rest_s = band_pairs(graph, floor, ceiling)
     n = len(graph.neighbours)
     seen = np.isin(rest[:, 0] * n + rest[:, 1], near[:, 0] * n + near[:, 1])
@@ -296,8 +295,9 @@ def check_band(coll: Collection, graph: KnnGraph, floor: float, ceiling: float, 
     t0 = time.perf_counter()
     pairs, cosines, leading = candidate_pairs(graph, floor, ceiling, nearest_floor)
     todo = pairs[:max_pairs].tolist()
-    lo = floor if nearest_floor is None else min(floor, nearest_floor)
-    lowest = lo if len(todo) >= leading else float(cosines[len(todo) - 1]) if todo else ceiling
+    # every nearest-neighbour pair checked: down to the band's bottom; else the last one checked (none: ceiling)
+    lowest = (_bottom(floor, nearest_floor) if len(todo) >= leading
+              else float(cosines[len(todo) - 1]) if todo else ceiling)
     scores = pixel_scores(coll, todo, workers)
     passed = [(p, s) for p, s in zip(todo, scores, strict=True) if s is not None and s >= threshold]
     return PixelCheck(floor, ceiling, threshold, len(pairs), len(todo), sum(s is None for s in scores),
